@@ -1,0 +1,54 @@
+"""The ``crypto-platform`` command: one entry point, one sub-command per job.
+
+Each sub-command lives beside the code it drives and is imported only when used, so
+``crypto-platform status`` does not pay for importing Dagster or the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from crypto_platform.settings import SettingsError
+
+# name -> (module, function that adds arguments, function that runs); the module is imported lazily.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("crypto_platform.polygon.simulator_cli", "Run the Polygon-protocol market simulator."),
+    "stream": ("crypto_platform.stream.stream_cli", "Run the ingester in the foreground (--stop stops it)."),
+    "status": ("crypto_platform.stream.status_cli", "Show the ingester's health (--json for machines)."),
+    "dev": ("crypto_platform.local_stack_cli", "Start the zero-setup local stack and `dagster dev`."),
+    "services": ("crypto_platform.local_stack_cli", "Start, stop or show the background local services."),
+}
+
+
+def _load(module: str) -> object:
+    return importlib.import_module(module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crypto-platform", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in _COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments: Callable[[str, argparse.ArgumentParser], None] = _load(module).add_arguments
+        add_arguments(name, cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, _ = _COMMANDS[args.command]
+    run: Callable[[argparse.Namespace], int] = _load(module).run
+    try:
+        return int(run(args) or 0)
+    except SettingsError as exc:
+        print(f"crypto-platform {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
