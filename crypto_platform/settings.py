@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,8 @@ DEFAULT_PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
 DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_DAGSTER_PORT = 3000
+# First daily partition of every date-partitioned asset (REST history reaches further back).
+DEFAULT_START_DATE = "2025-01-01"
 
 # The key the simulator accepts by default; it is not a secret.
 SIMULATOR_API_KEY = "simulator-key"
@@ -124,6 +127,15 @@ def _parse_choice(env: Mapping[str, str], name: str, default: str, choices: tupl
     return value
 
 
+def _parse_date(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a date YYYY-MM-DD (default {default})") from None
+    return value
+
+
 def _parse_url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
     value = env.get(name, "").strip() or default
     parts = urlsplit(value)
@@ -184,6 +196,7 @@ class Settings:
     segment_max_age_s: float
     retention_days: int
     dagster_port: int
+    start_date: str
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -327,5 +340,6 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         segment_max_age_s=_parse_float(env, "CRYPTO_SEGMENT_MAX_AGE_S", 5.0, minimum=0.05),
         retention_days=_parse_int(env, "CRYPTO_RETENTION_DAYS", 0),
         dagster_port=_parse_int(env, "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, minimum=1),
+        start_date=_parse_date(env, "CRYPTO_START_DATE", DEFAULT_START_DATE),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
     )

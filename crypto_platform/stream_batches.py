@@ -1,0 +1,104 @@
+"""Turning newly sealed landing segments into Dagster run requests, exactly once.
+
+Kept apart from the sensor so the cursor arithmetic can be tested without Dagster. The rules:
+
+- The cursor is the last sealed segment handed to Dagster, plus the landing log's identity, so a
+  wiped or replaced data directory restarts from its first segment instead of being skipped.
+- One run request per UTC day the new segments touch, carrying the segment range in a tag so the
+  run processes only those segments (a manual materialization or backfill has no tag and rebuilds
+  the whole day from every segment).
+- The run key is derived from (log identity, day, segment range): a repeated tick, a restarted
+  daemon or a re-evaluated cursor produces the same key, and Dagster launches it only once.
+- Work per tick is bounded (``max_segments``); the cursor advances by what was handed over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Tag on a sensor-launched run: "first-last" sealed segment seqs it covers (inclusive).
+SEGMENTS_TAG = "crypto/segments"
+LANDING_LOG_TAG = "crypto/landing_log"
+
+
+@dataclass(frozen=True)
+class StreamCursor:
+    """Where the stream sensor stands in the landing log."""
+
+    log_id: str | None = None
+    seq: int = 0
+
+    def encode(self) -> str:
+        return json.dumps({"log_id": self.log_id, "seq": self.seq}, sort_keys=True)
+
+    @classmethod
+    def decode(cls, raw: str | None) -> StreamCursor:
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            return cls(log_id=data.get("log_id"), seq=int(data.get("seq", 0)))
+        except (ValueError, TypeError, AttributeError):
+            # A cursor from another version: start over; run keys keep this from duplicating runs.
+            return cls()
+
+
+@dataclass(frozen=True)
+class DayBatch:
+    """New sealed segments touching one UTC day."""
+
+    day: str
+    first_seq: int
+    last_seq: int
+    events: int
+
+    @property
+    def segment_range(self) -> str:
+        return f"{self.first_seq}-{self.last_seq}"
+
+    def run_key(self, log_id: str) -> str:
+        return f"landing:{log_id}:{self.day}:{self.segment_range}"
+
+
+def parse_segment_range(tag: str) -> tuple[int, int]:
+    """``"12-40"`` -> ``(12, 40)``; raises ``ValueError`` naming the tag on anything else."""
+    first, sep, last = tag.partition("-")
+    if not sep or not first.isdigit() or not last.isdigit() or int(first) > int(last):
+        raise ValueError(f"run tag {SEGMENTS_TAG}={tag!r} is not a segment range FIRST-LAST")
+    return int(first), int(last)
+
+
+def plan_batches(
+    entries: Iterable[Mapping[str, Any]], cursor: StreamCursor, log_id: str, max_segments: int
+) -> tuple[list[DayBatch], StreamCursor]:
+    """Group the manifest entries after ``cursor`` by UTC day; return the batches and the next cursor.
+
+    ``entries`` are manifest lines (docs/architecture.md) in ``seq`` order.
+    """
+    start_seq = cursor.seq if cursor.log_id == log_id else 0
+    taken: list[Mapping[str, Any]] = []
+    for entry in entries:
+        if int(entry["seq"]) <= start_seq:
+            continue
+        if len(taken) >= max_segments:
+            break
+        taken.append(entry)
+    if not taken:
+        return [], StreamCursor(log_id=log_id, seq=start_seq)
+
+    by_day: dict[str, list[int]] = {}
+    events: dict[str, int] = {}
+    for entry in taken:
+        seq = int(entry["seq"])
+        for day, channels in (entry.get("days") or {}).items():
+            # Days that saw only status frames carry no market data to build.
+            data_events = sum(int(c.get("events", 0)) for ch, c in channels.items() if ch != "status")
+            if data_events == 0:
+                continue
+            by_day.setdefault(day, []).append(seq)
+            events[day] = events.get(day, 0) + data_events
+    batches = [DayBatch(day, min(seqs), max(seqs), events[day]) for day, seqs in sorted(by_day.items())]
+    return batches, StreamCursor(log_id=log_id, seq=int(taken[-1]["seq"]))
