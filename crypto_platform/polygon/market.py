@@ -1,0 +1,381 @@
+"""A seeded, deterministic synthetic crypto market: the simulator's source of every event.
+
+Why it is shaped like this:
+
+- **Any window is computable on its own.** Every second of every pair is generated from an RNG
+  seeded by ``(seed, pair, second)``, and prices follow per-minute anchors made of multi-scale
+  value noise (a random walk's look, computable without the past). So the WebSocket feed and the
+  REST history agree for the same simulated time, and a day's open/close needs only the day's
+  first and last trades.
+- **Exact numbers.** Prices and sizes are integers of ticks and size units; their JSON text is
+  rendered from the integers, so the wire carries exact decimals (the platform must keep them).
+- **Polygon's quirks are reproduced.** Trades come in bursts; quotes bracket trades; XAS and XA
+  bars exist only for windows with trades; now and then a trade arrives late and the minute's XA
+  bar is re-sent corrected (same ``s``); XL2 snapshots are full books, not deltas.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+# Known pairs: (typical price, price decimals, size decimals). Others get values derived from a hash.
+KNOWN_PAIRS: dict[str, tuple[float, int, int]] = {
+    "BTC-USD": (91_000.0, 2, 8),
+    "ETH-USD": (3_100.0, 2, 8),
+    "SOL-USD": (140.0, 3, 6),
+    "XRP-USD": (2.1, 5, 2),
+    "DOGE-USD": (0.16, 6, 2),
+    "SHIB-USD": (0.0000125, 10, 0),
+    "BTC-EUR": (84_000.0, 2, 8),
+    "ETH-BTC": (0.034, 6, 8),
+}
+EXCHANGES = (1, 2, 4, 23)
+EXCHANGE_WEIGHTS = (0.45, 0.25, 0.2, 0.1)
+# Per-minute log-price volatility of the finest noise octave; octaves up to ~2 years.
+_MINUTE_VOL = 0.0006
+_OCTAVES = 21
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    """A small bounded cache (the market is queried in time order, so recent keys are hot)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        data = self._data
+        if key in data:
+            data.move_to_end(key)
+            return data[key]
+        value = make()
+        data[key] = value
+        if len(data) > self.maxsize:
+            data.popitem(last=False)
+        return value
+
+
+def fixed(units: int, dp: int) -> str:
+    """Integer ``units`` of ``10**-dp`` as the shortest exact decimal text (``12345, 2 -> "123.45"``)."""
+    if dp == 0:
+        return str(units)
+    sign = "-" if units < 0 else ""
+    q, r = divmod(abs(units), 10**dp)
+    if r == 0:
+        return f"{sign}{q}"
+    return f"{sign}{q}.{r:0{dp}d}".rstrip("0")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    pair: str
+    price: float
+    price_dp: int
+    size_dp: int
+
+    @property
+    def tick(self) -> float:
+        return 10.0**-self.price_dp
+
+
+def pair_spec(pair: str) -> PairSpec:
+    if pair in KNOWN_PAIRS:
+        price, price_dp, size_dp = KNOWN_PAIRS[pair]
+        return PairSpec(pair, price, price_dp, size_dp)
+    rng = random.Random(f"pair|{pair}")
+    price = 10 ** rng.uniform(-4, 4)
+    price_dp = max(2, 5 - math.floor(math.log10(price)))
+    return PairSpec(pair, price, price_dp, 8 if price > 1 else 2)
+
+
+class Trade(NamedTuple):
+    t: int  # exchange time, ms
+    price: int  # ticks
+    size: int  # size units
+    side: int  # 1 sell, 2 buy (taker side)
+    id: str
+    exchange: int
+    received: int  # Polygon's receive time, ms
+    late: bool  # delivered after its minute's first XA bar
+
+
+class Quote(NamedTuple):
+    t: int
+    bid: int
+    bid_size: int
+    ask: int
+    ask_size: int
+    exchange: int
+    received: int
+
+
+class Agg(NamedTuple):
+    """OHLCV over some trades; ``pv`` is sum(price*size) in tick*unit, for an exact VWAP."""
+
+    open_t: int
+    open: int
+    high: int
+    low: int
+    close_t: int
+    close: int
+    volume: int
+    pv: int
+    count: int
+
+
+def agg_of(trades: list[Trade]) -> Agg | None:
+    if not trades:
+        return None
+    first = min(trades, key=lambda tr: tr.t)
+    last = max(trades, key=lambda tr: tr.t)
+    return Agg(
+        first.t,
+        first.price,
+        max(tr.price for tr in trades),
+        min(tr.price for tr in trades),
+        last.t,
+        last.price,
+        sum(tr.size for tr in trades),
+        sum(tr.price * tr.size for tr in trades),
+        len(trades),
+    )
+
+
+def merge(a: Agg | None, b: Agg | None) -> Agg | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    first = a if a.open_t <= b.open_t else b
+    last = b if b.close_t >= a.close_t else a
+    return Agg(
+        first.open_t,
+        first.open,
+        max(a.high, b.high),
+        min(a.low, b.low),
+        last.close_t,
+        last.close,
+        a.volume + b.volume,
+        a.pv + b.pv,
+        a.count + b.count,
+    )
+
+
+@dataclass(frozen=True)
+class Second:
+    """Everything one pair does in one second."""
+
+    pair: str
+    second: int
+    trades: list[Trade]
+    quotes: list[Quote]
+    on_time: Agg | None  # trades delivered in their second (the XAS bar)
+    late: Trade | None
+
+
+@dataclass(frozen=True)
+class Minute:
+    pair: str
+    minute: int
+    first_bar: Agg | None  # the XA bar as first sent (without the late trade)
+    final_bar: Agg | None  # the corrected bar (what REST serves)
+    late: Trade | None
+
+
+class Market:
+    """The deterministic market: a pure function of (seed, pair, time) plus bounded caches."""
+
+    def __init__(
+        self,
+        seed: int,
+        pairs: tuple[str, ...],
+        trades_per_second: float = 1.0,
+        late_probability: float = 0.15,
+        book_levels: int = 10,
+    ) -> None:
+        self.seed = seed
+        self.pairs = pairs
+        self.specs = {p: pair_spec(p) for p in pairs}
+        self.trades_per_second = trades_per_second
+        self.late_probability = late_probability
+        self.book_levels = book_levels
+        self._seconds: _Lru[tuple[str, int], Second] = _Lru(max(64, 4 * len(pairs)))
+        self._summaries: _Lru[tuple[str, int], tuple[Agg | None, Trade | None]] = _Lru(200 * max(1, len(pairs)))
+        self._minutes: _Lru[tuple[str, int], Minute] = _Lru(4096)
+        self._anchors: _Lru[tuple[str, int], float] = _Lru(8192)
+        self._lattice: _Lru[tuple[str, int, int], float] = _Lru(65536)
+
+    # -- prices -----------------------------------------------------------------------------------
+
+    def _node(self, pair: str, octave: int, index: int) -> float:
+        return self._lattice.get(
+            (pair, octave, index), lambda: random.Random(f"{self.seed}|{pair}|n|{octave}|{index}").gauss(0.0, 1.0)
+        )
+
+    def anchor(self, pair: str, minute: int) -> float:
+        """The pair's price at the start of ``minute`` (minutes since the epoch)."""
+
+        def make() -> float:
+            log_move = 0.0
+            for octave in range(_OCTAVES):
+                span = 1 << octave
+                index, offset = divmod(minute, span)
+                frac = offset / span
+                smooth = frac * frac * (3 - 2 * frac)
+                a = self._node(pair, octave, index)
+                b = self._node(pair, octave, index + 1)
+                log_move += _MINUTE_VOL * math.sqrt(span) * 0.5 * (a + (b - a) * smooth)
+            return self.specs[pair].price * math.exp(max(-3.0, min(3.0, log_move)))
+
+        return self._anchors.get((pair, minute), make)
+
+    # -- seconds ----------------------------------------------------------------------------------
+
+    def _activity(self, pair: str, minute: int) -> float:
+        """Bursty arrivals: a per-minute intensity (mean 1) times a per-second burst factor."""
+        return random.Random(f"{self.seed}|{pair}|a|{minute}").lognormvariate(-0.32, 0.8)
+
+    def _late_second(self, pair: str, minute: int) -> int | None:
+        rng = random.Random(f"{self.seed}|{pair}|late|{minute}")
+        return rng.randrange(60) if rng.random() < self.late_probability else None
+
+    def second(self, pair: str, second: int) -> Second:
+        return self._seconds.get((pair, second), lambda: self._make_second(pair, second))
+
+    def _make_second(self, pair: str, second: int) -> Second:
+        spec = self.specs[pair]
+        rng = random.Random(f"{self.seed}|{pair}|s|{second}")
+        minute, sec_in_minute = divmod(second, 60)
+        lam = self.trades_per_second * self._activity(pair, minute) * rng.choice((0.3, 0.6, 1.0, 1.0, 1.4, 2.7))
+        n = _poisson(rng, lam)
+        start_ms = second * 1000
+        a0, a1 = self.anchor(pair, minute), self.anchor(pair, minute + 1)
+        tick = spec.tick
+        size_scale = 10**spec.size_dp
+        mean_notional = 2_000.0
+        trades: list[Trade] = []
+        quotes: list[Quote] = []
+        offsets = sorted(rng.randrange(1000) for _ in range(n))
+        late_index = 0 if n and self._late_second(pair, minute) == sec_in_minute else None
+        for j, off in enumerate(offsets):
+            t = start_ms + off
+            frac = (sec_in_minute + off / 1000.0) / 60.0
+            price = (a0 + (a1 - a0) * frac) * (1.0 + rng.gauss(0.0, 0.0002))
+            ticks = max(1, round(price / tick))
+            size = max(1, round(rng.lognormvariate(0.0, 1.1) * mean_notional / max(price, 1e-12) * size_scale))
+            exchange = rng.choices(EXCHANGES, EXCHANGE_WEIGHTS)[0]
+            trade_id = str(uuid.UUID(int=rng.getrandbits(128))) if exchange == 23 else str(second * 1000 + j)
+            side = 2 if rng.random() < 0.5 else 1
+            trades.append(Trade(t, ticks, size, side, trade_id, exchange, t + rng.randint(5, 40), j == late_index))
+            spread = max(1, round(ticks * 0.00008))
+            below = rng.randint(0, spread)
+            qt = max(start_ms, t - rng.randint(1, 50))
+            quotes.append(
+                Quote(
+                    qt,
+                    ticks - below,
+                    max(1, round(size * rng.uniform(0.5, 4))),
+                    ticks + spread - below,
+                    max(1, round(size * rng.uniform(0.5, 4))),
+                    exchange,
+                    qt + rng.randint(5, 40),
+                )
+            )
+        late = trades[late_index] if late_index is not None else None
+        on_time = agg_of([tr for tr in trades if not tr.late])
+        sec = Second(pair, second, trades, quotes, on_time, late)
+        self._summaries.get((pair, second), lambda: (on_time, late))
+        return sec
+
+    def _summary(self, pair: str, second: int) -> tuple[Agg | None, Trade | None]:
+        def make() -> tuple[Agg | None, Trade | None]:
+            sec = self._make_second(pair, second)
+            return sec.on_time, sec.late
+
+        return self._summaries.get((pair, second), make)
+
+    def book(self, pair: str, second: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """An XL2 snapshot for the end of ``second``: (bids, asks) as (price ticks, size units)."""
+        spec = self.specs[pair]
+        rng = random.Random(f"{self.seed}|{pair}|b|{second}")
+        minute, sec_in_minute = divmod(second, 60)
+        a0, a1 = self.anchor(pair, minute), self.anchor(pair, minute + 1)
+        mid = max(2, round((a0 + (a1 - a0) * (sec_in_minute + 1) / 60.0) / spec.tick))
+        step = max(1, round(mid * 0.00005))
+        unit = 10**spec.size_dp
+        bids = [(mid - step * (i + 1), max(1, round(rng.uniform(0.01, 3.0) * unit))) for i in range(self.book_levels)]
+        asks = [(mid + step * (i + 1), max(1, round(rng.uniform(0.01, 3.0) * unit))) for i in range(self.book_levels)]
+        return [b for b in bids if b[0] > 0], asks
+
+    # -- minutes, days ----------------------------------------------------------------------------
+
+    def minute(self, pair: str, minute: int) -> Minute:
+        def make() -> Minute:
+            first: Agg | None = None
+            late: Trade | None = None
+            for s in range(minute * 60, minute * 60 + 60):
+                on_time, late_here = self._summary(pair, s)
+                first = merge(first, on_time)
+                late = late_here or late
+            final = merge(first, agg_of([late])) if late else first
+            return Minute(pair, minute, first, final, late)
+
+        return self._minutes.get((pair, minute), make)
+
+    def trades_between(self, pair: str, start_ms: int, end_ms: int) -> list[Trade]:
+        """Every trade with ``start_ms <= t < end_ms`` in time order (late trades included)."""
+        out: list[Trade] = []
+        for s in range(start_ms // 1000, (end_ms + 999) // 1000):
+            out.extend(tr for tr in self.second(pair, s).trades if start_ms <= tr.t < end_ms)
+        return out
+
+    def bar(self, pair: str, start_ms: int, end_ms: int) -> Agg | None:
+        """The final (corrected) bar over ``[start_ms, end_ms)``, built from minutes where aligned."""
+        result: Agg | None = None
+        t = start_ms
+        while t < end_ms:
+            if t % 60_000 == 0 and t + 60_000 <= end_ms:
+                result = merge(result, self.minute(pair, t // 60_000).final_bar)
+                t += 60_000
+            else:
+                nxt = min(end_ms, (t // 1000 + 1) * 1000)
+                sec = self.second(pair, t // 1000)
+                result = merge(result, agg_of([tr for tr in sec.trades if t <= tr.t < nxt]))
+                t = nxt
+        return result
+
+    def first_trade(self, pair: str, start_ms: int, end_ms: int) -> Trade | None:
+        for s in range(start_ms // 1000, end_ms // 1000):
+            trades = self.second(pair, s).trades
+            if trades:
+                return trades[0]
+        return None
+
+    def last_trade(self, pair: str, start_ms: int, end_ms: int) -> Trade | None:
+        for s in range(end_ms // 1000 - 1, start_ms // 1000 - 1, -1):
+            trades = self.second(pair, s).trades
+            if trades:
+                return trades[-1]
+        return None
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    if lam <= 0:
+        return 0
+    if lam > 50:
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+    threshold, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= threshold:
+            return k
+        k += 1
