@@ -160,7 +160,13 @@ class Simulator:
         return f"{self.config.host}:{self.port}"
 
     def now_ms(self) -> int:
-        """Simulated time: the historical start plus elapsed wall time times the speed factor."""
+        """Simulated time: the historical start plus elapsed wall time times the speed factor.
+
+        At full speed each connection runs through history at its own pace, so REST serves
+        everything up to the wall clock.
+        """
+        if self.config.full_speed:
+            return int(time.time() * 1000)
         return self._start_ms + int((time.time() - self._wall0) * 1000 * self.config.speed)
 
     async def start(self) -> None:

@@ -1,0 +1,162 @@
+"""The official polygon-api-client 1.16.3 works against the simulator unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from polygon import RESTClient, WebSocketClient
+from polygon.exceptions import AuthError
+from polygon.websocket.models import CryptoQuote, CryptoTrade, CurrencyAgg, Level2Book
+
+from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
+from crypto_platform_tests.polygon.conftest import KEY, wait_for
+
+
+async def collect(client: WebSocketClient, until: Any, timeout: float = 20.0) -> list[Any]:
+    got: list[Any] = []
+
+    async def handle(msgs: list[Any] | str | bytes) -> None:
+        # Raw mode passes one frame (text), parsed mode a list of models.
+        if isinstance(msgs, str | bytes):
+            got.append(msgs)
+        else:
+            got.extend(msgs)
+
+    task = asyncio.create_task(client.connect(handle))
+    try:
+        await wait_for(lambda: until(got) or task.done(), timeout, "official client messages")
+    finally:
+        task.cancel()
+        with pytest.raises((asyncio.CancelledError, Exception)):
+            await task
+    return got
+
+
+async def test_parsed_mode_decodes_every_crypto_channel() -> None:
+    # Start 2 s before a minute boundary at 30x speed so an XA bar arrives within a second.
+    start = 1_763_596_800_000 - 2_000
+    cfg = SimulatorConfig(rate=600, pairs=("BTC-USD", "ETH-USD"), speed=30.0, start_ms=start)
+    async with Simulator(cfg) as sim:
+        client = WebSocketClient(
+            api_key=KEY,
+            feed=sim.feed,
+            market="crypto",
+            secure=False,
+            subscriptions=["XT.*", "XQ.*", "XA.*", "XAS.*", "XL2.*"],
+        )
+
+        def all_kinds(msgs: list[Any]) -> bool:
+            kinds = {(type(m).__name__, getattr(m, "event_type", None)) for m in msgs}
+            return {
+                ("CurrencyAgg", "XA"),
+                ("CurrencyAgg", "XAS"),
+                ("CryptoTrade", "XT"),
+                ("CryptoQuote", "XQ"),
+                ("Level2Book", "XL2"),
+            } <= kinds
+
+        got = await collect(client, all_kinds)
+    trades = [m for m in got if isinstance(m, CryptoTrade)]
+    assert trades and all(isinstance(t.id, str) and t.pair in ("BTC-USD", "ETH-USD") for t in trades)
+    assert all(t.price > 0 and t.size > 0 and t.received_timestamp >= t.timestamp for t in trades)
+    quotes = [m for m in got if isinstance(m, CryptoQuote)]
+    assert all(q.bid_price < q.ask_price for q in quotes)
+    bars = [m for m in got if isinstance(m, CurrencyAgg)]
+    for bar in bars:
+        assert bar.low <= min(bar.open, bar.close) and max(bar.open, bar.close) <= bar.high
+        width = 60_000 if bar.event_type == "XA" else 1_000
+        assert bar.end_timestamp - bar.start_timestamp == width and bar.start_timestamp % width == 0
+    books = [m for m in got if isinstance(m, Level2Book)]
+    assert all(b.bid_prices[0][0] < b.ask_prices[0][0] for b in books)
+
+
+async def test_raw_mode_gets_frames_as_sent_and_counters_agree(simulator: Simulator) -> None:
+    client = WebSocketClient(
+        api_key=KEY,
+        feed=simulator.feed,
+        market="crypto",
+        secure=False,
+        raw=True,
+        subscriptions=["XT.BTC-USD", "XQ.ETH-USD"],
+    )
+    frames = await collect(client, lambda got: len(got) >= 20)
+    import orjson
+
+    events = [e for f in frames for e in orjson.loads(f)]
+    acks = [e["message"] for e in events if e["ev"] == "status"]
+    assert sorted(acks) == ["subscribed to: XQ.ETH-USD", "subscribed to: XT.BTC-USD"]
+    data = Counter((e["ev"], e["pair"]) for e in events if e["ev"] != "status")
+    assert set(data) <= {("XT", "BTC-USD"), ("XQ", "ETH-USD")}
+    await wait_for(lambda: simulator.counters()["connections"]["1"]["closed"] is not None, what="close recorded")
+    sent = simulator.counters()["connections"]["1"]["events"]
+    # Everything received was counted as sent (the client may have been cancelled mid-stream).
+    for (ev, pair), n in data.items():
+        assert sent[ev][pair] >= n
+
+
+async def test_wrong_key_raises_auth_error(simulator: Simulator) -> None:
+    client = WebSocketClient(
+        api_key="wrong-key", feed=simulator.feed, market="crypto", secure=False, subscriptions=["XT.*"]
+    )
+
+    async def handle(msgs: list[Any]) -> None:
+        pass
+
+    with pytest.raises(AuthError):
+        await asyncio.wait_for(client.connect(handle), 10)
+
+
+def test_rest_client_endpoints_and_pagination() -> None:
+    cfg = SimulatorConfig(rate=5, pairs=("BTC-USD", "ETH-USD"))
+    with Simulator(cfg).running_in_thread() as sim:
+        rest = RESTClient(api_key=KEY, base=sim.rest_url)
+        now = sim.now_ms()
+        window = (now - 600_000) * 1_000_000, now * 1_000_000
+        trades = list(
+            rest.list_trades("X:BTC-USD", timestamp_gte=window[0], timestamp_lt=window[1], order="asc", limit=100)
+        )
+        assert len(trades) > 100, "the window should need several pages"
+        stamps = [t.participant_timestamp for t in trades]
+        assert stamps == sorted(stamps)
+        assert len({(t.exchange, t.id) for t in trades}) == len(trades)
+        # Same answer in one page, and in descending order.
+        one_page = list(
+            rest.list_trades("X:BTCUSD", timestamp_gte=window[0], timestamp_lt=window[1], order="asc", limit=50_000)
+        )
+        assert [(t.exchange, t.id) for t in one_page] == [(t.exchange, t.id) for t in trades]
+        desc = list(
+            rest.list_trades("X:BTC-USD", timestamp_gte=window[0], timestamp_lt=window[1], order="desc", limit=37)
+        )
+        assert [(t.exchange, t.id) for t in desc] == [(t.exchange, t.id) for t in reversed(trades)]
+
+        aggs = list(rest.list_aggs("X:BTCUSD", 1, "minute", now - 3_600_000, now, limit=7))
+        assert len(aggs) > 7
+        assert [a.timestamp for a in aggs] == sorted(a.timestamp for a in aggs)
+        assert all(a.low <= a.open <= a.high and a.transactions > 0 for a in aggs)
+
+        day = "2025-06-01"
+        raw = rest.get_daily_open_close_agg("crypto/BTC/USD", day, raw=True)
+        import json
+
+        oc = json.loads(raw.data)
+        assert oc["symbol"] == "BTC-USD" and oc["isUTC"] is True
+        assert oc["openTrades"][0]["t"] <= oc["closingTrades"][0]["t"]
+
+        grouped = rest.get_grouped_daily_aggs(day, locale="global", market_type="crypto")
+        by_ticker = {g.ticker: g for g in grouped}
+        assert set(by_ticker) == {"X:BTCUSD", "X:ETHUSD"}
+        assert by_ticker["X:BTCUSD"].open == oc["open"] and by_ticker["X:BTCUSD"].close == oc["close"]
+        daily = list(rest.list_aggs("X:BTCUSD", 1, "day", day, day))
+        assert len(daily) == 1 and daily[0].volume == by_ticker["X:BTCUSD"].volume
+
+
+def test_rest_wrong_key_is_a_bad_response() -> None:
+    from polygon.exceptions import BadResponse
+
+    with Simulator(SimulatorConfig(rate=20)).running_in_thread() as sim:
+        rest = RESTClient(api_key="wrong", base=sim.rest_url)
+        with pytest.raises(BadResponse, match="Unknown API Key"):
+            rest.get_daily_open_close_agg("crypto/BTC/USD", "2025-06-01", raw=True)
