@@ -343,3 +343,13 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         start_date=_parse_date(env, "CRYPTO_START_DATE", DEFAULT_START_DATE),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
     )
+
+
+def child_environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: this process's environment with ``overrides`` applied.
+
+    Lives here because this is the only module that reads ``os.environ``; everything that starts a
+    process (the local stack, tests) passes the returned dict explicitly as ``env=``. Secrets reach
+    children this way, never on their command line.
+    """
+    return {**os.environ, **(overrides or {})}

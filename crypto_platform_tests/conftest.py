@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from crypto_platform.settings import Settings, load_settings
 
 MYSQL_HOST = os.environ.get("CRYPTO_TEST_MYSQL_HOST", "127.0.0.1")
 MYSQL_PORT = int(os.environ.get("CRYPTO_TEST_MYSQL_PORT", "3306"))
@@ -57,3 +60,39 @@ def mysql_database(mysql_server: dict[str, object]) -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_settings(state_dir: Path, **env: str) -> Settings:
+    """Settings for the zero-setup defaults with all state under ``state_dir`` (no real environment)."""
+    project = Path(__file__).resolve().parent.parent
+    base = {"CRYPTO_PROJECT_DIR": str(project), "CRYPTO_STATE_DIR": str(state_dir)}
+    return load_settings({**base, "DAGSTER_HOME": str(state_dir / "dagster_home"), **env})
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The local stack's persistent fakesnow server on a free loopback port, for the whole session.
+
+    Yields :class:`~crypto_platform.settings.Settings` whose ``snowflake`` points at it, so
+    ``build_snowflake_resource(settings)`` talks to it through the real Snowflake connector.
+    """
+    from crypto_platform import local_stack
+    from crypto_platform.settings import child_environment
+
+    settings = local_settings(tmp_path_factory.mktemp("fakesnow_state"), CRYPTO_FAKESNOW_PORT=str(free_port()))
+    service = local_stack.fakesnow_service(settings)
+    paths = local_stack.stack_paths(settings)
+    local_stack.start_service(service, paths, child_environment(), ready_timeout=120)
+    try:
+        yield settings
+    finally:
+        local_stack.stop_service(service, paths)

@@ -1,0 +1,279 @@
+"""The zero-setup local stack, on real processes: the persistent fakesnow server reached through the
+real Snowflake connector and ``SnowflakeResource``, service start/stop/status, and the Dagster home."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster_snowflake import SnowflakeResource
+
+from crypto_platform import local_stack as ls
+from crypto_platform import local_stack_cli
+from crypto_platform.resources.snowflake import build_snowflake_resource
+from crypto_platform.settings import Settings, child_environment
+from crypto_platform_tests.conftest import free_port, local_settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def own_fakesnow(tmp_path: Path) -> Iterator[tuple[Settings, ls.Service, ls.StackPaths]]:
+    """A fakesnow server private to one test (it may be restarted), stopped afterwards."""
+    settings = local_settings(tmp_path / "state", CRYPTO_FAKESNOW_PORT=str(free_port()))
+    service = ls.fakesnow_service(settings)
+    paths = ls.stack_paths(settings)
+    ls.start_service(service, paths, child_environment(), ready_timeout=120)
+    try:
+        yield settings, service, paths
+    finally:
+        ls.stop_service(service, paths)
+
+
+def _rows(settings: Settings, sql: str) -> list[tuple[object, ...]]:
+    with build_snowflake_resource(settings).get_connection() as conn:
+        cur = conn.cursor()
+        try:
+            return list(cur.execute(sql).fetchall())
+        finally:
+            cur.close()
+
+
+def test_fakesnow_persists_across_restart_and_shares_sessions(
+    own_fakesnow: tuple[Settings, ls.Service, ls.StackPaths],
+) -> None:
+    settings, service, paths = own_fakesnow
+    first_pid = ls.running_pid(service, paths)
+
+    with build_snowflake_resource(settings).get_connection() as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE DATABASE IF NOT EXISTS MARKET_DATA")
+        cur.execute("CREATE SCHEMA IF NOT EXISTS MARKET_DATA.POLYGON")
+        cur.execute("CREATE OR REPLACE TABLE MARKET_DATA.POLYGON.PROBE (PAIR TEXT, PRICE NUMBER(38,18))")
+        cur.executemany(
+            "INSERT INTO MARKET_DATA.POLYGON.PROBE (PAIR, PRICE) VALUES (%s, %s)",
+            [("BTC-USD", "91234.123456789012345678"), ("ETH-USD", "3012.5")],
+        )
+        # A second, concurrent session sees the first one's writes (one shared instance).
+        assert sorted(_rows(settings, "SELECT PAIR FROM MARKET_DATA.POLYGON.PROBE")) == [("BTC-USD",), ("ETH-USD",)]
+        cur.close()
+
+    assert ls.stop_service(service, paths) == first_pid
+    assert not ls.port_open(service.host, service.port)
+    assert (paths.fakesnow_dir / "db" / "MARKET_DATA.db").is_file()
+
+    restarted = ls.start_service(service, paths, child_environment(), ready_timeout=120)
+    assert restarted.started and restarted.pid != first_pid
+    # The first session after the restart needs no CREATE DATABASE: the launcher re-attached it.
+    rows = _rows(settings, "SELECT PAIR, PRICE FROM MARKET_DATA.POLYGON.PROBE ORDER BY PAIR")
+    assert [(pair, str(price)) for pair, price in rows] == [
+        ("BTC-USD", "91234.123456789012345678"),
+        ("ETH-USD", "3012.500000000000000000"),
+    ]
+
+
+def test_snowflake_resource_inside_a_dagster_run(fakesnow_server: Settings) -> None:
+    """The resource as assets will use it: bound in Definitions, used from a materialization."""
+
+    @dg.asset
+    def probe_table(snowflake: SnowflakeResource) -> dg.MaterializeResult:
+        with snowflake.get_connection() as conn:
+            cur = conn.cursor()
+            cur.execute("CREATE SCHEMA IF NOT EXISTS MARKET_DATA.POLYGON")
+            cur.execute("CREATE OR REPLACE TABLE MARKET_DATA.POLYGON.RUN_PROBE (N INTEGER)")
+            cur.execute("INSERT INTO MARKET_DATA.POLYGON.RUN_PROBE VALUES (1), (2), (3)")
+            (count,) = cur.execute("SELECT COUNT(*) FROM MARKET_DATA.POLYGON.RUN_PROBE").fetchone()
+        return dg.MaterializeResult(metadata={"dagster/row_count": int(count)})
+
+    result = dg.materialize([probe_table], resources={"snowflake": build_snowflake_resource(fakesnow_server)})
+    assert result.success
+    mat = result.asset_materializations_for_node("probe_table")[0]
+    assert mat.metadata["dagster/row_count"].value == 3
+
+
+def test_start_is_idempotent_and_status_reports(
+    own_fakesnow: tuple[Settings, ls.Service, ls.StackPaths], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, service, paths = own_fakesnow
+    pid = ls.running_pid(service, paths)
+    again = ls.start_service(service, paths, child_environment())
+    assert (again.started, again.pid) == (False, pid)
+
+    local_stack_cli.services_status(settings)
+    out = capsys.readouterr().out
+    assert f"fakesnow   running, pid {pid}" in out
+    assert f"127.0.0.1:{service.port} listening=True" in out
+
+
+def test_port_taken_by_another_process_names_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = local_settings(tmp_path, CRYPTO_FAKESNOW_PORT=str(port))
+        with pytest.raises(ls.PortInUseError) as exc:
+            ls.start_service(ls.fakesnow_service(settings), ls.stack_paths(settings), child_environment())
+    message = str(exc.value)
+    assert f"port {port}" in message and "CRYPTO_FAKESNOW_PORT" in message
+    assert not ls.stack_paths(settings).pid_file("fakesnow").exists()
+
+
+def test_dagster_port_taken_fails_dev_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = local_settings(tmp_path, CRYPTO_DAGSTER_PORT=str(port), CRYPTO_FAKESNOW_PORT=str(free_port()))
+        with pytest.raises(ls.PortInUseError, match="CRYPTO_DAGSTER_PORT"):
+            local_stack_cli.run_dev(settings)
+    assert ls.running_pid(ls.fakesnow_service(settings), ls.stack_paths(settings)) is None
+
+
+def test_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
+    """A pid file naming a live process that is not the service (a reused pid) counts as stale."""
+    settings = local_settings(tmp_path, CRYPTO_FAKESNOW_PORT=str(free_port()))
+    service, paths = ls.fakesnow_service(settings), ls.stack_paths(settings)
+    paths.ensure()
+    paths.pid_file("fakesnow").write_text(f'{{"pid": {os.getpid()}, "port": {service.port}}}\n')
+    assert ls.running_pid(service, paths) is None
+    assert not paths.pid_file("fakesnow").exists()
+    assert ls.stop_service(service, paths) is None  # and stop does not kill the test process
+
+
+def test_service_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    broken = ls.Service(
+        name="broken",
+        port=free_port(),
+        port_setting="CRYPTO_BROKEN_PORT",
+        argv=(sys.executable, "-c", "import sys; print('cannot start: boom'); sys.exit(3)"),
+        identity=("cannot start",),
+    )
+    with pytest.raises(ls.LocalStackError, match="exited before listening") as exc:
+        ls.start_service(broken, ls.stack_paths(settings), child_environment(), ready_timeout=60)
+    assert "cannot start: boom" in str(exc.value)
+    assert not ls.stack_paths(settings).pid_file("broken").exists()
+
+
+def test_services_are_detached_and_loopback_only(own_fakesnow: tuple[Settings, ls.Service, ls.StackPaths]) -> None:
+    _, service, paths = own_fakesnow
+    pid = ls.running_pid(service, paths)
+    assert pid is not None
+    assert os.getsid(pid) == pid  # its own session: a terminal's Ctrl-C does not reach it
+    listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True, check=False).stdout
+    lines = [line for line in listening.splitlines() if f"pid={pid}," in line]
+    if lines:  # `ss` shows owners only with enough privilege
+        assert all(f"127.0.0.1:{service.port}" in line for line in lines), lines
+
+
+def test_required_services_follow_the_settings(tmp_path: Path) -> None:
+    local = local_settings(tmp_path)
+    assert [s.name for s in ls.required_services(local)] == ["simulator", "fakesnow"]
+    prod = local_settings(
+        tmp_path,
+        POLYGON_API_KEY="k" * 20,
+        SNOWFLAKE_ACCOUNT="acme-xy12345",
+        SNOWFLAKE_USER="loader",
+        SNOWFLAKE_PASSWORD="pw-not-logged",
+    )
+    assert ls.required_services(prod) == []
+    for service in ls.all_services(local):
+        assert "--host" in service.argv and service.argv[service.argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_stack_environment_is_absolute_and_secret_free(tmp_path: Path) -> None:
+    settings = local_settings(
+        tmp_path, POLYGON_API_KEY="secret-polygon-key-123", MYSQL_URL="mysql+pymysql://u:pw9@h/db"
+    )
+    env = ls.stack_environment(settings)
+    for key in ("CRYPTO_PROJECT_DIR", "CRYPTO_STATE_DIR", "CRYPTO_DATA_DIR", "DAGSTER_HOME"):
+        assert Path(env[key]).is_absolute(), key
+    assert "secret-polygon-key-123" not in repr(env) and "pw9" not in repr(env)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Dagster home
+
+
+def test_dagster_home_gets_the_repo_config_and_keeps_a_foreign_one(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    home = settings.dagster_home
+    assert "installed" in ls.prepare_dagster_home(settings)
+    assert (home / "dagster.yaml").read_text() == (PROJECT_DIR / "dagster.yaml").read_text()
+    assert "up to date" in ls.prepare_dagster_home(settings)
+
+    # An older copy of ours is refreshed ...
+    (home / "dagster.yaml").write_text(ls.LOCAL_INSTANCE_MARKER + "\ntelemetry: {enabled: false}\n")
+    assert "installed" in ls.prepare_dagster_home(settings)
+    # ... but a config someone put there on purpose is left alone.
+    (home / "dagster.yaml").write_text("# production\nstorage: {}\n")
+    assert "keeping its own" in ls.prepare_dagster_home(settings)
+    assert (home / "dagster.yaml").read_text() == "# production\nstorage: {}\n"
+
+
+def test_local_instance_keeps_runs_and_cursors_across_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repo's dagster.yaml in a project-local home: SQLite under DAGSTER_HOME, state survives."""
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    settings = local_settings(tmp_path)
+    ls.prepare_dagster_home(settings)
+    home = settings.dagster_home
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the {env: DAGSTER_HOME} in dagster.yaml
+
+    @dg.asset
+    def probe() -> int:
+        return 1
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_storage, SqliteRunStorage)
+        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+        assert instance.get_settings("sensors")["use_threads"] is True
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+        assert instance.run_monitoring_enabled
+        assert not instance.telemetry_enabled
+        run_id = dg.materialize([probe], instance=instance).run_id
+        instance.run_storage.set_cursor_values({"crypto_test_cursor": "segment-42"})
+
+    assert (home / "history" / "runs.db").is_file()
+    assert (home / "schedules" / "schedules.db").is_file()
+
+    with dg.DagsterInstance.from_config(str(home)) as reopened:
+        run = reopened.get_run_by_id(run_id)
+        assert run is not None and run.is_success
+        assert reopened.run_storage.get_cursor_values({"crypto_test_cursor"}) == {"crypto_test_cursor": "segment-42"}
+
+
+def test_workspace_and_pyproject_point_dagster_at_definitions() -> None:
+    import tomllib
+
+    import yaml
+
+    workspace = yaml.safe_load((PROJECT_DIR / "workspace.yaml").read_text())
+    assert workspace == {
+        "load_from": [
+            {
+                "python_module": {
+                    "module_name": "crypto_platform.definitions",
+                    "working_directory": ".",
+                    "location_name": "crypto_platform",
+                }
+            }
+        ]
+    }
+    tool = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text()).get("tool", {})
+    assert "dagster" not in tool and "dg" not in tool  # either would override workspace.yaml
+
+
+def test_cli_routes_dev_and_services_here() -> None:
+    from crypto_platform.cli import _COMMANDS
+
+    assert _COMMANDS["dev"][0] == _COMMANDS["services"][0] == "crypto_platform.local_stack_cli"
+    with contextlib.suppress(SystemExit):
+        local_stack_cli.main(["services", "--help"])
