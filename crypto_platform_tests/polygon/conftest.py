@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 
@@ -52,6 +54,10 @@ class RawClient:
         return client
 
     async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._read_all()
+
+    async def _read_all(self) -> None:
         async for message in self.ws:
             text = message if isinstance(message, str) else message.decode()
             self.texts.append(text)
