@@ -1,0 +1,113 @@
+"""Settings: defaults of the zero-setup stack, messages that name the culprit, secrets that never show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crypto_platform.settings import (
+    DEFAULT_DAGSTER_PORT,
+    DEFAULT_FAKESNOW_PORT,
+    DEFAULT_SIMULATOR_PORT,
+    Secret,
+    SettingsError,
+    child_environment,
+    load_settings,
+)
+
+
+def test_defaults_are_the_zero_setup_stack(tmp_path: Path) -> None:
+    s = load_settings({}, cwd=tmp_path)
+    root = tmp_path.resolve()
+    assert s.project_dir == root
+    assert s.state_dir == root / "var"
+    assert s.data_dir == root / "var" / "data"
+    assert s.dagster_home == root / ".dagster_home" and s.dagster_home.is_absolute()
+    assert s.uses_simulator and s.ws_url == f"ws://127.0.0.1:{DEFAULT_SIMULATOR_PORT}/crypto"
+    assert s.rest_url == f"http://127.0.0.1:{DEFAULT_SIMULATOR_PORT}"
+    assert s.snowflake.local and (s.snowflake.host, s.snowflake.port) == ("127.0.0.1", DEFAULT_FAKESNOW_PORT)
+    assert s.dagster_port == DEFAULT_DAGSTER_PORT
+    assert not s.uses_mysql_server
+    assert s.mysql_url.reveal() == f"sqlite:///{root / 'var' / 'data' / 'warehouse.sqlite'}"
+    assert s.mlflow_tracking_uri == f"sqlite:///{root / 'var' / 'mlflow.db'}"
+
+
+def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
+    s = load_settings({"CRYPTO_STATE_DIR": "state", "DAGSTER_HOME": "dh"}, cwd=tmp_path)
+    assert s.state_dir.is_absolute() and s.dagster_home.is_absolute()
+    assert s.data_dir == s.state_dir / "data"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CRYPTO_FAKESNOW_PORT": "snow"}, "CRYPTO_FAKESNOW_PORT"),
+        ({"CRYPTO_SIMULATOR_PORT": "0"}, "CRYPTO_SIMULATOR_PORT"),
+        ({"CRYPTO_DAGSTER_PORT": "-1"}, "CRYPTO_DAGSTER_PORT"),
+        ({"CRYPTO_PAIRS": "BTCUSD"}, "CRYPTO_PAIRS"),
+        ({"CRYPTO_PAIRS": " , "}, "CRYPTO_PAIRS"),
+        ({"CRYPTO_CHANNELS": "XT,ZZ"}, "CRYPTO_CHANNELS"),
+        ({"CRYPTO_FSYNC": "always"}, "CRYPTO_FSYNC"),
+        ({"CRYPTO_SEGMENT_MAX_BYTES": "10"}, "CRYPTO_SEGMENT_MAX_BYTES"),
+        ({"CRYPTO_SEGMENT_MAX_AGE_S": "soon"}, "CRYPTO_SEGMENT_MAX_AGE_S"),
+        ({"CRYPTO_RETENTION_DAYS": "1.5"}, "CRYPTO_RETENTION_DAYS"),
+        ({"CRYPTO_START_DATE": "2025-13-01"}, "CRYPTO_START_DATE"),
+        ({"MYSQL_URL": "postgresql://u:p@h/db"}, "MYSQL_URL"),
+        ({"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}, "MLFLOW_TRACKING_URI"),
+        ({"MLFLOW_TRACKING_URI": "./mlruns"}, "MLFLOW_TRACKING_URI"),
+        ({"POLYGON_WS_URL": "wss://socket.polygon.io/crypto"}, "POLYGON_API_KEY"),
+        ({"POLYGON_API_KEY": "k", "POLYGON_REST_URL": "ftp://x"}, "POLYGON_REST_URL"),
+        ({"SNOWFLAKE_ACCOUNT": "acme"}, "SNOWFLAKE_USER"),
+        ({"SNOWFLAKE_ACCOUNT": "acme", "SNOWFLAKE_USER": "u"}, "SNOWFLAKE_PASSWORD"),
+        (
+            {
+                "SNOWFLAKE_ACCOUNT": "acme",
+                "SNOWFLAKE_USER": "u",
+                "SNOWFLAKE_PASSWORD": "p",
+                "SNOWFLAKE_PRIVATE_KEY": "k",
+            },
+            "exactly one credential",
+        ),
+    ],
+)
+def test_bad_values_name_the_variable(tmp_path: Path, env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(env, cwd=tmp_path)
+
+
+SECRETS = {
+    "POLYGON_API_KEY": "pk-live-0123456789abcdef",
+    "MYSQL_URL": "mysql+pymysql://loader:my-sql-pw-42@db.internal:3306/market_data",
+    "SNOWFLAKE_ACCOUNT": "acme-xy12345",
+    "SNOWFLAKE_USER": "loader",
+    "SNOWFLAKE_PASSWORD": "sf-pw-987654",
+}
+
+
+def test_production_values_switch_each_part(tmp_path: Path) -> None:
+    s = load_settings(SECRETS, cwd=tmp_path)
+    assert not s.uses_simulator and s.ws_url == "wss://socket.polygon.io/crypto"
+    assert s.uses_mysql_server
+    assert not s.snowflake.local and s.snowflake.account == "acme-xy12345"
+
+
+def test_secrets_never_appear_in_repr_str_or_describe(tmp_path: Path) -> None:
+    s = load_settings({**SECRETS, "CRYPTO_PAIRS": "BTC-USD"}, cwd=tmp_path)
+    views = [repr(s), str(s), repr(s.describe()), str(s.snowflake), repr(s.api_key), f"{s.mysql_url}"]
+    for view in views:
+        for secret in ("pk-live-0123456789abcdef", "my-sql-pw-42", "sf-pw-987654"):
+            assert secret not in view
+    assert s.describe()["mysql_url"] == "mysql+pymysql://loader:***@db.internal:3306/market_data"
+    assert s.api_key.reveal() == "pk-live-0123456789abcdef"
+
+
+def test_secret_values_compare_without_showing() -> None:
+    assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
+    assert not Secret("") and "a" not in repr(Secret("a"))
+
+
+def test_child_environment_applies_overrides() -> None:
+    env = child_environment({"CRYPTO_STATE_DIR": "/abs/state"})
+    assert env["CRYPTO_STATE_DIR"] == "/abs/state"
+    assert "PATH" in env  # the inherited environment is carried over
