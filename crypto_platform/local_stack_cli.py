@@ -163,6 +163,8 @@ def run_dev(
             return 130
         argv = ls.dagster_dev_argv(settings)
         _say(f"Dagster UI on http://{ls.LOOPBACK}:{settings.dagster_port} (Ctrl-C stops it)")
+        # Dagster then warns that ./dagster.yaml "will not be used": it is in use, as the copy above.
+        _say(f"instance config: {settings.dagster_home / 'dagster.yaml'} (copied from ./dagster.yaml)")
         proc = subprocess.Popen(
             argv,
             cwd=str(settings.project_dir),

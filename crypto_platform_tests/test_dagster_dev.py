@@ -1,0 +1,206 @@
+"""System test: ``crypto-platform dev`` on the local defaults, in a throwaway project state.
+
+Boots the real command (services + ``dagster dev``) on free loopback ports with CRYPTO_STATE_DIR,
+CRYPTO_DATA_DIR and DAGSTER_HOME under a temp dir, waits (with deadlines, polling conditions) for
+the webserver and the code location, reads the asset graph and sensors over GraphQL, then sends
+SIGINT to the process group as a terminal's Ctrl-C would and checks that every process it started
+is gone: found by the unique state path that each of them carries in its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crypto_platform import definitions
+from crypto_platform.local_stack import SIMULATOR_CLI_MODULE, port_open
+from crypto_platform.settings import child_environment
+from crypto_platform_tests.conftest import free_port
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+BOOT_DEADLINE_S = 240.0
+STOP_DEADLINE_S = 120.0
+# Variables that would switch a part of the stack to production; the test wants the local defaults.
+PRODUCTION_VARIABLES = (
+    "POLYGON_API_KEY",
+    "POLYGON_WS_URL",
+    "POLYGON_REST_URL",
+    "MYSQL_URL",
+    "SNOWFLAKE_ACCOUNT",
+    "MLFLOW_TRACKING_URI",
+    "CRYPTO_PROJECT_DIR",
+)
+
+
+def processes_with_env_value(marker: str) -> list[int]:
+    """Pids (other than ours) whose environment mentions ``marker``: everything the stack started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def poll(condition: Callable[[], Any], deadline_s: float, what: str, alive: Callable[[], str | None]) -> Any:
+    """Return ``condition()``'s first truthy value; fail naming ``what`` at the deadline or on death."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        problem = alive()
+        if problem:
+            pytest.fail(f"while waiting for {what}: {problem}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached within {deadline_s:.0f} s")
+        time.sleep(0.25)
+
+
+def http_json(url: str, payload: dict[str, Any] | None = None) -> Any:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    state = tmp_path / "state"
+    env = {k: v for k, v in child_environment().items() if k not in PRODUCTION_VARIABLES}
+    env.update(
+        {
+            "CRYPTO_STATE_DIR": str(state),
+            "CRYPTO_DATA_DIR": str(state / "data"),
+            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+            "CRYPTO_DAGSTER_PORT": str(free_port()),
+            "CRYPTO_FAKESNOW_PORT": str(free_port()),
+            "CRYPTO_SIMULATOR_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    yield env
+    # Whatever happened, nothing started with this state dir may outlive the test.
+    for pid in processes_with_env_value(str(state)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, dev_env: dict[str, str]) -> None:
+    marker = dev_env["CRYPTO_STATE_DIR"]
+    port = int(dev_env["CRYPTO_DAGSTER_PORT"])
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "dev.log"
+    simulator_expected = importlib.util.find_spec(SIMULATOR_CLI_MODULE) is not None
+
+    with open(log_path, "wb") as log:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "crypto_platform.cli", "dev"],
+            cwd=PROJECT_DIR,  # as `make dev` runs it; the state goes where the env says
+            env=dev_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A non-interactive parent may have SIGINT ignored; give the child the default back.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+    def dev_alive() -> str | None:
+        if dev.poll() is None:
+            return None
+        return f"`crypto-platform dev` exited with {dev.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}"
+
+    try:
+
+        def server_info() -> dict[str, Any] | None:
+            try:
+                return http_json(f"{base}/server_info")
+            except (urllib.error.URLError, OSError, ValueError):
+                return None
+
+        info = poll(server_info, BOOT_DEADLINE_S, "the webserver's /server_info", dev_alive)
+        assert info["dagster_version"] == "1.13.27"
+
+        def location_loaded() -> bool:
+            query = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+            entries = http_json(f"{base}/graphql", {"query": query})["data"]["workspaceOrError"]["locationEntries"]
+            statuses = {e["name"]: e["loadStatus"] for e in entries}
+            return statuses.get("crypto_platform") == "LOADED"
+
+        poll(location_loaded, BOOT_DEADLINE_S, "the crypto_platform code location to load", dev_alive)
+
+        query = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+            name location { name }
+            sensors { name sensorState { status } }
+            assetNodes { assetKey { path } groupName isPartitioned dependencyKeys { path } kinds isMaterializable }
+        } } ... on PythonError { message } } }"""
+        answer = http_json(f"{base}/graphql", {"query": query})
+        nodes = answer["data"]["repositoriesOrError"]["nodes"]
+        assert [n["location"]["name"] for n in nodes] == ["crypto_platform"], answer
+        repo = nodes[0]
+        served_assets = {"/".join(a["assetKey"]["path"]): a for a in repo["assetNodes"]}
+        graph = definitions.defs.resolve_asset_graph()
+        assert set(served_assets) == {k.to_user_string() for k in graph.get_all_asset_keys()}
+        assert served_assets["landing_log"]["groupName"] == "ingest"
+        assert served_assets["landing_log"]["kinds"] == ["python"]
+        assert served_assets["landing_log"]["isMaterializable"] is False
+        assert sorted(s["name"] for s in repo["sensors"]) == sorted(s.name for s in definitions.defs.sensors or [])
+
+        # The services the defaults need are up, on their ports, under this state dir.
+        state = Path(marker)
+        assert port_open("127.0.0.1", int(dev_env["CRYPTO_FAKESNOW_PORT"]))
+        assert (state / "run" / "fakesnow.pid").is_file()
+        assert port_open("127.0.0.1", int(dev_env["CRYPTO_SIMULATOR_PORT"])) is simulator_expected
+        # The instance is the project-local one: config installed, SQLite storage inside DAGSTER_HOME.
+        home = Path(dev_env["DAGSTER_HOME"])
+        assert (home / "dagster.yaml").read_text() == (PROJECT_DIR / "dagster.yaml").read_text()
+        assert (home / "history" / "runs.db").is_file()
+        started = processes_with_env_value(marker)
+        assert len(started) >= 5, started  # dev, dagster dev, webserver, daemon, code server, services
+
+        # Ctrl-C, as a terminal delivers it: SIGINT to the foreground process group.
+        os.killpg(dev.pid, signal.SIGINT)
+        try:
+            rc = dev.wait(STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`crypto-platform dev` did not stop within {STOP_DEADLINE_S:.0f} s after SIGINT")
+        assert rc in (0, 130), log_path.read_text(errors="replace")[-4000:]
+
+        poll(
+            lambda: not processes_with_env_value(marker),
+            STOP_DEADLINE_S,
+            "every started process to exit",
+            lambda: None,
+        )
+        for key in ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT"):
+            assert not port_open("127.0.0.1", int(dev_env[key])), key
+        assert not list((state / "run").glob("*.pid"))
+        # Runs, cursors and sensor state stay for the next start.
+        assert (home / "history" / "runs.db").is_file()
+        assert (home / "schedules" / "schedules.db").is_file()
+    finally:
+        if dev.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait(30)
