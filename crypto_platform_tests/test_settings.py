@@ -111,3 +111,17 @@ def test_child_environment_applies_overrides() -> None:
     env = child_environment({"CRYPTO_STATE_DIR": "/abs/state"})
     assert env["CRYPTO_STATE_DIR"] == "/abs/state"
     assert "PATH" in env  # the inherited environment is carried over
+
+
+def test_readme_settings_table_lists_every_variable() -> None:
+    """Every variable settings.py reads appears in the README's Settings table."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "crypto_platform" / "settings.py").read_text()
+    variables = set(re.findall(r'env(?:\.get\(|\[)"([A-Z][A-Z0-9_]+)"', source))
+    variables |= set(re.findall(r'_parse_\w+\(env, "([A-Z][A-Z0-9_]+)"', source))
+    readme = (root / "README.md").read_text()
+    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    assert len(variables) > 25
+    assert sorted(v for v in variables if f"`{v}`" not in table) == []
