@@ -277,3 +277,30 @@ def test_cli_routes_dev_and_services_here() -> None:
     assert _COMMANDS["dev"][0] == _COMMANDS["services"][0] == "crypto_platform.local_stack_cli"
     with contextlib.suppress(SystemExit):
         local_stack_cli.main(["services", "--help"])
+
+
+def test_concurrent_starts_make_one_server(tmp_path: Path) -> None:
+    """Two terminals running `services start` at once: one starts it, the other finds it running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = local_settings(tmp_path, CRYPTO_FAKESNOW_PORT=str(free_port()))
+    service, paths = ls.fakesnow_service(settings), ls.stack_paths(settings)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(
+                pool.map(lambda _: ls.start_service(service, paths, child_environment(), ready_timeout=120), range(2))
+            )
+        assert sorted(r.started for r in results) == [False, True]
+        assert results[0].pid == results[1].pid
+    finally:
+        ls.stop_service(service, paths)
+    assert ls.running_pid(service, paths) is None and not ls.port_open(service.host, service.port)
+
+
+def test_services_stop_tolerates_a_missing_ingester_supervisor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = local_settings(tmp_path, CRYPTO_FAKESNOW_PORT=str(free_port()))
+    assert local_stack_cli.services_stop(settings) == 0
+    out = capsys.readouterr().out
+    assert "ingester:" in out and "fakesnow: was not running" in out
