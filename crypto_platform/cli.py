@@ -27,18 +27,22 @@ def _load(module: str) -> object:
     return importlib.import_module(module)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (all of them when ``command`` is None)."""
     parser = argparse.ArgumentParser(prog="crypto-platform", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments: Callable[[str, argparse.ArgumentParser], None] = _load(module).add_arguments
-        add_arguments(name, cmd)
+        if command in (None, name):
+            add_arguments: Callable[[str, argparse.ArgumentParser], None] = _load(module).add_arguments
+            add_arguments(name, cmd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command if command in _COMMANDS else "").parse_args(argv)
     module, _ = _COMMANDS[args.command]
     run: Callable[[argparse.Namespace], int] = _load(module).run
     try:

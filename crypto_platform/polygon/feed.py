@@ -8,9 +8,11 @@ passed through a float.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator
+import bisect
+import math
 from dataclasses import dataclass
+from itertools import count
+from typing import NamedTuple
 
 from crypto_platform.polygon.market import Agg, Market, PairSpec, Quote, Trade
 
@@ -21,20 +23,19 @@ XA_CORRECTION_DELAY_MS = 2_000
 VWAP_EXTRA_DP = 4
 
 
-class Event:
-    """One rendered event: what it is (channel, pair), when it goes out, and its JSON text."""
+class Event(NamedTuple):
+    """One rendered event, ordered by delivery time (then generation order), with its JSON text.
 
-    __slots__ = ("channel", "deliver_ms", "pair", "text", "trade_key")
+    A tuple so the delivery queue sorts in C: (deliver_ms, seq) is unique, so the comparison
+    never reaches the text.
+    """
 
-    def __init__(self, deliver_ms: int, channel: str, pair: str, text: str, trade_key: str | None = None) -> None:
-        self.deliver_ms = deliver_ms
-        self.channel = channel
-        self.pair = pair
-        self.text = text
-        self.trade_key = trade_key
-
-    def __lt__(self, other: Event) -> bool:
-        return self.deliver_ms < other.deliver_ms
+    deliver_ms: int
+    seq: int
+    channel: str
+    pair: str
+    text: str
+    trade_key: str | None = None
 
 
 class _Text:
@@ -58,9 +59,10 @@ class _Text:
         return text
 
     def size(self, units: int) -> str:
+        # Sizes rarely repeat, so no memo and no zero-stripping: "0.12340000" is the same exact value.
         if self.size_dp == 0:
             return str(units)
-        return _strip(self._size_fmt % divmod(units, self._size_scale))
+        return self._size_fmt % divmod(units, self._size_scale)
 
     def scaled(self, value: int, dp: int) -> str:
         if dp == 0:
@@ -159,11 +161,13 @@ class Schedule:
     the market and on when it subscribed, never on other connections.
     """
 
-    def __init__(self, renderer: Renderer, start_ms: int) -> None:
+    def __init__(self, renderer: Renderer, start_ms: int, keep_trade_keys: bool = False) -> None:
         self.renderer = renderer
         self.market = renderer.market
         self.next_second = start_ms // 1000
-        self._heap: list[Event] = []
+        self._pending: list[Event] = []
+        self.keep_trade_keys = keep_trade_keys
+        self._seq = count()
         self.plan: dict[str, frozenset[str]] = {}
 
     def set_topics(self, topics: set[tuple[str, str]]) -> None:
@@ -179,45 +183,58 @@ class Schedule:
         return channel in self.plan.get(pair, ())
 
     def _generate(self, second: int) -> None:
-        push = self._heap.append
+        pending = self._pending
+        seq = self._seq
         render = self.renderer
+
+        def push(deliver_ms: int, channel: str, pair: str, text: str, key: str | None = None) -> None:
+            # tuple.__new__ skips NamedTuple's Python-level constructor on this hot path.
+            pending.append(tuple.__new__(Event, (deliver_ms, next(seq), channel, pair, text, key)))
+
         for pair, channels in self.plan.items():
             sec = self.market.second(pair, second)
             if "XT" in channels:
+                next_minute = (second // 60 + 1) * 60_000
                 for tr in sec.trades:
-                    deliver = (second // 60 + 1) * 60_000 + LATE_TRADE_DELAY_MS if tr.late else tr.t
-                    push(Event(deliver, "XT", pair, render.trade(pair, tr), trade_key(pair, tr)))
+                    deliver = next_minute + LATE_TRADE_DELAY_MS if tr.late else tr.t
+                    key = trade_key(pair, tr) if self.keep_trade_keys else None
+                    push(deliver, "XT", pair, render.trade(pair, tr), key)
             if "XQ" in channels:
                 for q in sec.quotes:
-                    push(Event(q.t, "XQ", pair, render.quote(pair, q)))
+                    push(q.t, "XQ", pair, render.quote(pair, q))
             if "XAS" in channels and sec.on_time is not None:
                 start = second * 1000
-                bar = render.bar("XAS", pair, sec.on_time, start, start + 1000)
-                push(Event(start + XAS_DELAY_MS, "XAS", pair, bar))
+                push(start + XAS_DELAY_MS, "XAS", pair, render.bar("XAS", pair, sec.on_time, start, start + 1000))
             if "XL2" in channels and sec.trades:
-                push(Event(second * 1000 + 999, "XL2", pair, render.book(pair, second)))
+                push(second * 1000 + 999, "XL2", pair, render.book(pair, second))
             if "XA" in channels and second % 60 == 59:
                 minute = self.market.minute(pair, second // 60)
                 start = minute.minute * 60_000
                 end = start + 60_000
                 if minute.first_bar is not None:
-                    push(Event(end + XA_DELAY_MS, "XA", pair, render.bar("XA", pair, minute.first_bar, start, end)))
+                    push(end + XA_DELAY_MS, "XA", pair, render.bar("XA", pair, minute.first_bar, start, end))
                 if minute.late is not None and minute.final_bar is not None:
-                    text = render.bar("XA", pair, minute.final_bar, start, end)
-                    push(Event(end + XA_CORRECTION_DELAY_MS, "XA", pair, text))
-        heapq.heapify(self._heap)
+                    push(end + XA_CORRECTION_DELAY_MS, "XA", pair, render.bar("XA", pair, minute.final_bar, start, end))
 
-    def advance(self, until_ms: int) -> Iterator[Event]:
+    def advance(self, until_ms: int) -> list[Event]:
+        """Generate up to ``until_ms`` and return the events due by then, in delivery order."""
+        generated = False
         while self.next_second * 1000 <= until_ms:
             self._generate(self.next_second)
             self.next_second += 1
-        heap = self._heap
+            generated = True
+        pending = self._pending
+        if generated:
+            # Mostly sorted already (each pair's events are in time order): timsort is near linear.
+            pending.sort()
+        k = bisect.bisect_right(pending, (until_ms, math.inf))
+        if not k:
+            return []
+        due = pending[:k]
+        del pending[:k]
         plan = self.plan
-        while heap and heap[0].deliver_ms <= until_ms:
-            event = heapq.heappop(heap)
-            # Unsubscribed since it was generated: stop right away, as Polygon does.
-            if event.channel in plan.get(event.pair, ()):
-                yield event
+        # Unsubscribed since it was generated: stop right away, as Polygon does.
+        return [e for e in due if e[2] in plan.get(e[3], ())]
 
     def pending(self) -> int:
-        return len(self._heap)
+        return len(self._pending)

@@ -16,13 +16,17 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import operator
 import random
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
+
+import numpy as np
 
 # Known pairs: (typical price, price decimals, size decimals). Others get values derived from a hash.
 KNOWN_PAIRS: dict[str, tuple[float, int, int]] = {
@@ -35,8 +39,8 @@ KNOWN_PAIRS: dict[str, tuple[float, int, int]] = {
     "BTC-EUR": (84_000.0, 2, 8),
     "ETH-BTC": (0.034, 6, 8),
 }
+# Crypto exchange ids seen on the wire, drawn with weights 0.45, 0.25, 0.2, 0.1.
 EXCHANGES = (1, 2, 4, 23)
-EXCHANGE_WEIGHTS = (0.45, 0.25, 0.2, 0.1)
 # Per-minute log-price volatility of the finest noise octave; octaves up to ~2 years.
 _MINUTE_VOL = 0.0006
 _OCTAVES = 21
@@ -133,19 +137,20 @@ class Agg(NamedTuple):
 
 
 def agg_of(trades: list[Trade]) -> Agg | None:
+    """OHLCV of trades given in time order (first is the open, last the close)."""
     if not trades:
         return None
-    first = min(trades, key=lambda tr: tr.t)
-    last = max(trades, key=lambda tr: tr.t)
+    prices = [tr.price for tr in trades]
+    sizes = [tr.size for tr in trades]
     return Agg(
-        first.t,
-        first.price,
-        max(tr.price for tr in trades),
-        min(tr.price for tr in trades),
-        last.t,
-        last.price,
-        sum(tr.size for tr in trades),
-        sum(tr.price * tr.size for tr in trades),
+        trades[0].t,
+        prices[0],
+        max(prices),
+        min(prices),
+        trades[-1].t,
+        prices[-1],
+        sum(sizes),
+        sum(map(operator.mul, prices, sizes)),
         len(trades),
     )
 
@@ -252,49 +257,53 @@ class Market:
         return self._seconds.get((pair, second), lambda: self._make_second(pair, second))
 
     def _make_second(self, pair: str, second: int) -> Second:
+        # Vectorised: one seeded numpy generator per (pair, second) draws every random number at once.
         spec = self.specs[pair]
-        rng = random.Random(f"{self.seed}|{pair}|s|{second}")
+        g = np.random.Generator(np.random.PCG64(_seed(self.seed, pair, "s", second)))
         minute, sec_in_minute = divmod(second, 60)
-        lam = self.trades_per_second * self._activity(pair, minute) * rng.choice((0.3, 0.6, 1.0, 1.0, 1.4, 2.7))
-        n = _poisson(rng, lam)
+        burst = (0.3, 0.6, 1.0, 1.0, 1.4, 2.7)[int(g.integers(6))]
+        n = int(g.poisson(self.trades_per_second * self._activity(pair, minute) * burst))
         start_ms = second * 1000
+        late_index = 0 if n and self._late_second(pair, minute) == sec_in_minute else -1
+        if n == 0:
+            self._summaries.get((pair, second), lambda: (None, None))
+            return Second(pair, second, [], [], None, None)
         a0, a1 = self.anchor(pair, minute), self.anchor(pair, minute + 1)
-        tick = spec.tick
-        size_scale = 10**spec.size_dp
-        mean_notional = 2_000.0
-        trades: list[Trade] = []
-        quotes: list[Quote] = []
-        offsets = sorted(rng.randrange(1000) for _ in range(n))
-        late_index = 0 if n and self._late_second(pair, minute) == sec_in_minute else None
-        for j, off in enumerate(offsets):
-            t = start_ms + off
-            frac = (sec_in_minute + off / 1000.0) / 60.0
-            price = (a0 + (a1 - a0) * frac) * (1.0 + rng.gauss(0.0, 0.0002))
-            ticks = max(1, round(price / tick))
-            size = max(1, round(rng.lognormvariate(0.0, 1.1) * mean_notional / max(price, 1e-12) * size_scale))
-            exchange = rng.choices(EXCHANGES, EXCHANGE_WEIGHTS)[0]
-            trade_id = str(uuid.UUID(int=rng.getrandbits(128))) if exchange == 23 else str(second * 1000 + j)
-            side = 2 if rng.random() < 0.5 else 1
-            trades.append(Trade(t, ticks, size, side, trade_id, exchange, t + rng.randint(5, 40), j == late_index))
-            spread = max(1, round(ticks * 0.00008))
-            below = rng.randint(0, spread)
-            qt = max(start_ms, t - rng.randint(1, 50))
-            quotes.append(
-                Quote(
-                    qt,
-                    ticks - below,
-                    max(1, round(size * rng.uniform(0.5, 4))),
-                    ticks + spread - below,
-                    max(1, round(size * rng.uniform(0.5, 4))),
-                    exchange,
-                    qt + rng.randint(5, 40),
-                )
-            )
-        late = trades[late_index] if late_index is not None else None
-        on_time = agg_of([tr for tr in trades if not tr.late])
-        sec = Second(pair, second, trades, quotes, on_time, late)
-        self._summaries.get((pair, second), lambda: (on_time, late))
-        return sec
+        offsets = np.sort(g.integers(0, 1000, n))
+        u = g.random((8, n))
+        t = start_ms + offsets
+        price = (a0 + (a1 - a0) * ((sec_in_minute + offsets / 1000.0) / 60.0)) * (1.0 + 0.0002 * g.standard_normal(n))
+        ticks = np.maximum(1, np.rint(price / spec.tick)).astype(np.int64)
+        size = np.maximum(1, np.rint(g.lognormal(0.0, 1.1, n) * 2_000.0 / price * 10**spec.size_dp)).astype(np.int64)
+        exchange = np.select([u[0] < 0.45, u[0] < 0.7, u[0] < 0.9], list(EXCHANGES[:3]), EXCHANGES[3])
+        side = np.where(u[1] < 0.5, 2, 1)
+        received = t + 5 + (u[2] * 36).astype(np.int64)
+        spread = np.maximum(1, np.rint(ticks * 0.00008)).astype(np.int64)
+        below = (u[3] * (spread + 1)).astype(np.int64)
+        qt = np.maximum(start_ms, t - 1 - (u[4] * 50).astype(np.int64))
+        bid_size = np.maximum(1, np.rint(size * (0.5 + 3.5 * u[5]))).astype(np.int64)
+        ask_size = np.maximum(1, np.rint(size * (0.5 + 3.5 * u[6]))).astype(np.int64)
+        q_received = qt + 5 + (u[7] * 36).astype(np.int64)
+        ex_list = exchange.tolist()
+        uuid_bits = g.integers(0, 2**63, (n, 2), dtype=np.int64).tolist()
+        ids = [
+            str(uuid.UUID(int=(hi << 64) | lo)) if ex == 23 else str(start_ms + j)
+            for j, (ex, (hi, lo)) in enumerate(zip(ex_list, uuid_bits, strict=True))
+        ]
+        late = [False] * n
+        if late_index >= 0:
+            late[late_index] = True
+        ticks_l, size_l = ticks.tolist(), size.tolist()
+        trades = list(map(Trade, t.tolist(), ticks_l, size_l, side.tolist(), ids, ex_list, received.tolist(), late))
+        bids = (ticks - below).tolist()
+        asks = (ticks + spread - below).tolist()
+        quotes = list(
+            map(Quote, qt.tolist(), bids, bid_size.tolist(), asks, ask_size.tolist(), ex_list, q_received.tolist())
+        )
+        on_time = agg_of(trades[1:] if late_index == 0 else trades)
+        late_trade = trades[0] if late_index == 0 else None
+        self._summaries.get((pair, second), lambda: (on_time, late_trade))
+        return Second(pair, second, trades, quotes, on_time, late_trade)
 
     def _summary(self, pair: str, second: int) -> tuple[Agg | None, Trade | None]:
         def make() -> tuple[Agg | None, Trade | None]:
@@ -368,14 +377,6 @@ class Market:
         return None
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0:
-        return 0
-    if lam > 50:
-        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
-    threshold, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= threshold:
-            return k
-        k += 1
+def _seed(*parts: object) -> int:
+    """A stable 64-bit seed from the parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "big")

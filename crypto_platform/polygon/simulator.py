@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import operator
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +84,8 @@ class _Conn:
     key: str | None = None
     topics: set[tuple[str, str]] = field(default_factory=set)
     frames: int = 0
-    events: dict[str, dict[str, int]] = field(default_factory=dict)
+    # (channel, pair) -> events sent; a Counter so a whole batch is counted in C.
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)
     sent: int = 0
     malformed: int = 0
     trade_keys: list[str] = field(default_factory=list)
@@ -281,7 +284,7 @@ class Simulator:
     def _conn_counters(self, conn: _Conn) -> dict[str, Any]:
         out: dict[str, Any] = {
             "frames": conn.frames,
-            "events": {ch: dict(pairs) for ch, pairs in conn.events.items()},
+            "events": _nested(conn.events),
             "sent": conn.sent,
             "malformed": conn.malformed,
             "closed": conn.closed,
@@ -365,7 +368,7 @@ class Simulator:
     async def _handle(self, ws: ServerConnection) -> None:
         cid = next(self._ids)
         start = self._start_ms if self.config.full_speed else self.now_ms()
-        conn = _Conn(cid, ws, Schedule(self.renderer, start))
+        conn = _Conn(cid, ws, Schedule(self.renderer, start, keep_trade_keys=self.config.record_trades))
         self._conns[cid] = conn
         pump = asyncio.create_task(self._pump(conn))
         self._tasks.add(pump)
@@ -471,34 +474,34 @@ class Simulator:
             conn.ws.transport.write(_ws_frame(payload))
 
     async def _send_events(self, conn: _Conn, events: list[Event]) -> None:
+        """Frame ``events`` (``events_per_frame`` each) and write them in one go; count what went out."""
+        if conn.ws.state is not State.OPEN:
+            return
         per_frame = self.config.events_per_frame or 1000
-        counts = conn.events
-        record = self.config.record_trades
-        for i in range(0, len(events), per_frame):
-            chunk = events[i : i + per_frame]
-            if conn.ws.state is not State.OPEN:
-                return
-            payload = ("[" + ",".join(e.text for e in chunk) + "]").encode()
-            conn.ws.transport.write(_ws_frame(payload))
-            conn.frames += 1
-            conn.sent += len(chunk)
-            for e in chunk:
-                by_pair = counts.get(e.channel)
-                if by_pair is None:
-                    by_pair = counts[e.channel] = {}
-                by_pair[e.pair] = by_pair.get(e.pair, 0) + 1
-                if record and e.trade_key is not None:
-                    conn.trade_keys.append(e.trade_key)
-            drop_every = self._faults.get("drop_every")
-            if drop_every and conn.frames % max(1, int(drop_every.get("frames", 100))) == 0:
+        drop_every = self._faults.get("drop_every")
+        if drop_every:
+            # Cut the batch at the frame that triggers the drop, so the counters stay exact.
+            every = max(1, int(drop_every.get("frames", 100)))
+            room = (every - conn.frames % every) * per_frame
+            if room < len(events):
+                events = events[:room]
                 conn.actions.append(("drop", {}))
-                return
-            backlog = conn.ws.transport.get_write_buffer_size()
-            if backlog > self.config.slow_consumer_bytes:
-                conn.actions.append(("slow_consumer", {}))
-                return
-            if self.config.full_speed and backlog > 1 << 20:
-                await conn.ws.drain()
+        texts = [e.text for e in events]
+        frames = [
+            _ws_frame(("[" + ",".join(texts[i : i + per_frame]) + "]").encode())
+            for i in range(0, len(texts), per_frame)
+        ]
+        conn.ws.transport.write(b"".join(frames))
+        conn.frames += len(frames)
+        conn.sent += len(events)
+        conn.events.update(map(_CHANNEL_PAIR, events))
+        if self.config.record_trades:
+            conn.trade_keys.extend(e.trade_key for e in events if e.trade_key is not None)
+        backlog = conn.ws.transport.get_write_buffer_size()
+        if backlog > self.config.slow_consumer_bytes:
+            conn.actions.append(("slow_consumer", {}))
+        elif self.config.full_speed and backlog > 1 << 20:
+            await conn.ws.drain()
 
     async def _pump(self, conn: _Conn) -> None:
         """Per connection: carry out pending faults, then send what is due (paced or full speed)."""
@@ -528,6 +531,16 @@ class Simulator:
                 if events:
                     await self._send_events(conn, events)
             await asyncio.sleep(_TICK_S)
+
+
+_CHANNEL_PAIR = operator.itemgetter(2, 3)
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (channel, pair), n in sorted(counts.items()):
+        out.setdefault(channel, {})[pair] = n
+    return out
 
 
 def _resume(ws: ServerConnection) -> None:
