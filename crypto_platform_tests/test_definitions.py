@@ -69,7 +69,7 @@ def test_every_module_is_listed_once() -> None:
 
 def test_resources_follow_the_settings_and_hold_no_plain_secrets(tmp_path: Path) -> None:
     local = build_resources(local_settings(tmp_path))
-    assert set(local) == {"snowflake", "sql_tables", "mlflow"}
+    assert set(local) == {"snowflake", "sql_tables", "mlflow", "polygon_rest", "lake"}
     sf_args = local["snowflake"].additional_snowflake_connection_args
     assert sf_args["host"] == "127.0.0.1" and sf_args["protocol"] == "http"
     assert sf_args["session_parameters"]["CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED"] is False
@@ -95,6 +95,8 @@ def test_resources_follow_the_settings_and_hold_no_plain_secrets(tmp_path: Path)
     assert isinstance(sf.private_key, dg.EnvVar) and sf.private_key == "SNOWFLAKE_PRIVATE_KEY"
     assert isinstance(sf.private_key_password, dg.EnvVar) and sf.password is None
     assert isinstance(prod["sql_tables"].url, dg.EnvVar) and prod["sql_tables"].url == "MYSQL_URL"
+    assert isinstance(prod["polygon_rest"].api_key, dg.EnvVar) and prod["polygon_rest"].api_key == "POLYGON_API_KEY"
+    assert prod["polygon_rest"].base_url == "https://api.polygon.io"
     dump = repr(prod)
     for secret in ("mysql-pw-77", "secretkeymaterial", "key-pass-55", "pk-live-abcdef123456"):
         assert secret not in dump

@@ -14,12 +14,16 @@ from crypto_platform.settings import Settings
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Resource key -> resource for ``dg.Definitions(resources=...)``."""
+    from crypto_platform.resources.lake import build_lake_resource
     from crypto_platform.resources.mlflow import build_mlflow_resource
     from crypto_platform.resources.mysql import build_sql_tables_resource
+    from crypto_platform.resources.polygon import build_polygon_rest_resource
     from crypto_platform.resources.snowflake import build_snowflake_resource
 
     return {
         "snowflake": build_snowflake_resource(settings),
         "sql_tables": build_sql_tables_resource(settings),
         "mlflow": build_mlflow_resource(settings),
+        "polygon_rest": build_polygon_rest_resource(settings),
+        "lake": build_lake_resource(settings),
     }

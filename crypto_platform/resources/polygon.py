@@ -1,0 +1,38 @@
+"""Polygon REST as a Dagster resource: where to call, with which key, and how patiently.
+
+The key is bound as ``dg.EnvVar("POLYGON_API_KEY")`` when a real key is configured, so the Dagster
+UI and run config show the variable name, never the key. The simulator's key is not a secret.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from crypto_platform.polygon.rest_client import PolygonRest, RestPolicy
+from crypto_platform.settings import SIMULATOR_API_KEY, Settings
+
+
+class PolygonRestResource(dg.ConfigurableResource):
+    """REST access for the daily open/close asset and gap repair."""
+
+    base_url: str
+    api_key: str
+    pairs: list[str]
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    retries: int = 5
+    max_retry_after_s: float = 60.0
+
+    def client(self) -> PolygonRest:
+        policy = RestPolicy(
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            retries=self.retries,
+            max_retry_after_s=self.max_retry_after_s,
+        )
+        return PolygonRest(self.base_url, self.api_key, policy)
+
+
+def build_polygon_rest_resource(settings: Settings) -> PolygonRestResource:
+    key: str = SIMULATOR_API_KEY if settings.uses_simulator else dg.EnvVar("POLYGON_API_KEY")  # type: ignore[assignment]
+    return PolygonRestResource(base_url=settings.rest_url, api_key=key, pairs=list(settings.pairs))
