@@ -197,6 +197,12 @@ class Settings:
     retention_days: int
     dagster_port: int
     start_date: str
+    reconnect_initial_s: float
+    reconnect_max_s: float
+    reconnect_reset_s: float
+    handshake_timeout_s: float
+    max_connections_cooldown_s: float
+    auth_retry_s: float
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -341,6 +347,12 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         retention_days=_parse_int(env, "CRYPTO_RETENTION_DAYS", 0),
         dagster_port=_parse_int(env, "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, minimum=1),
         start_date=_parse_date(env, "CRYPTO_START_DATE", DEFAULT_START_DATE),
+        reconnect_initial_s=_parse_float(env, "CRYPTO_RECONNECT_INITIAL_S", 0.5, minimum=0.01),
+        reconnect_max_s=_parse_float(env, "CRYPTO_RECONNECT_MAX_S", 30.0, minimum=0.01),
+        reconnect_reset_s=_parse_float(env, "CRYPTO_RECONNECT_RESET_S", 60.0, minimum=0.0),
+        handshake_timeout_s=_parse_float(env, "CRYPTO_HANDSHAKE_TIMEOUT_S", 10.0, minimum=0.1),
+        max_connections_cooldown_s=_parse_float(env, "CRYPTO_MAX_CONNECTIONS_COOLDOWN_S", 60.0, minimum=0.0),
+        auth_retry_s=_parse_float(env, "CRYPTO_AUTH_RETRY_S", 900.0, minimum=1.0),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
     )
 

@@ -1,0 +1,139 @@
+"""The session ledger: one line per connection event, and the sessions and gaps derived from it.
+
+Polygon's crypto events carry no sequence numbers, so loss cannot be seen in the data: the only
+evidence of a gap is the connection history. Every connect, status frame, subscription, first
+frame and disconnect (with close code and reason) is appended here as it happens, flushed like the
+landing log, and the gap windows that drive REST repair are computed from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class SessionLedger:
+    """The writer: appends records and hands out increasing session ids (across restarts)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_session = max((int(r.get("session", 0)) for r in read_records(path)), default=0)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def new_session(self) -> int:
+        self.last_session += 1
+        return self.last_session
+
+    def record(self, session: int, event: str, ts_ns: int, **fields: Any) -> None:
+        os.write(self._fd, orjson.dumps({"session": session, "event": event, "ts_ns": ts_ns, **fields}) + b"\n")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n"):
+                yield orjson.loads(line)
+
+
+@dataclass
+class Session:
+    """One connection, as the ledger saw it."""
+
+    session: int
+    connect_ns: int
+    url: str | None = None
+    authenticated: bool = False
+    topics: list[str] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    first_frame_ns: int | None = None
+    last_frame_ns: int | None = None
+    disconnect_ns: int | None = None
+    close_code: int | None = None
+    reason: str | None = None
+    frames: int = 0
+    events: int = 0
+
+    @property
+    def open(self) -> bool:
+        return self.disconnect_ns is None
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A window with no data: ``[start_ns, end_ns)``; ``end_ns`` is None while still disconnected."""
+
+    start_ns: int
+    end_ns: int | None
+    after_session: int
+    before_session: int | None
+    close_code: int | None
+    reason: str | None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.end_ns is None else (self.end_ns - self.start_ns) / 1e9
+
+
+def sessions(path: Path) -> list[Session]:
+    """Every session in the ledger, oldest first."""
+    by_id: dict[int, Session] = {}
+    for rec in read_records(path):
+        sid, event, ts = int(rec["session"]), rec["event"], int(rec["ts_ns"])
+        s = by_id.get(sid)
+        if s is None:
+            s = by_id[sid] = Session(sid, ts)
+        if event == "connect":
+            s.connect_ns, s.url = ts, rec.get("url")
+        elif event == "status":
+            s.statuses.append({k: rec.get(k) for k in ("ts_ns", "status", "message")})
+            if rec.get("status") == "auth_success":
+                s.authenticated = True
+        elif event == "subscribe":
+            s.topics = sorted(set(s.topics) | set(rec.get("topics", [])))
+        elif event == "unsubscribe":
+            s.topics = sorted(set(s.topics) - set(rec.get("topics", [])))
+        elif event == "first_frame":
+            s.first_frame_ns = ts
+        elif event == "disconnect":
+            s.disconnect_ns, s.close_code, s.reason = ts, rec.get("code"), rec.get("reason")
+            s.frames, s.events = int(rec.get("frames", 0)), int(rec.get("events", 0))
+            s.last_frame_ns = rec.get("last_frame_ns")
+    return sorted(by_id.values(), key=lambda s: s.session)
+
+
+def gaps(all_sessions: list[Session]) -> list[Gap]:
+    """Holes between sessions that received data: from one's last frame to the next one's first.
+
+    Sessions that never got a data frame (refused, dropped during the handshake) lie inside the
+    gap around them. A closed last session leaves an open-ended gap (still disconnected).
+    """
+    covered = [s for s in all_sessions if s.first_frame_ns is not None]
+    out: list[Gap] = []
+    for a, b in itertools.pairwise(covered):
+        start = a.last_frame_ns or a.disconnect_ns or b.connect_ns
+        out.append(Gap(start, b.first_frame_ns, a.session, b.session, a.close_code, a.reason))
+    if covered and not covered[-1].open:
+        last = covered[-1]
+        out.append(
+            Gap(
+                last.last_frame_ns or last.disconnect_ns or last.connect_ns,
+                None,
+                last.session,
+                None,
+                last.close_code,
+                last.reason,
+            )
+        )
+    return out

@@ -1,0 +1,221 @@
+"""Keeping exactly one ingester alive per data directory: lock, heartbeat, detached start, stop.
+
+Polygon allows one connection per cluster per key, and the ingester must outlive code-server
+reloads (DESIGN §3.1), so it runs as a detached process and these files are how everyone else
+talks to it:
+
+- ``ingester/lock``: ``flock``-ed by the running ingester for its whole life, with its pid inside.
+  A lock, not a pid file, decides liveness: the kernel drops it when the process dies, however it
+  dies, and a recycled pid or a zombie cannot fake it.
+- ``ingester/heartbeat.json``: replaced atomically about once a second with the ingester's state
+  and counters (never the key). Stale means hung or dead.
+- ``ingester/subscriptions.json``: the wanted topics, when changed at run time; the ingester
+  applies it to the live session and every later session subscribes to all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from crypto_platform.settings import Settings, child_environment
+
+STALE_AFTER_S = 15.0
+
+
+class IngesterAlreadyRunning(RuntimeError):
+    """Another ingester holds the lock for this data directory."""
+
+
+def ingester_dir(settings: Settings) -> Path:
+    return settings.data_dir / "ingester"
+
+
+def _lock_path(settings: Settings) -> Path:
+    return ingester_dir(settings) / "lock"
+
+
+def heartbeat_path(settings: Settings) -> Path:
+    return ingester_dir(settings) / "heartbeat.json"
+
+
+def subscriptions_path(settings: Settings) -> Path:
+    return ingester_dir(settings) / "subscriptions.json"
+
+
+def log_path(settings: Settings) -> Path:
+    return ingester_dir(settings) / "ingester.log"
+
+
+class IngesterLock:
+    """The single-instance lock, held from ``acquire`` until ``release`` or process exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = _lock_path(settings)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _read_pid(self.path)
+            raise IngesterAlreadyRunning(
+                f"another ingester (pid {pid}) is already running for {self.path.parent.parent}: "
+                "stop it with `crypto-platform stream --stop`, or point CRYPTO_DATA_DIR elsewhere"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def holder_pid(settings: Settings) -> int | None:
+    """The pid of the running ingester, or None when no process holds the lock."""
+    path = _lock_path(settings)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(path)
+    finally:
+        os.close(fd)  # closing drops our probe lock too
+    return None
+
+
+def write_heartbeat(settings: Settings, state: dict[str, Any]) -> None:
+    path = heartbeat_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".heartbeat.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps({**state, "pid": os.getpid(), "ts_ns": time.time_ns()}))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class IngesterStatus:
+    """What the files say about the ingester right now."""
+
+    pid: int | None
+    heartbeat: dict[str, Any] | None
+    heartbeat_age_s: float | None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def stale(self) -> bool:
+        return self.heartbeat_age_s is None or self.heartbeat_age_s > STALE_AFTER_S
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and not self.stale
+
+
+def read_status(settings: Settings) -> IngesterStatus:
+    pid = holder_pid(settings)
+    try:
+        heartbeat = orjson.loads(heartbeat_path(settings).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        heartbeat = None
+    age = None if heartbeat is None else max(0.0, (time.time_ns() - int(heartbeat["ts_ns"])) / 1e9)
+    return IngesterStatus(pid, heartbeat, age)
+
+
+def start_detached(settings: Settings, ready_timeout: float = 20.0) -> int:
+    """Start ``crypto-platform stream`` as a detached process; return its pid once it holds the lock.
+
+    Refuses (``IngesterAlreadyRunning``) when a live ingester holds the lock. The child gets its
+    settings through the environment (absolute paths), never on its command line.
+    """
+    running = holder_pid(settings)
+    if running is not None:
+        raise IngesterAlreadyRunning(f"an ingester (pid {running}) is already running")
+    log = log_path(settings)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = child_environment(
+        {
+            "CRYPTO_PROJECT_DIR": str(settings.project_dir),
+            "CRYPTO_STATE_DIR": str(settings.state_dir),
+            "CRYPTO_DATA_DIR": str(settings.data_dir),
+        }
+    )
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crypto_platform.cli", "stream"],
+            cwd=settings.project_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if holder_pid(settings) == proc.pid:
+            return proc.pid
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(f"the ingester exited at start (code {proc.returncode}): {' | '.join(tail)}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the ingester did not take its lock within {ready_timeout:.0f}s; see {log}")
+
+
+def stop_ingester(settings: Settings, timeout: float = 30.0) -> str:
+    """Stop the running ingester (SIGTERM: it seals and closes cleanly; SIGKILL after ``timeout``)."""
+    pid = holder_pid(settings)
+    if pid is None:
+        return "not running"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if holder_pid(settings) is None:
+            return f"stopped (pid {pid})"
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return f"killed (pid {pid}) after {timeout:.0f}s without a clean stop"
+
+
+def request_topics(settings: Settings, topics: list[str]) -> None:
+    """Change the wanted subscriptions of the running (and every later) ingester session."""
+    path = subscriptions_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".subscriptions.tmp")
+    tmp.write_bytes(orjson.dumps({"topics": sorted(set(topics))}))
+    os.replace(tmp, path)
+
+
+def requested_topics(settings: Settings) -> list[str] | None:
+    try:
+        return list(orjson.loads(subscriptions_path(settings).read_bytes())["topics"])
+    except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None
