@@ -164,6 +164,7 @@ class Schedule:
     def __init__(self, renderer: Renderer, start_ms: int, keep_trade_keys: bool = False) -> None:
         self.renderer = renderer
         self.market = renderer.market
+        self.start_ms = start_ms
         self.next_second = start_ms // 1000
         self._pending: list[Event] = []
         self.keep_trade_keys = keep_trade_keys
@@ -187,7 +188,11 @@ class Schedule:
         seq = self._seq
         render = self.renderer
 
+        start_ms = self.start_ms
+
         def push(deliver_ms: int, channel: str, pair: str, text: str, key: str | None = None) -> None:
+            if deliver_ms < start_ms:
+                return  # it happened before this subscriber connected
             # tuple.__new__ skips NamedTuple's Python-level constructor on this hot path.
             pending.append(tuple.__new__(Event, (deliver_ms, next(seq), channel, pair, text, key)))
 

@@ -287,7 +287,7 @@ class Market:
         ex_list = exchange.tolist()
         uuid_bits = g.integers(0, 2**63, (n, 2), dtype=np.int64).tolist()
         ids = [
-            str(uuid.UUID(int=(hi << 64) | lo)) if ex == 23 else str(start_ms + j)
+            str(uuid.UUID(int=(hi << 64) | lo)) if ex == 23 else str(second * 1_000_000 + j)
             for j, (ex, (hi, lo)) in enumerate(zip(ex_list, uuid_bits, strict=True))
         ]
         late = [False] * n

@@ -42,7 +42,7 @@ ONE_SHOT_FAULTS = frozenset(
     {"drop", "close", "slow_consumer", "force_disconnect", "malformed", "oversize", "delay_pongs"}
 )
 PERSISTENT_FAULTS = frozenset(
-    {"withhold_greeting", "drop_after_subscribe", "drop_every", "rest_429", "rest_5xx", "rest_latency"}
+    {"withhold_greeting", "drop_after_subscribe", "drop_every", "pause", "rest_429", "rest_5xx", "rest_latency"}
 )
 MALFORMED_KINDS = ("not_array", "no_ev", "invalid_json", "truncated")
 _TICK_S = 0.02
@@ -518,7 +518,8 @@ class Simulator:
                 await conn.ws.close(p.CLOSE_POLICY_VIOLATION, "auth timeout")
                 return
             budget_left = cfg.total_events is None or conn.sent < cfg.total_events
-            if conn.schedule.plan and budget_left:
+            # "pause" holds data back (nothing is dropped: what fell due is sent on resume).
+            if conn.schedule.plan and budget_left and "pause" not in self._faults:
                 if cfg.full_speed:
                     events = list(conn.schedule.advance(conn.schedule.next_second * 1000))
                     if cfg.total_events is not None:

@@ -224,7 +224,6 @@ class LandingLog:
         self._active_path = self.active_dir / f"{_seq_name(self.next_seq)}.open"
         self._fd = os.open(self._active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._stats = SegmentStats(first_frame_monotonic=time.monotonic())
-        self._seg_quarantined = 0
 
     def append(self, recv_ns: int, session: int, frame: bytes) -> list[dict[str, Any]] | None:
         """Land one frame; return its events, or ``None`` when it was quarantined."""
@@ -282,6 +281,7 @@ class LandingLog:
         assert path is not None
         seq = self.next_seq
         self._seal_file(seq, path, stats, self._seg_quarantined)
+        self._seg_quarantined = 0
         self._apply_retention()
         return seq
 

@@ -108,7 +108,7 @@ def sessions(path: Path) -> list[Session]:
             s.first_frame_ns = ts
         elif event == "disconnect":
             s.disconnect_ns, s.close_code, s.reason = ts, rec.get("code"), rec.get("reason")
-            s.frames, s.events = int(rec.get("frames", 0)), int(rec.get("events", 0))
+            s.frames, s.events = int(rec.get("frames") or 0), int(rec.get("events") or 0)
             s.last_frame_ns = rec.get("last_frame_ns")
     return sorted(by_id.values(), key=lambda s: s.session)
 

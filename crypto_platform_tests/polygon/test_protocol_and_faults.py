@@ -269,6 +269,14 @@ async def test_same_seed_same_stream_other_seed_other_stream() -> None:
     assert a != c
 
 
+async def test_trade_ids_are_unique_per_pair_and_exchange_even_in_bursts() -> None:
+    events = await full_speed_events(3, 60_000, topics="XT.*")
+    keys = [(e["pair"], e["x"], e["i"]) for e in events]
+    per_second = max(sum(1 for e in events if e["t"] // 1000 == s) for s in {e["t"] // 1000 for e in events})
+    assert per_second > 1000  # a burst beyond 1000 trades in one second is covered
+    assert len(set(keys)) == len(keys)
+
+
 async def test_rest_history_equals_what_the_websocket_sent() -> None:
     # 3 minutes at full speed over BTC-USD, then the same window from REST.
     lo, hi = HISTORY_START_MS, HISTORY_START_MS + 180_000
