@@ -20,14 +20,17 @@ import dagster as dg
 # define_asset_job returns this type; dagster does not export it at top level.
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from crypto_platform.assets import daily, landing_log
+from crypto_platform import sensors
+from crypto_platform.assets import daily, landing_log, raw
 from crypto_platform.resources import build_resources
 from crypto_platform.settings import Settings, load_settings
 
 # One line per module with definitions at module scope, upstream first.
 DEFINITION_MODULES: list[ModuleType] = [
     landing_log,
+    raw,
     daily,
+    sensors,
 ]
 
 

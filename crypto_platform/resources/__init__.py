@@ -19,6 +19,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     from crypto_platform.resources.mysql import build_sql_tables_resource
     from crypto_platform.resources.polygon import build_polygon_rest_resource
     from crypto_platform.resources.snowflake import build_snowflake_resource
+    from crypto_platform.resources.stream import build_stream_resource
 
     return {
         "snowflake": build_snowflake_resource(settings),
@@ -26,4 +27,5 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "mlflow": build_mlflow_resource(settings),
         "polygon_rest": build_polygon_rest_resource(settings),
         "lake": build_lake_resource(settings),
+        "stream": build_stream_resource(settings),
     }

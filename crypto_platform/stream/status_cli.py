@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"session:  {info['session']} on {info['url']}")
     lag = "never" if info["last_event_ms"] is None else f"{time.time() - info['last_event_ms'] / 1000:.1f}s ago"
-    landed = info['events_by_channel'] or 'nothing'
+    landed = info["events_by_channel"] or "nothing"
     print(f"landed:   {landed} ({info['events_per_s'] or 0} events/s), last event {lag}")
     print(f"segments: {info['segments_sealed']} sealed; quarantined frames: {info['quarantined']}")
     print(f"gaps:     {info['gaps']} ({info['gap_seconds']} s in total); reconnects: {info['reconnects']}")

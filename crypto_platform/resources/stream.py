@@ -1,0 +1,73 @@
+"""The stream as a Dagster resource: the sensor's handle on the ingester and the landing log.
+
+Fields are paths and limits, taken from the settings in one place; the ingester itself reads its
+connection settings (and the key) from the environment it inherits, never from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from crypto_platform.settings import Settings, child_environment, load_settings
+from crypto_platform.stream import supervision
+from crypto_platform.stream.landing_log import iter_manifest, log_id
+
+
+class StreamResource(dg.ConfigurableResource):
+    """Keeps the ingester running and lists sealed landing segments."""
+
+    project_dir: str
+    state_dir: str
+    data_dir: str
+    # The sensor starts the ingester when none runs; off for deployments that run it as a service.
+    autostart: bool = True
+    max_segments_per_tick: int = 500
+
+    def settings(self) -> Settings:
+        return load_settings(
+            child_environment(
+                {
+                    "CRYPTO_PROJECT_DIR": self.project_dir,
+                    "CRYPTO_STATE_DIR": self.state_dir,
+                    "CRYPTO_DATA_DIR": self.data_dir,
+                }
+            )
+        )
+
+    @property
+    def landing_dir(self) -> Path:
+        return Path(self.data_dir) / "landing"
+
+    def log_id(self) -> str | None:
+        return log_id(self.landing_dir)
+
+    def sealed_after(self, seq: int) -> list[dict[str, Any]]:
+        out = []
+        for entry in iter_manifest(self.landing_dir, after_seq=seq):
+            out.append(entry)
+            if len(out) > self.max_segments_per_tick:
+                break
+        return out
+
+    def status(self) -> supervision.IngesterStatus:
+        return supervision.read_status(self.settings())
+
+    def ensure_running(self) -> str:
+        """Start the ingester when none holds the lock; say what was done."""
+        settings = self.settings()
+        status = supervision.read_status(settings)
+        if status.running:
+            return "running" if not status.stale else f"running (pid {status.pid}) but its heartbeat is stale"
+        if not self.autostart:
+            return "not running (autostart is off)"
+        pid = supervision.start_detached(settings)
+        return f"started (pid {pid})"
+
+
+def build_stream_resource(settings: Settings) -> StreamResource:
+    return StreamResource(
+        project_dir=str(settings.project_dir), state_dir=str(settings.state_dir), data_dir=str(settings.data_dir)
+    )

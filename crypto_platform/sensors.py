@@ -1,0 +1,90 @@
+"""The stream sensor: keeps the ingester alive and turns sealed segments into runs, exactly once.
+
+Each tick does bounded work, far below Dagster's 60 s evaluation limit: read the heartbeat, start
+the ingester if none holds the lock (never two: the lock decides), list at most
+``max_segments_per_tick`` new sealed segments, and request one run per UTC day they touch, keyed by
+the segment range (crypto_platform.stream_batches). The cursor lives in Dagster's storage, so
+restarts and reloads neither skip nor repeat a batch. Ingester health is reported as an
+observation of the ``landing_log`` asset (events/s, lag, reconnects, gaps, last error), visible on
+its page in the UI, and in the tick's log.
+"""
+
+import time
+
+import dagster as dg
+
+from crypto_platform.assets.landing_log import landing_log
+from crypto_platform.assets.raw import raw_trades
+from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
+
+STREAM_TARGETS = [raw_trades]
+
+
+def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
+    status = stream.status()
+    beat = status.heartbeat or {}
+    ledger_gaps = gaps(sessions(stream.landing_dir / "sessions.ndjson"))
+    last_event_ms = beat.get("last_event_ms")
+    error = beat.get("last_error") or {}
+    return {
+        "ingester": action,
+        "state": str(beat.get("state", "unknown")),
+        "pid": status.pid or 0,
+        "heartbeat_age_s": round(status.heartbeat_age_s, 1) if status.heartbeat_age_s is not None else -1.0,
+        "events_per_s": float(beat.get("events_per_s") or 0.0),
+        "lag_s": round(time.time() - last_event_ms / 1000, 1) if last_event_ms else -1.0,
+        "reconnects": int(beat.get("reconnects") or 0),
+        "gaps": len(ledger_gaps),
+        "gap_seconds": round(sum(g.seconds or 0.0 for g in ledger_gaps), 1),
+        "quarantined_frames": int(beat.get("quarantined") or 0),
+        "last_error": str(error.get("message", "none")),
+    }
+
+
+@dg.sensor(
+    name="stream_sensor",
+    target=STREAM_TARGETS,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Keeps the ingester running (starts it when its lock is free) and launches one run per UTC day "
+        "touched by newly sealed landing segments; reports ingester health on landing_log."
+    ),
+)
+def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -> dg.SensorResult:
+    try:
+        action = stream.ensure_running()
+    except Exception as exc:  # reported, and the sealed segments are still handed over
+        action = f"could not start the ingester: {exc}"
+    context.log.info(f"ingester: {action}")
+    health = health_metadata(stream, action)
+    observation = dg.AssetObservation(asset_key=landing_log.key, metadata=health)
+
+    log = stream.log_id()
+    cursor = StreamCursor.decode(context.cursor)
+    if log is None:
+        return dg.SensorResult(skip_reason=f"no landing log yet; ingester {action}", asset_events=[observation])
+    start = cursor.seq if cursor.log_id == log else 0
+    batches, new_cursor = plan_batches(stream.sealed_after(start), cursor, log, stream.max_segments_per_tick)
+    runs = [
+        dg.RunRequest(
+            run_key=b.run_key(log),
+            partition_key=b.day,
+            tags={SEGMENTS_TAG: b.segment_range, LANDING_LOG_TAG: log},
+        )
+        for b in batches
+    ]
+    summary = (
+        f"segments {start + 1}-{new_cursor.seq}: {len(runs)} run(s) for {', '.join(b.day for b in batches)}"
+        if runs
+        else "no new sealed segments"
+    )
+    context.log.info(f"{summary}; {health['events_per_s']} events/s, lag {health['lag_s']}s, gaps {health['gaps']}")
+    return dg.SensorResult(
+        run_requests=runs,
+        cursor=new_cursor.encode(),
+        skip_reason=None if runs else f"{summary}; ingester {action}",
+        asset_events=[observation],
+    )

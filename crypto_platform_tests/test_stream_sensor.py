@@ -1,0 +1,231 @@
+"""The stream sensor, one test per cursor transition (build_sensor_context on a real instance), and the
+runs it requests executed against a real landing log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from crypto_platform.assets.raw import raw_trades
+from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
+from crypto_platform.resources.lake import LakeResource
+from crypto_platform.resources.stream import StreamResource
+from crypto_platform.sensors import stream_sensor
+from crypto_platform.stream import supervision
+from crypto_platform.stream.landing_log import LandingLog, log_id
+from crypto_platform.stream_batches import SEGMENTS_TAG, StreamCursor
+from crypto_platform_tests.conftest import local_settings
+
+DAY1_MS = 1_764_028_800_000 - 3_600_000  # 2025-11-24T23:00Z
+DAY2_MS = 1_764_028_800_000 + 3_600_000  # 2025-11-25T01:00Z
+
+
+def trades_frame(start_id: int, n: int, t: int, dup_of: int | None = None) -> bytes:
+    events = [
+        {
+            "ev": "XT",
+            "pair": "BTC-USD",
+            "p": f"9700{i % 10}.1{i % 7}",
+            "s": f"0.0000000{i % 9}1",
+            "t": t + i,
+            "i": str(i if dup_of is None else dup_of + i - start_id),
+            "x": 1 + i % 2,
+            "c": [2],
+            "r": t + i + 5,
+        }
+        for i in range(start_id, start_id + n)
+    ]
+    return orjson.dumps(events).replace(b'"p":"', b'"p":').replace(b'","s":"', b',"s":').replace(b'","t"', b',"t"')
+
+
+class Landing:
+    """Writes sealed segments the way the ingester does."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.settings = local_settings(tmp_path)
+        self.log = LandingLog(self.settings.landing_dir)
+        self.log.open()
+        self.recv = 1
+
+    def segment(self, *frames: bytes, session: int = 1) -> int:
+        for f in frames:
+            self.recv += 1
+            self.log.append(self.recv, session, f)
+        seq = self.log.seal()
+        assert seq is not None
+        return seq
+
+    def resource(self, autostart: bool = False) -> StreamResource:
+        s = self.settings
+        return StreamResource(
+            project_dir=str(s.project_dir),
+            state_dir=str(s.state_dir),
+            data_dir=str(s.data_dir),
+            autostart=autostart,
+            max_segments_per_tick=3,
+        )
+
+
+def tick(landing: Landing, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stream": landing.resource()}) as ctx:
+        result = stream_sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_no_landing_log_yet_skips_and_keeps_no_cursor(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    res = StreamResource(
+        project_dir=str(settings.project_dir),
+        state_dir=str(settings.state_dir),
+        data_dir=str(settings.data_dir),
+        autostart=False,
+    )
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, resources={"stream": res}) as ctx,
+    ):
+        result = stream_sensor(ctx)
+    assert not result.run_requests and "no landing log yet" in (result.skip_reason.skip_message or "")
+    assert result.cursor is None
+    (obs,) = result.asset_events
+    assert obs.metadata["ingester"].value == "not running (autostart is off)"
+
+
+def test_first_segments_request_one_run_per_day(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    landing.segment(trades_frame(5, 5, DAY1_MS), trades_frame(10, 5, DAY2_MS))
+    with dg.instance_for_test() as instance:
+        result = tick(landing, instance, None)
+    lid = log_id(landing.settings.landing_dir)
+    assert [(r.partition_key, r.tags[SEGMENTS_TAG], r.run_key) for r in result.run_requests] == [
+        ("2025-11-24", "1-2", f"landing:{lid}:2025-11-24:1-2"),
+        ("2025-11-25", "2-2", f"landing:{lid}:2025-11-25:2-2"),
+    ]
+    assert StreamCursor.decode(result.cursor) == StreamCursor(lid, 2)
+
+
+def test_nothing_new_skips_and_keeps_the_cursor(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    with dg.instance_for_test() as instance:
+        first = tick(landing, instance, None)
+        again = tick(landing, instance, first.cursor)
+    assert not again.run_requests and again.cursor == first.cursor
+    assert "no new sealed segments" in (again.skip_reason.skip_message or "")
+
+
+def test_new_segments_after_the_cursor_only(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    with dg.instance_for_test() as instance:
+        first = tick(landing, instance, None)
+        landing.segment(trades_frame(5, 5, DAY1_MS))
+        second = tick(landing, instance, first.cursor)
+    assert [r.tags[SEGMENTS_TAG] for r in second.run_requests] == ["2-2"]
+
+
+def test_work_per_tick_is_bounded(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    for i in range(7):
+        landing.segment(trades_frame(i * 5, 5, DAY1_MS))
+    with dg.instance_for_test() as instance:
+        first = tick(landing, instance, None)
+        second = tick(landing, instance, first.cursor)
+        third = tick(landing, instance, second.cursor)
+    assert [r.tags[SEGMENTS_TAG] for r in (*first.run_requests, *second.run_requests, *third.run_requests)] == [
+        "1-3",
+        "4-6",
+        "7-7",
+    ]
+
+
+def test_a_replaced_data_directory_starts_over(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    stale = StreamCursor("some-old-log", 40).encode()
+    with dg.instance_for_test() as instance:
+        result = tick(landing, instance, stale)
+    assert [r.tags[SEGMENTS_TAG] for r in result.run_requests] == ["1-1"]
+
+
+def test_requested_runs_build_raw_trades_and_twenty_batches_equal_one_rebuild(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    resources = {"stream": landing.resource(), "lake": lake}
+    cursor = None
+    with dg.instance_for_test() as instance:
+        for batch in range(20):
+            # Overlapping ids (a resent frame) and a frame spanning midnight in every batch.
+            frames = [trades_frame(batch * 10, 10, DAY1_MS + batch * 1000)]
+            if batch % 4 == 3:
+                frames.append(trades_frame(batch * 10 + 100_000, 5, DAY1_MS, dup_of=(batch - 1) * 10))
+            frames.append(trades_frame(batch * 10 + 50_000, 3, DAY2_MS))
+            landing.segment(*frames, session=batch // 5 + 1)
+            with dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"stream": landing.resource()}
+            ) as ctx:
+                result = stream_sensor(ctx)
+            cursor = result.cursor
+            for request in result.run_requests:
+                outcome = dg.materialize(
+                    [raw_trades],
+                    partition_key=request.partition_key,
+                    tags=request.tags,
+                    resources=resources,
+                    instance=instance,
+                )
+                assert outcome.success
+        incremental = pq.read_table(tmp_path / "lake" / "raw_trades" / "date=2025-11-24" / "part.parquet")
+        rebuilt_lake = LakeResource(root=str(tmp_path / "rebuilt"))
+        dg.materialize(
+            [raw_trades], partition_key="2025-11-24", resources={**resources, "lake": rebuilt_lake}, instance=instance
+        )
+    rebuilt = pq.read_table(tmp_path / "rebuilt" / "raw_trades" / "date=2025-11-24" / "part.parquet")
+    assert incremental.equals(rebuilt)
+    rows = rebuilt.to_pylist()
+    assert len(rows) == 200  # the resent frames were de-duplicated
+    assert len({(r["pair"], r["exchange"], r["trade_id"]) for r in rows}) == 200
+    from decimal import Decimal
+
+    assert str(rows[0]["price"].normalize()) == "97000.1" and rows[0]["size"] == Decimal("0.000000001")
+
+
+def test_the_sensor_starts_the_ingester_once(tmp_path: Path) -> None:
+    sim = Simulator(SimulatorConfig(rate=200))
+    with sim.running_in_thread():
+        settings = local_settings(tmp_path, CRYPTO_SIMULATOR_PORT=str(sim.port))
+        res = StreamResource(
+            project_dir=str(settings.project_dir),
+            state_dir=str(settings.state_dir),
+            data_dir=str(settings.data_dir),
+            autostart=True,
+        )
+        try:
+            with dg.instance_for_test() as instance:
+                with dg.build_sensor_context(instance=instance, resources={"stream": res}) as ctx:
+                    first = stream_sensor(ctx)
+                with dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"stream": res}) as ctx:
+                    second = stream_sensor(ctx)
+            assert first.asset_events[0].metadata["ingester"].value.startswith("started (pid ")
+            assert second.asset_events[0].metadata["ingester"].value.startswith("running")
+            assert supervision.holder_pid(settings) is not None
+        finally:
+            assert "stopped" in supervision.stop_ingester(settings)
+
+
+@pytest.mark.parametrize("tag", ["", "x-y"])
+def test_a_malformed_segment_tag_fails_the_run_clearly(tmp_path: Path, tag: str) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    resources = {"stream": landing.resource(), "lake": LakeResource(root=str(tmp_path / "lake"))}
+    if not tag:
+        assert dg.materialize([raw_trades], partition_key="2025-11-24", resources=resources).success
+        return
+    with pytest.raises(ValueError, match="segment range"):
+        dg.materialize([raw_trades], partition_key="2025-11-24", tags={SEGMENTS_TAG: tag}, resources=resources)
