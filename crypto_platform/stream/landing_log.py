@@ -30,8 +30,6 @@ from typing import Any
 
 import orjson
 
-from crypto_platform.polygon.protocol import EVENT_TIME_FIELD
-
 DAY_MS = 86_400_000
 FSYNC_POLICIES = ("never", "seal", "frame")
 
@@ -78,28 +76,51 @@ class SegmentStats:
         self.recv_last_ns = recv_ns
         self.sessions.add(session)
         recv_ms = recv_ns // 1_000_000
-        days = self.days
-        last_day_num = -1
-        day_map: dict[str, list[int]] = {}
+        # Per channel [count, t_min, t_max] for this frame; event time is ``t``, or ``s`` for bars
+        # (XA/XAS carry no ``t``), or the receive time for status events.
+        frame_stats: dict[str, list[int]] = {}
+        lo = hi = None
         for event in events:
-            channel = event["ev"]
-            field_name = EVENT_TIME_FIELD.get(channel)
-            t = event.get(field_name, recv_ms) if field_name else event.get("t", recv_ms)
+            t = event.get("t") or event.get("s") or recv_ms
             if type(t) is not int:
                 t = recv_ms
-            day_num = t // DAY_MS
-            if day_num != last_day_num:
-                day_map = days.setdefault(day_of(t), {})
-                last_day_num = day_num
+            acc = frame_stats.get(event["ev"])
+            if acc is None:
+                frame_stats[event["ev"]] = [1, t, t]
+            else:
+                acc[0] += 1
+                if t < acc[1]:
+                    acc[1] = t
+                elif t > acc[2]:
+                    acc[2] = t
+            if lo is None or t < lo:
+                lo = t
+            if hi is None or t > hi:
+                hi = t
+        if lo is None or hi is None:
+            return
+        if lo // DAY_MS == hi // DAY_MS:
+            self._merge(day_of(lo), frame_stats)
+        else:  # a frame across midnight (rare): split it by day
+            for event in events:
+                t = event.get("t") or event.get("s") or recv_ms
+                t = t if type(t) is int else recv_ms
+                self._merge(day_of(t), {event["ev"]: [1, t, t]})
+
+    def _merge(self, day: str, frame_stats: dict[str, list[int]]) -> None:
+        day_map = self.days.get(day)
+        if day_map is None:
+            day_map = self.days[day] = {}
+        for channel, (count, t_min, t_max) in frame_stats.items():
             stat = day_map.get(channel)
             if stat is None:
-                day_map[channel] = [1, t, t]
+                day_map[channel] = [count, t_min, t_max]
             else:
-                stat[0] += 1
-                if t < stat[1]:
-                    stat[1] = t
-                elif t > stat[2]:
-                    stat[2] = t
+                stat[0] += count
+                if t_min < stat[1]:
+                    stat[1] = t_min
+                if t_max > stat[2]:
+                    stat[2] = t_max
 
     def manifest_entry(self, seq: int, file: str, quarantined: int) -> dict[str, Any]:
         return {
