@@ -95,6 +95,7 @@ def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
             "CRYPTO_DAGSTER_PORT": str(free_port()),
             "CRYPTO_FAKESNOW_PORT": str(free_port()),
             "CRYPTO_SIMULATOR_PORT": str(free_port()),
+            "CRYPTO_SEGMENT_MAX_AGE_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -178,6 +179,22 @@ def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, de
         assert (home / "history" / "runs.db").is_file()
         started = processes_with_env_value(marker)
         assert len(started) >= 5, started  # dev, dagster dev, webserver, daemon, code server, services
+
+        # The stream sensor (on by default) starts the ingester, and its runs land sealed segments in raw_trades.
+        if simulator_expected:
+            runs_query = """{ runsOrError(filter: {statuses: [SUCCESS]}) { ... on Runs { results {
+                runId tags { key value } assetSelection { path } } } } }"""
+
+            def sensor_run_succeeded() -> list[dict[str, Any]]:
+                runs = http_json(f"{base}/graphql", {"query": runs_query})["data"]["runsOrError"]["results"]
+                return [r for r in runs if any(t["key"] == "crypto/segments" for t in r["tags"])]
+
+            runs = poll(sensor_run_succeeded, BOOT_DEADLINE_S, "a successful stream_sensor run", dev_alive)
+            tags = {t["key"]: t["value"] for t in runs[0]["tags"]}
+            assert tags["dagster/sensor_name"] == "stream_sensor" and tags["dagster/run_key"].startswith("landing:")
+            partition = state / "data" / "lake" / "raw_trades" / f"date={tags['dagster/partition']}" / "part.parquet"
+            assert partition.is_file()
+            assert (state / "data" / "ingester" / "heartbeat.json").is_file()
 
         # Ctrl-C, as a terminal delivers it: SIGINT to the foreground process group.
         os.killpg(dev.pid, signal.SIGINT)
