@@ -471,23 +471,13 @@ def service_state(service: Service, paths: StackPaths) -> ServiceState:
 
 
 def stop_ingester(settings: Settings) -> str:
-    """Ask the stream module to stop a running ingester; tolerate the module not existing yet.
+    """Stop a running ingester; a failure is reported, never raised (the services must still stop)."""
+    from crypto_platform.stream import supervision
 
-    Contract with ``crypto_platform.stream.supervision``: ``stop_ingester(settings)`` (or
-    ``stop(settings)``) stops a running ingester, waits for it, and returns a short message or a bool.
-    """
     try:
-        from crypto_platform.stream import supervision  # type: ignore[attr-defined]
-    except ImportError:
-        return "ingester: supervision module not installed; nothing to stop"
-    stop = getattr(supervision, "stop_ingester", None) or getattr(supervision, "stop", None)
-    if stop is None:
-        return "ingester: supervision module has no stop function; nothing stopped"
-    try:
-        result = stop(settings)
-    except Exception as exc:  # the services must still be stopped after this
+        return f"ingester: {supervision.stop_ingester(settings)}"
+    except Exception as exc:
         return f"ingester: stop failed ({type(exc).__name__}: {exc})"
-    return f"ingester: {result}" if isinstance(result, str) else f"ingester: stop requested ({result})"
 
 
 # --------------------------------------------------------------------------------------------
