@@ -1,0 +1,238 @@
+"""Schema versions: the ordered migration list and its DDL for MySQL/MariaDB, SQLite and Snowflake.
+
+Why a list of small declarative steps (create table X, add column Y) instead of hand-written DDL per
+release: each step renders for all three dialects from :mod:`crypto_platform.warehouse.tables`, so a
+fresh database and an upgraded one end up identical, and one test covers every dialect.
+
+Rules:
+- A release that adds a column gives it ``added_in=N`` in ``tables.py`` and appends ``Migration(N, …,
+  (AddColumn(...),))`` here. :func:`check_migrations` refuses a column or table without its step.
+- Each step first checks whether its object already exists (MySQL and Snowflake DDL commit on their
+  own, so a migration interrupted half-way must be safe to run again); the version row is written
+  after the steps.
+- The version lives in ``crypto_schema_version`` (one row per applied migration). A database newer
+  than this release is refused rather than written with an older layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from crypto_platform.warehouse.errors import WarehouseSchemaError
+from crypto_platform.warehouse.tables import TABLES, Column, Table, table
+
+Dialect = Literal["mysql", "sqlite", "snowflake"]
+
+VERSION_TABLE = "crypto_schema_version"
+
+
+@dataclass(frozen=True)
+class CreateTable:
+    table: str
+
+
+@dataclass(frozen=True)
+class AddColumn:
+    table: str
+    column: str
+
+
+Step = CreateTable | AddColumn
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    steps: tuple[Step, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "trades, quotes, aggregates, minute bars, daily open/close, stream sessions",
+        tuple(CreateTable(t.name) for t in TABLES if t.added_in == 1),
+    ),
+    Migration(
+        2,
+        "minute bars: repaired flag; alerts table",
+        (AddColumn("crypto_minute_bars", "repaired"), CreateTable("crypto_alerts")),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def check_migrations() -> None:
+    """Every table and every later column must be introduced by a step of its own version."""
+    steps = {(m.version, s) for m in MIGRATIONS for s in m.steps}
+    for t in TABLES:
+        if (t.added_in, CreateTable(t.name)) not in steps:
+            raise AssertionError(f"{t.name} (added_in={t.added_in}) has no CreateTable step")
+        for c in t.columns:
+            if c.added_in > t.added_in and (c.added_in, AddColumn(t.name, c.name)) not in steps:
+                raise AssertionError(f"{t.name}.{c.name} (added_in={c.added_in}) has no AddColumn step")
+    versions = [m.version for m in MIGRATIONS]
+    if versions != list(range(1, len(versions) + 1)):
+        raise AssertionError(f"migration versions must be 1..N in order, got {versions}")
+
+
+check_migrations()
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+
+_MYSQL_TYPES = {"text": "TEXT", "int": "BIGINT", "dec": "DECIMAL(38,18)", "bool": "BOOLEAN", "date": "DATE"}
+_SQLITE_TYPES = {"str": "TEXT", "text": "TEXT", "int": "INTEGER", "dec": "TEXT", "bool": "INTEGER", "date": "TEXT"}
+_SNOWFLAKE_TYPES = {"text": "VARCHAR", "int": "NUMBER(38,0)", "dec": "NUMBER(38,18)", "bool": "BOOLEAN", "date": "DATE"}
+
+
+def table_name(t: Table, dialect: Dialect) -> str:
+    if dialect == "snowflake":
+        if t.snowflake is None:
+            raise ValueError(f"{t.name} is not a Snowflake table")
+        return t.snowflake
+    return t.name
+
+
+def column_name(name: str, dialect: Dialect) -> str:
+    return name.upper() if dialect == "snowflake" else name
+
+
+def _type(col: Column, dialect: Dialect) -> str:
+    if dialect == "sqlite":
+        return _SQLITE_TYPES[col.kind]
+    if col.kind == "str":
+        return f"VARCHAR({col.length})"
+    return (_MYSQL_TYPES if dialect == "mysql" else _SNOWFLAKE_TYPES)[col.kind]
+
+
+def _human_sql(col: Column, dialect: Dialect) -> str:
+    """The generated UTC datetime companion of a time column (Snowflake: filled by the MERGE)."""
+    assert col.human
+    if dialect == "snowflake":
+        return f"{col.human.upper()} TIMESTAMP_NTZ(3)"
+    if dialect == "mysql":
+        micros = f"{col.name} * 1000" if col.unit == "ms" else f"({col.name} DIV 1000000) * 1000"
+        # Pure arithmetic on a literal: deterministic and time-zone free, so allowed in a generated column.
+        return f"{col.human} DATETIME(3) AS (TIMESTAMP'1970-01-01 00:00:00' + INTERVAL ({micros}) MICROSECOND) VIRTUAL"
+    seconds = f"{col.name} / 1000.0" if col.unit == "ms" else f"({col.name} / 1000000) / 1000.0"
+    return f"{col.human} TEXT GENERATED ALWAYS AS (strftime('%Y-%m-%d %H:%M:%f', {seconds}, 'unixepoch')) VIRTUAL"
+
+
+def _column_defs(col: Column, dialect: Dialect) -> list[str]:
+    null = "" if col.nullable else " NOT NULL"
+    defs = [f"{column_name(col.name, dialect)} {_type(col, dialect)}{null}"]
+    if col.human:
+        defs.append(_human_sql(col, dialect))
+    return defs
+
+
+def human_expression(col: Column) -> str:
+    """Snowflake expression that the MERGE uses to fill a human time column from the staged value."""
+    if col.unit == "ms":
+        return f"TO_TIMESTAMP_NTZ(s.{col.name.upper()}, 3)"
+    return f"TO_TIMESTAMP_NTZ(FLOOR(s.{col.name.upper()} / 1000000), 3)"
+
+
+def create_table_sql(t: Table, dialect: Dialect, version: int) -> list[str]:
+    name = table_name(t, dialect)
+    defs = [d for c in t.columns_at(version) for d in _column_defs(c, dialect)]
+    pk = ", ".join(column_name(k, dialect) for k in t.key)
+    defs.append(f"PRIMARY KEY ({pk})")
+    if dialect == "mysql":
+        for cols in t.indexes:
+            defs.append(f"KEY ix_{'_'.join(cols)} ({', '.join(cols)})")
+        body = ",\n  ".join(defs)
+        # utf8mb4_bin: keys compare exactly ('h:abc' and 'h:ABC' are different trade ids).
+        options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        return [f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n) {options}"]
+    body = ",\n  ".join(defs)
+    stmts = [f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"]
+    if dialect == "sqlite":
+        for cols in t.indexes:
+            stmts.append(f"CREATE INDEX IF NOT EXISTS ix_{name}_{'_'.join(cols)} ON {name} ({', '.join(cols)})")
+    return stmts
+
+
+def add_column_sql(t: Table, column: str, dialect: Dialect) -> list[str]:
+    name = table_name(t, dialect)
+    return [f"ALTER TABLE {name} ADD COLUMN {d}" for d in _column_defs(t.column(column), dialect)]
+
+
+def version_table_sql(dialect: Dialect) -> str:
+    if dialect == "mysql":
+        return (
+            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INT NOT NULL PRIMARY KEY, "
+            "description VARCHAR(255) NOT NULL, applied_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)) "
+            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        )
+    if dialect == "sqlite":
+        return (
+            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
+        )
+    return (
+        f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE.upper()} (VERSION NUMBER(38,0) NOT NULL, "
+        "DESCRIPTION VARCHAR NOT NULL, APPLIED_AT TIMESTAMP_NTZ(3))"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# applying
+
+
+class SchemaTarget(Protocol):
+    """What :func:`apply_migrations` needs from a database (implemented by the SQL and Snowflake modules)."""
+
+    dialect: Dialect
+
+    def execute_ddl(self, sql: str) -> None: ...
+
+    def existing_tables(self) -> set[str]: ...  # lower-case names
+
+    def existing_columns(self, table_name: str) -> set[str]: ...  # lower-case names
+
+    def applied_versions(self) -> set[int]: ...
+
+    def record_version(self, version: int, description: str) -> None: ...
+
+
+def apply_migrations(
+    db: SchemaTarget, target: int | None = None, after: Callable[[int], None] | None = None
+) -> list[int]:
+    """Bring ``db`` to ``target`` (default: this release's version); return the versions applied."""
+    target = SCHEMA_VERSION if target is None else target
+    if not 0 <= target <= SCHEMA_VERSION:
+        raise WarehouseSchemaError(f"schema version {target} is unknown; this release knows 1..{SCHEMA_VERSION}")
+    db.execute_ddl(version_table_sql(db.dialect))
+    applied = db.applied_versions()
+    newest = max(applied, default=0)
+    if newest > SCHEMA_VERSION:
+        raise WarehouseSchemaError(
+            f"the {db.dialect} schema is at version {newest} but this release only knows up to {SCHEMA_VERSION}: "
+            "upgrade crypto_platform before writing to it"
+        )
+    done: list[int] = []
+    for m in MIGRATIONS:
+        if m.version > target or m.version in applied:
+            continue
+        for step in m.steps:
+            t = table(step.table)
+            if db.dialect == "snowflake" and t.snowflake is None:
+                continue
+            name = table_name(t, db.dialect).lower()
+            if isinstance(step, CreateTable):
+                if name not in db.existing_tables():
+                    for sql in create_table_sql(t, db.dialect, m.version):
+                        db.execute_ddl(sql)
+            elif step.column.lower() not in db.existing_columns(name):
+                for sql in add_column_sql(t, step.column, db.dialect):
+                    db.execute_ddl(sql)
+        db.record_version(m.version, m.description)
+        done.append(m.version)
+        if after:
+            after(m.version)
+    return done

@@ -1,0 +1,286 @@
+"""The warehouse tables, defined once and rendered for MySQL/MariaDB, SQLite and Snowflake.
+
+Why a small column spec instead of SQLAlchemy ``Table`` objects: the same definition has to produce
+three dialects (Snowflake included, which SQLAlchemy cannot render without another dependency), the
+migration list (columns carry the schema version that added them), the loaders' validation (widths,
+nullability, decimal fit) and the parity checksum. One list of :class:`Column` per table does all of it.
+
+Conventions (docs/architecture.md, DESIGN §3.6):
+- prices and sizes are ``DECIMAL(38,18)`` / ``NUMBER(38,18)``; SQLite keeps them as canonical text
+  with 18 decimals so nothing is ever rounded through a float;
+- every ms (or ns) time column gets a UTC ``DATETIME(3)`` / ``TIMESTAMP_NTZ(3)`` companion for humans
+  (``event_ms`` -> ``event_time``), computed by the database, never supplied by the loader;
+- primary keys are the lake's natural keys; a secondary index serves "pair + time range" queries;
+- each table has a partition column: the UTC day of a row is the day of that column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["str", "text", "int", "dec", "bool", "date"]
+
+DECIMAL_PRECISION = 38
+DECIMAL_SCALE = 18
+# Digits allowed before the decimal point in DECIMAL(38,18).
+DECIMAL_INTEGER_DIGITS = DECIMAL_PRECISION - DECIMAL_SCALE
+
+
+@dataclass(frozen=True)
+class Column:
+    """One loader-supplied column. ``human`` names the generated UTC datetime companion, if any."""
+
+    name: str
+    kind: Kind
+    length: int = 0  # VARCHAR length for kind "str"
+    nullable: bool = True
+    added_in: int = 1  # schema version that introduced the column
+    human: str | None = None  # name of the generated DATETIME(3) column derived from this time column
+    unit: Literal["ms", "ns", ""] = ""  # unit of a time column with a human companion
+
+
+@dataclass(frozen=True)
+class Table:
+    """A warehouse table: columns the loaders write, natural key, indexes and partition column."""
+
+    name: str  # MySQL / SQLite name
+    snowflake: str | None  # Snowflake table name in MARKET_DATA.POLYGON (None: not in Snowflake)
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    indexes: tuple[tuple[str, ...], ...]
+    partition: str  # the column whose UTC day is the row's partition day
+    added_in: int = 1
+    doc: str = ""
+    _by_name: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({c.name: c for c in self.columns})
+        missing = [k for k in (*self.key, self.partition) if k not in self._by_name]
+        if missing:
+            raise ValueError(f"{self.name}: key/partition columns {missing} are not columns")
+
+    def column(self, name: str) -> Column:
+        return self._by_name[name]
+
+    def columns_at(self, version: int) -> tuple[Column, ...]:
+        """The columns that exist once the schema is at ``version``."""
+        return tuple(c for c in self.columns if c.added_in <= version)
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.name not in self.key)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+def _pair() -> Column:
+    return Column("pair", "str", 32, nullable=False)
+
+
+def _dec(name: str, *, nullable: bool = True, added_in: int = 1) -> Column:
+    return Column(name, "dec", nullable=nullable, added_in=added_in)
+
+
+def _ms(name: str, *, nullable: bool = True, human: str | None = None) -> Column:
+    return Column(name, "int", nullable=nullable, human=human or name.removesuffix("_ms") + "_time", unit="ms")
+
+
+def _received_ns() -> Column:
+    return Column("received_ns", "int", nullable=False, human="received_time", unit="ns")
+
+
+def _lineage() -> tuple[Column, ...]:
+    # Which connection session and landing segment a row came from (replay lineage).
+    return (Column("session", "int"), Column("segment", "int"))
+
+
+TRADES = Table(
+    name="crypto_trades",
+    snowflake="TRADES",
+    columns=(
+        _pair(),
+        Column("exchange", "int", nullable=False),
+        Column("trade_id", "str", 80, nullable=False),
+        _dec("price", nullable=False),
+        _dec("size", nullable=False),
+        Column("conditions", "text"),
+        _ms("event_ms", nullable=False),
+        _ms("polygon_received_ms"),
+        _received_ns(),
+        *_lineage(),
+        Column("source", "str", 16, nullable=False),
+    ),
+    key=("pair", "exchange", "trade_id"),
+    indexes=(("pair", "event_ms"), ("event_ms",)),
+    partition="event_ms",
+    doc="Every trade (XT / REST repair), de-duplicated on (pair, exchange, trade_id).",
+)
+
+QUOTES = Table(
+    name="crypto_quotes",
+    snowflake="QUOTES",
+    columns=(
+        _pair(),
+        Column("exchange", "int", nullable=False),
+        _ms("event_ms", nullable=False),
+        Column("seq", "int", nullable=False),
+        _dec("bid_price"),
+        _dec("bid_size"),
+        _dec("ask_price"),
+        _dec("ask_size"),
+        _ms("polygon_received_ms"),
+        _received_ns(),
+        *_lineage(),
+    ),
+    key=("pair", "exchange", "event_ms", "seq"),
+    indexes=(("pair", "event_ms"), ("event_ms",)),
+    partition="event_ms",
+    doc="Top-of-book quotes (XQ); seq orders identical (pair, exchange, t) within a frame.",
+)
+
+AGGREGATES = Table(
+    name="crypto_aggregates",
+    snowflake="AGGREGATES",
+    columns=(
+        _pair(),
+        Column("channel", "str", 4, nullable=False),
+        _ms("start_ms", nullable=False),
+        _ms("end_ms"),
+        _dec("open"),
+        _dec("high"),
+        _dec("low"),
+        _dec("close"),
+        _dec("volume"),
+        _dec("vwap"),
+        _dec("avg_trade_size"),
+        _received_ns(),
+        Column("revision", "int", nullable=False),
+        *_lineage(),
+    ),
+    key=("pair", "channel", "start_ms"),
+    indexes=(("pair", "start_ms"), ("start_ms",)),
+    partition="start_ms",
+    doc="Polygon's own XA (minute) and XAS (second) bars, current revision only.",
+)
+
+MINUTE_BARS = Table(
+    name="crypto_minute_bars",
+    snowflake="MINUTE_BARS",
+    columns=(
+        _pair(),
+        _ms("minute_ms", nullable=False),
+        _dec("open"),
+        _dec("high"),
+        _dec("low"),
+        _dec("close"),
+        _dec("volume"),
+        _dec("vwap"),
+        Column("trade_count", "int"),
+        _ms("first_trade_ms"),
+        _ms("last_trade_ms"),
+        _dec("xa_open"),
+        _dec("xa_high"),
+        _dec("xa_low"),
+        _dec("xa_close"),
+        _dec("xa_volume"),
+        _dec("xa_vwap"),
+        # built minus Polygon's XA bar; NULL when either side is missing
+        _dec("open_diff"),
+        _dec("high_diff"),
+        _dec("low_diff"),
+        _dec("close_diff"),
+        _dec("volume_diff"),
+        Column("settled", "bool"),
+        Column("source", "str", 16),
+        Column("in_gap", "bool"),
+        # v2: the bar was rebuilt with trades fetched from REST after a stream gap
+        Column("repaired", "bool", added_in=2),
+    ),
+    key=("pair", "minute_ms"),
+    indexes=(("minute_ms",),),
+    partition="minute_ms",
+    doc="Minute bars built from trades, compared with XA, with gap and repair flags.",
+)
+
+DAILY_OPEN_CLOSE = Table(
+    name="crypto_daily_open_close",
+    snowflake="DAILY_OPEN_CLOSE",
+    columns=(
+        _pair(),
+        Column("day", "date", nullable=False),
+        _dec("open"),
+        _dec("close"),
+        _ms("open_trade_ms"),
+        _ms("close_trade_ms"),
+        Column("is_utc", "bool"),
+        Column("open_trades", "text"),
+        Column("closing_trades", "text"),
+        _ms("fetched_ms"),
+    ),
+    key=("pair", "day"),
+    indexes=(("day",),),
+    partition="day",
+    doc="REST /v1/open-close/crypto per pair and UTC day.",
+)
+
+STREAM_SESSIONS = Table(
+    name="crypto_stream_sessions",
+    snowflake="STREAM_SESSIONS",
+    columns=(
+        Column("session", "int", nullable=False),
+        Column("url", "str", 255),
+        _ms("connect_ms", nullable=False),
+        _ms("first_frame_ms"),
+        _ms("last_frame_ms"),
+        _ms("disconnect_ms"),
+        Column("close_code", "int"),
+        Column("close_reason", "str", 255),
+        Column("frames", "int"),
+        Column("events", "int"),
+        Column("topics", "text"),
+        # the gap before this session: previous session's last frame -> this session's first frame
+        _ms("gap_start_ms"),
+        _ms("gap_end_ms"),
+        Column("gap_ms", "int"),
+    ),
+    key=("session",),
+    indexes=(("connect_ms",),),
+    partition="connect_ms",
+    doc="The session ledger: one row per connection, with the gap that preceded it.",
+)
+
+ALERTS = Table(
+    name="crypto_alerts",
+    snowflake=None,
+    columns=(
+        Column("rule", "str", 64, nullable=False),
+        _pair(),
+        _ms("ts_ms", nullable=False, human="ts_time"),
+        _dec("value"),
+        _dec("threshold"),
+        Column("muted", "bool", nullable=False),
+        Column("reason", "str", 500),
+    ),
+    key=("rule", "pair", "ts_ms"),
+    indexes=(("pair", "ts_ms"), ("ts_ms",)),
+    partition="ts_ms",
+    added_in=2,
+    doc="Alerts raised by rules (value vs threshold), muted ones kept with their reason.",
+)
+
+TABLES: tuple[Table, ...] = (TRADES, QUOTES, AGGREGATES, MINUTE_BARS, DAILY_OPEN_CLOSE, STREAM_SESSIONS, ALERTS)
+TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+
+
+def table(name: str | Table) -> Table:
+    """Look a table up by its SQL name (``crypto_trades``), short name (``trades``) or Snowflake name."""
+    if isinstance(name, Table):
+        return name
+    key = name.lower()
+    for t in TABLES:
+        if key in (t.name, t.name.removeprefix("crypto_"), (t.snowflake or "").lower()):
+            return t
+    raise KeyError(f"no warehouse table {name!r}; known: {', '.join(t.name for t in TABLES)}")
