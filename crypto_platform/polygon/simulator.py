@@ -46,6 +46,7 @@ PERSISTENT_FAULTS = frozenset(
 )
 MALFORMED_KINDS = ("not_array", "no_ev", "invalid_json", "truncated")
 _TICK_S = 0.02
+_MAX_CATCH_UP_MS = 5_000
 _FLOOD_TRADES_PER_PAIR_S = 400.0
 
 
@@ -528,9 +529,16 @@ class Simulator:
                         await self._send_events(conn, events)
                     await asyncio.sleep(0)
                     continue
-                events = list(conn.schedule.advance(self.now_ms()))
+                # Catch up at most a few simulated seconds per pass, so a lagging connection (a fast
+                # clock, a busy machine) cannot hold the event loop for one huge backlog.
+                now = self.now_ms()
+                until = min(now, conn.schedule.next_second * 1000 + _MAX_CATCH_UP_MS)
+                events = conn.schedule.advance(until)
                 if events:
                     await self._send_events(conn, events)
+                if until < now:
+                    await asyncio.sleep(0)
+                    continue
             await asyncio.sleep(_TICK_S)
 
 
