@@ -101,7 +101,7 @@ def column_name(name: str, dialect: Dialect) -> str:
     return name.upper() if dialect == "snowflake" else name
 
 
-def _type(col: Column, dialect: Dialect) -> str:
+def column_type(col: Column, dialect: Dialect) -> str:
     if dialect == "sqlite":
         return _SQLITE_TYPES[col.kind]
     if col.kind == "str":
@@ -124,7 +124,7 @@ def _human_sql(col: Column, dialect: Dialect) -> str:
 
 def _column_defs(col: Column, dialect: Dialect) -> list[str]:
     null = "" if col.nullable else " NOT NULL"
-    defs = [f"{column_name(col.name, dialect)} {_type(col, dialect)}{null}"]
+    defs = [f"{column_name(col.name, dialect)} {column_type(col, dialect)}{null}"]
     if col.human:
         defs.append(_human_sql(col, dialect))
     return defs

@@ -98,7 +98,7 @@ def day_bounds_ms(day: date | str) -> tuple[int, int]:
     return start, start + DAY_MS
 
 
-def _day_text(day: date | str) -> str:
+def day_text(day: date | str) -> str:
     return day if isinstance(day, str) else day.isoformat()
 
 
@@ -308,7 +308,7 @@ class SqlWarehouse:
         t = table(name)
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
-        _check_day(prepared, day)
+        check_day(prepared, day)
         use_load_data = self.dialect == "mysql" and method in ("auto", "load_data")
         fallback: str | None = None
         with self.connect() as conn:
@@ -339,7 +339,7 @@ class SqlWarehouse:
             prepared.num_rows,
             used,
             time.perf_counter() - started,
-            day=_day_text(day),
+            day=day_text(day),
             deleted=deleted,
             dropped_duplicates=prepared.dropped_duplicates,
             fallback_reason=fallback,
@@ -455,7 +455,7 @@ class SqlWarehouse:
     def _day_where(self, t: Table, day: date | str) -> tuple[str, tuple[Any, ...]]:
         ph = self._placeholder()
         if t.column(t.partition).kind == "date":
-            return f"{t.partition} = {ph}", (_day_text(day),)
+            return f"{t.partition} = {ph}", (day_text(day),)
         lo, hi = day_bounds_ms(day)
         if t.column(t.partition).unit == "ns":
             lo, hi = lo * 1_000_000, hi * 1_000_000
@@ -516,14 +516,14 @@ def _rollback(conn: Any) -> None:
             conn.rollback()
 
 
-def _check_day(prepared: Prepared, day: date | str) -> None:
+def check_day(prepared: Prepared, day: date | str) -> None:
     """Every row of a day rebuild must belong to that day, or a re-run would not converge."""
     t = prepared.table
     col = prepared.data.column(t.partition)
     if not prepared.num_rows:
         return
     if t.column(t.partition).kind == "date":
-        outside = pc.not_equal(pc.cast(col, pa.string()), _day_text(day))
+        outside = pc.not_equal(pc.cast(col, pa.string()), day_text(day))
     else:
         lo, hi = day_bounds_ms(day)
         if t.column(t.partition).unit == "ns":
@@ -534,7 +534,7 @@ def _check_day(prepared: Prepared, day: date | str) -> None:
         key = prepared.key_of(i)
         raise RowRejectedError(
             f"{describe_row(t, key, i)}: {t.partition}={col[i].as_py()} is outside the partition day "
-            f"{_day_text(day)}; nothing written",
+            f"{day_text(day)}; nothing written",
             table=t.name,
             row=key,
             column=t.partition,

@@ -1,0 +1,213 @@
+"""The SQL loader against the SQLite stand-in and the machine's MariaDB: same tests, same code path."""
+
+from __future__ import annotations
+
+import socket
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+
+from crypto_platform.warehouse import samples
+from crypto_platform.warehouse.errors import (
+    RowRejectedError,
+    WarehouseAuthError,
+    WarehouseConnectionError,
+    WarehouseLoadError,
+)
+from crypto_platform.warehouse.migrations import SCHEMA_VERSION
+from crypto_platform.warehouse.parity import compare_sql
+from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
+
+DAY = "2025-11-20"
+EXACT = [
+    Decimal("0.000000000123456789"),
+    Decimal("97123.450000000000000000"),
+    Decimal("12345678901234567890.123456789012345678"),
+]
+
+
+def _snapshot(wh: SqlWarehouse, name: str = "trades") -> list[tuple[object, ...]]:
+    df = wh.read_partition(name, DAY)
+    return sorted(tuple(str(v) for v in row) for row in df.itertuples(index=False))
+
+
+def _exact_trades() -> pd.DataFrame:
+    df = samples.trades(DAY, 3)
+    df["price"] = pd.Series(EXACT, dtype=object)
+    df["size"] = pd.Series(list(reversed(EXACT)), dtype=object)
+    return df
+
+
+def test_exact_decimals_round_trip(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    warehouse.upsert("trades", _exact_trades())
+    back = warehouse.read_partition("trades", DAY).sort_values("trade_id")
+    assert [Decimal(str(v)) for v in back["price"]] == EXACT
+    assert [Decimal(str(v)) for v in back["size"]] == list(reversed(EXACT))
+    # the human time column is the UTC rendering of the ms column
+    rows = warehouse.query("SELECT event_ms, event_time FROM crypto_trades ORDER BY trade_id")
+    ms, human = rows[0]
+    assert str(human).startswith("2025-11-20 00:00:00")
+    assert ms - day_bounds_ms(DAY)[0] < 1000
+
+
+def test_reruns_leave_tables_unchanged(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    df = samples.trades(DAY, 12_000)
+    first = warehouse.upsert("trades", df, batch_rows=5_000)
+    snap = _snapshot(warehouse)
+    assert first.rows == len(snap) == 12_000
+    warehouse.upsert("trades", df, batch_rows=5_000)
+    assert _snapshot(warehouse) == snap
+    rebuilt = warehouse.rebuild_day("trades", DAY, df)
+    assert rebuilt.deleted == 12_000
+    warehouse.rebuild_day("trades", DAY, df)
+    assert _snapshot(warehouse) == snap
+    warehouse.migrate()  # migrating an up-to-date database is a no-op
+    assert _snapshot(warehouse) == snap
+
+
+def test_rebuild_replaces_the_day_only(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    warehouse.upsert("trades", samples.trades("2025-11-21", 10, first_id=5_000))
+    warehouse.upsert("trades", samples.trades(DAY, 100))
+    warehouse.rebuild_day("trades", DAY, samples.trades(DAY, 40))
+    assert len(warehouse.read_partition("trades", DAY)) == 40
+    assert len(warehouse.read_partition("trades", "2025-11-21")) == 10
+
+
+def test_too_wide_value_names_the_row_and_writes_nothing(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    warehouse.upsert("trades", samples.trades(DAY, 10))
+    before = _snapshot(warehouse)
+    bad = samples.trades(DAY, 12_000)
+    bad.loc[9_000, "price"] = Decimal("123456789012345678901.5")  # 21 digits before the point
+    for load in (lambda: warehouse.upsert("trades", bad), lambda: warehouse.rebuild_day("trades", DAY, bad)):
+        with pytest.raises(RowRejectedError) as err:
+            load()
+        assert err.value.row == {"pair": bad.loc[9_000, "pair"], "exchange": 1, "trade_id": "9000"}
+        assert "trade_id='9000'" in str(err.value) and "price" in str(err.value)
+        assert _snapshot(warehouse) == before
+
+
+def test_database_error_mid_partition_rolls_back_everything(warehouse: SqlWarehouse) -> None:
+    """With the Python checks off, the database's own error in the 2nd batch undoes the 1st batch too."""
+    warehouse.migrate()
+    warehouse.upsert("trades", samples.trades(DAY, 10))
+    before = _snapshot(warehouse)
+    bad = samples.trades(DAY, 12_000, first_id=100_000)
+    if warehouse.dialect == "mysql":
+        bad.loc[7_000, "pair"] = "X" * 40  # VARCHAR(32) in strict mode
+    else:
+        bad.loc[7_000, "size"] = None  # NOT NULL
+    with pytest.raises(WarehouseLoadError) as err:
+        warehouse.upsert("trades", bad, batch_rows=5_000, validate=False)
+    assert "nothing written" in str(err.value)
+    if warehouse.dialect == "mysql":
+        assert isinstance(err.value, RowRejectedError) and err.value.row["trade_id"] == "107000"
+    assert _snapshot(warehouse) == before
+
+
+def test_row_outside_the_day_is_refused(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    df = pd.concat([samples.trades(DAY, 5), samples.trades("2025-11-21", 1, first_id=99)], ignore_index=True)
+    with pytest.raises(RowRejectedError, match="trade_id='99'.*outside the partition day"):
+        warehouse.rebuild_day("trades", DAY, df)
+
+
+def test_migration_upgrades_in_place(warehouse: SqlWarehouse) -> None:
+    assert warehouse.migrate(target=SCHEMA_VERSION - 1) == list(range(1, SCHEMA_VERSION))
+    assert warehouse.schema_version() == SCHEMA_VERSION - 1
+    assert "repaired" not in warehouse.columns("crypto_minute_bars")
+    ph = "?" if warehouse.dialect == "sqlite" else "%s"
+    lo, _ = day_bounds_ms(DAY)
+    with warehouse.connect() as conn:
+        cur = conn.cursor()
+        if warehouse.dialect == "sqlite":
+            cur.execute("BEGIN")
+        cur.execute(
+            f"INSERT INTO crypto_minute_bars (pair, minute_ms, close, in_gap) VALUES ({ph}, {ph}, {ph}, {ph})",
+            ("BTC-USD", lo, "97123.450000000000000000", 1),
+        )
+        conn.commit()
+    assert warehouse.migrate() == [SCHEMA_VERSION]
+    assert warehouse.schema_version() == SCHEMA_VERSION
+    assert {"repaired", "minute_time"} <= warehouse.columns("crypto_minute_bars")
+    assert "rule" in warehouse.columns("crypto_alerts")
+    back = warehouse.read_partition("minute_bars", DAY)
+    assert len(back) == 1 and Decimal(str(back.loc[0, "close"])) == Decimal("97123.45")
+    assert back.loc[0, "repaired"] is None or pd.isna(back.loc[0, "repaired"])
+    assert warehouse.migrate() == []
+
+
+def test_analyst_views(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    trades = samples.trades(DAY, 300)
+    warehouse.upsert("trades", trades)
+    warehouse.upsert("minute_bars", samples.minute_bars(DAY, minutes=20))
+    latest = {r[0]: r for r in warehouse.query("SELECT pair, price, event_ms FROM crypto_latest_price")}
+    assert set(latest) == set(samples.DEFAULT_PAIRS)
+    btc = trades[trades["pair"] == "BTC-USD"].sort_values("event_ms").iloc[-1]
+    assert Decimal(str(latest["BTC-USD"][1])) == btc["price"]
+    holes = warehouse.query(
+        "SELECT minute_ms FROM crypto_minute_bars_flagged WHERE follows_hole = 1 AND pair = 'BTC-USD'"
+    )
+    assert [r[0] for r in holes] == [day_bounds_ms(DAY)[0] + 8 * 60_000]
+    summary = warehouse.query("SELECT pair, bars, gap_bars, xa_missing_bars FROM crypto_daily_summary ORDER BY pair")
+    assert [tuple(int(x) if not isinstance(x, str) else x for x in r) for r in summary][0] == ("BTC-USD", 19, 1, 1)
+
+
+def test_parity_matches_and_names_a_differing_row(warehouse: SqlWarehouse) -> None:
+    warehouse.migrate()
+    lake = samples.trades(DAY, 500, arrow_decimals=True)
+    warehouse.upsert("trades", lake)
+    assert compare_sql(warehouse, "trades", DAY, lake).ok
+    ph = "?" if warehouse.dialect == "sqlite" else "%s"
+    with warehouse.connect() as conn:
+        cur = conn.cursor()
+        if warehouse.dialect == "sqlite":
+            cur.execute("BEGIN")
+        cur.execute(f"UPDATE crypto_trades SET price = {ph} WHERE trade_id = '42'", ("1.000000000000000000",))
+        conn.commit()
+    report = compare_sql(warehouse, "trades", DAY, lake)
+    assert not report.ok
+    assert any("trade_id='42'" in d and "price lake=" in d for d in report.differences), report.message()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the socket closes
+
+
+def test_unreachable_database_names_host_port_and_setting_not_password() -> None:
+    port = _closed_port()
+    wh = SqlWarehouse(f"mysql+pymysql://loader:Sup3rS3cret@127.0.0.1:{port}/market_data", connect_timeout=3)
+    with pytest.raises(WarehouseConnectionError) as err:
+        wh.migrate()
+    text = str(err.value)
+    assert f"127.0.0.1:{port}" in text and "MYSQL_URL" in text
+    assert "Sup3rS3cret" not in text and "Sup3rS3cret" not in repr(wh)
+
+
+def test_wrong_credentials_say_so(mysql_server: dict[str, object], mysql_database: str) -> None:
+    url = f"mysql+pymysql://cp_nobody:Wr0ngPassw0rd@{mysql_server['host']}:{mysql_server['port']}/{mysql_database}"
+    with pytest.raises(WarehouseAuthError) as err:
+        SqlWarehouse(url, connect_timeout=3).migrate()
+    text = str(err.value)
+    assert "wrong user name or password" in text and "MYSQL_URL" in text
+    assert "Wr0ngPassw0rd" not in text
+
+
+def test_load_data_refused_falls_back_to_inserts(mysql_server: dict[str, object], mysql_database: str) -> None:
+    s = mysql_server
+    url = f"mysql+pymysql://{s['user']}:{s['password']}@{s['host']}:{s['port']}/{mysql_database}"
+    wh = SqlWarehouse(url, local_infile=False)
+    wh.migrate()
+    df = samples.trades(DAY, 2_000)
+    result = wh.rebuild_day("trades", DAY, df)
+    assert result.method == "insert" and result.fallback_reason and "local_infile" in result.fallback_reason
+    fast = SqlWarehouse(url).rebuild_day("trades", DAY, df)
+    assert fast.method == "load_data" and fast.deleted == 2_000
+    assert len(wh.read_partition("trades", DAY)) == 2_000
