@@ -139,8 +139,13 @@ def compare_sql(warehouse: Any, name: str | Table, day: date | str, lake: pd.Dat
     return compare(name, lake, warehouse.read_partition(name, day), ("lake", warehouse.dialect))
 
 
-def compare_snowflake(source: Any, name: str | Table, day: date | str, lake: pd.DataFrame) -> ParityReport:
-    """Lake partition vs the Snowflake table (a connection or ``SnowflakeResource.get_connection``)."""
+def compare_snowflake(
+    source: Any, name: str | Table, day: date | str, lake: pd.DataFrame, **where: str
+) -> ParityReport:
+    """Lake partition vs the Snowflake table (a connection or ``SnowflakeResource.get_connection``).
+
+    ``where`` may give ``database=`` / ``schema=`` (default MARKET_DATA.POLYGON).
+    """
     from crypto_platform.warehouse.snowflake import read_snowflake_partition
 
-    return compare(name, lake, read_snowflake_partition(source, name, day), ("lake", "snowflake"))
+    return compare(name, lake, read_snowflake_partition(source, name, day, **where), ("lake", "snowflake"))

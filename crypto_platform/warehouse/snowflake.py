@@ -284,6 +284,8 @@ def read_snowflake_partition(
         use_schema(conn, database, schema)
         present = _SnowflakeSchema(conn, database, schema).existing_columns(target)
         cols = [c for c in t.names if c in present]
+        if not cols:
+            raise WarehouseLoadError(f"{database}.{schema}.{target} does not exist: run migrate_snowflake first")
         where, params = _day_where(t, day)
         rows = _execute(conn, f"SELECT {', '.join(c.upper() for c in cols)} FROM {target} WHERE {where}", params)
     return pd.DataFrame.from_records(rows, columns=cols)

@@ -1,0 +1,116 @@
+"""The Snowflake loader through the real connector against a fakesnow server of our own."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from crypto_platform.warehouse import samples
+from crypto_platform.warehouse.errors import RowRejectedError
+from crypto_platform.warehouse.migrations import SCHEMA_VERSION
+from crypto_platform.warehouse.parity import compare_snowflake
+from crypto_platform.warehouse.snowflake import (
+    load_snowflake,
+    migrate_snowflake,
+    read_snowflake_partition,
+    snowflake_columns,
+    snowflake_schema_version,
+)
+
+DAY = "2025-11-20"
+EXACT = [Decimal("0.000000000123456789"), Decimal("97123.450000000000000000"), Decimal("12345678901234567890.5")]
+
+
+def _rows(conn: Any, db: str) -> list[tuple[str, ...]]:
+    df = read_snowflake_partition(conn, "trades", DAY, database=db)
+    return sorted(tuple(str(v) for v in r) for r in df.itertuples(index=False))
+
+
+def test_migration_upgrades_in_place(snowflake_conn: Any, sf_database: str) -> None:
+    db = sf_database
+    assert migrate_snowflake(snowflake_conn, target=SCHEMA_VERSION - 1, database=db) == list(range(1, SCHEMA_VERSION))
+    assert "repaired" not in snowflake_columns(snowflake_conn, "minute_bars", database=db)
+    cur = snowflake_conn.cursor()
+    cur.execute(f"INSERT INTO {db}.POLYGON.MINUTE_BARS (PAIR, MINUTE_MS, CLOSE) VALUES ('BTC-USD', 1, 97123.45)")
+    assert migrate_snowflake(snowflake_conn, database=db) == [SCHEMA_VERSION]
+    assert snowflake_schema_version(snowflake_conn, database=db) == SCHEMA_VERSION
+    assert {"repaired", "minute_time"} <= snowflake_columns(snowflake_conn, "minute_bars", database=db)
+    cur.execute(f"SELECT CLOSE, REPAIRED FROM {db}.POLYGON.MINUTE_BARS")
+    assert cur.fetchall() == [(Decimal("97123.45"), None)]
+    assert migrate_snowflake(snowflake_conn, database=db) == []
+
+
+def test_exact_idempotent_loads_and_parity(snowflake_conn: Any, sf_database: str) -> None:
+    db = sf_database
+    migrate_snowflake(snowflake_conn, database=db)
+    lake = samples.trades(DAY, 2_000, arrow_decimals=True)
+    exact = samples.trades(DAY, 3, first_id=10_000)
+    exact["price"] = pd.Series(EXACT, dtype=object)
+    lake_all = pd.concat([lake, exact], ignore_index=True)
+
+    load_snowflake(snowflake_conn, "trades", lake, day=DAY, database=db)
+    load_snowflake(snowflake_conn, "trades", exact, day=DAY, database=db)
+    snap = _rows(snowflake_conn, db)
+    assert len(snap) == 2_003
+    load_snowflake(snowflake_conn, "trades", lake, day=DAY, database=db)  # re-run: unchanged
+    assert _rows(snowflake_conn, db) == snap
+    result = load_snowflake(snowflake_conn, "trades", lake_all, day=DAY, rebuild=True, database=db)
+    assert result.rows == 2_003 and _rows(snowflake_conn, db) == snap
+
+    back = read_snowflake_partition(snowflake_conn, "trades", DAY, database=db)
+    prices = back[back["trade_id"].isin(["10000", "10001", "10002"])].sort_values("trade_id")["price"]
+    assert [Decimal(v) for v in prices] == EXACT
+    cur = snowflake_conn.cursor()
+    cur.execute(f"SELECT MIN(EVENT_TIME) FROM {db}.POLYGON.TRADES")
+    assert str(cur.fetchone()[0]).startswith("2025-11-20 00:00:00")
+
+    assert compare_snowflake(snowflake_conn, "trades", DAY, lake_all, database=db).ok
+    cur.execute(f"UPDATE {db}.POLYGON.TRADES SET SIZE = 5 WHERE TRADE_ID = '7'")
+    report = compare_snowflake(snowflake_conn, "trades", DAY, lake_all, database=db)
+    assert not report.ok and any("trade_id='7'" in d and "size" in d for d in report.differences)
+
+
+def test_rebuild_drops_rows_the_day_no_longer_has(snowflake_conn: Any, sf_database: str) -> None:
+    db = sf_database
+    migrate_snowflake(snowflake_conn, database=db)
+    load_snowflake(snowflake_conn, "trades", samples.trades(DAY, 100), day=DAY, database=db)
+    result = load_snowflake(snowflake_conn, "trades", samples.trades(DAY, 40), day=DAY, rebuild=True, database=db)
+    assert result.deleted == 60
+    assert len(read_snowflake_partition(snowflake_conn, "trades", DAY, database=db)) == 40
+
+
+def test_too_wide_value_names_the_row_and_writes_nothing(snowflake_conn: Any, sf_database: str) -> None:
+    db = sf_database
+    migrate_snowflake(snowflake_conn, database=db)
+    bad = samples.trades(DAY, 500)
+    bad.loc[321, "size"] = Decimal("0.0000000000000000001")  # 19 decimal places
+    with pytest.raises(RowRejectedError, match=r"trade_id='321'.*more than 18 decimal places"):
+        load_snowflake(snowflake_conn, "trades", bad, day=DAY, database=db)
+    assert _rows(snowflake_conn, db) == []
+
+
+def test_through_dagster_snowflake_resource(fakesnow_port: int, sf_database: str) -> None:
+    """The asset path: pass ``SnowflakeResource.get_connection`` (a context-manager factory)."""
+    from dagster_snowflake import SnowflakeResource
+
+    resource = SnowflakeResource(
+        account="fakesnow",
+        user="fake",
+        password="snow",
+        network_timeout=5,
+        additional_snowflake_connection_args={
+            "host": "127.0.0.1",
+            "port": fakesnow_port,
+            "protocol": "http",
+            "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        },
+    )
+    migrate_snowflake(resource.get_connection, database=sf_database)
+    bars = samples.minute_bars(DAY, minutes=20)
+    result = load_snowflake(resource.get_connection, "minute_bars", bars, day=DAY, database=sf_database)
+    assert result.rows == len(bars)
+    back = read_snowflake_partition(resource.get_connection, "minute_bars", DAY, database=sf_database)
+    assert len(back) == len(bars) and set(back["repaired"].dropna()) == {True, False}
