@@ -53,6 +53,40 @@ def validate(frame: bytes) -> tuple[list[dict[str, Any]] | None, str | None]:
     return events, None
 
 
+# Per channel [count, t_min, t_max] of one frame, and the frame's overall event-time range.
+FrameSummary = tuple[dict[str, list[int]], int | None, int | None]
+
+
+def summarize(events: list[Any], recv_ms: int) -> FrameSummary:
+    """One pass over a frame's events: counts and time ranges per channel.
+
+    Event time is ``t``, or ``s`` for bars (XA/XAS carry no ``t``), or the receive time for status
+    events. Raises ``KeyError``/``TypeError``/``AttributeError`` for an element that is not an object
+    with ``ev``, so the caller validates and summarises in the same pass.
+    """
+    frame_stats: dict[str, list[int]] = {}
+    lo = hi = None
+    for event in events:
+        t = event.get("t") or event.get("s") or recv_ms
+        if type(t) is not int:
+            t = recv_ms
+        channel = event["ev"]
+        acc = frame_stats.get(channel)
+        if acc is None:
+            frame_stats[channel] = [1, t, t]
+        else:
+            acc[0] += 1
+            if t < acc[1]:
+                acc[1] = t
+            elif t > acc[2]:
+                acc[2] = t
+        if lo is None or t < lo:
+            lo = t
+        if hi is None or t > hi:
+            hi = t
+    return frame_stats, lo, hi
+
+
 @dataclass
 class SegmentStats:
     """What the manifest says about a segment; built while appending, or rebuilt by a scan."""
@@ -68,6 +102,11 @@ class SegmentStats:
     first_frame_monotonic: float | None = None
 
     def add(self, recv_ns: int, session: int, events: list[dict[str, Any]], nbytes: int) -> None:
+        self.add_summary(recv_ns, session, events, nbytes, summarize(events, recv_ns // 1_000_000))
+
+    def add_summary(
+        self, recv_ns: int, session: int, events: list[dict[str, Any]], nbytes: int, summary: FrameSummary
+    ) -> None:
         self.frames += 1
         self.events += len(events)
         self.bytes += nbytes
@@ -75,37 +114,17 @@ class SegmentStats:
             self.recv_first_ns = recv_ns
         self.recv_last_ns = recv_ns
         self.sessions.add(session)
-        recv_ms = recv_ns // 1_000_000
-        # Per channel [count, t_min, t_max] for this frame; event time is ``t``, or ``s`` for bars
-        # (XA/XAS carry no ``t``), or the receive time for status events.
-        frame_stats: dict[str, list[int]] = {}
-        lo = hi = None
-        for event in events:
-            t = event.get("t") or event.get("s") or recv_ms
-            if type(t) is not int:
-                t = recv_ms
-            acc = frame_stats.get(event["ev"])
-            if acc is None:
-                frame_stats[event["ev"]] = [1, t, t]
-            else:
-                acc[0] += 1
-                if t < acc[1]:
-                    acc[1] = t
-                elif t > acc[2]:
-                    acc[2] = t
-            if lo is None or t < lo:
-                lo = t
-            if hi is None or t > hi:
-                hi = t
+        frame_stats, lo, hi = summary
         if lo is None or hi is None:
             return
         if lo // DAY_MS == hi // DAY_MS:
             self._merge(day_of(lo), frame_stats)
-        else:  # a frame across midnight (rare): split it by day
-            for event in events:
-                t = event.get("t") or event.get("s") or recv_ms
-                t = t if type(t) is int else recv_ms
-                self._merge(day_of(t), {event["ev"]: [1, t, t]})
+            return
+        recv_ms = recv_ns // 1_000_000
+        for event in events:  # a frame across midnight (rare): split it by day
+            t = event.get("t") or event.get("s") or recv_ms
+            t = t if type(t) is int else recv_ms
+            self._merge(day_of(t), {event["ev"]: [1, t, t]})
 
     def _merge(self, day: str, frame_stats: dict[str, list[int]]) -> None:
         day_map = self.days.get(day)
@@ -248,9 +267,14 @@ class LandingLog:
 
     def append(self, recv_ns: int, session: int, frame: bytes) -> list[dict[str, Any]] | None:
         """Land one frame; return its events, or ``None`` when it was quarantined."""
-        events, reason = validate(frame)
-        if events is None:
-            self._quarantine(recv_ns, session, frame, reason or "malformed")
+        try:
+            events = orjson.loads(frame)
+            summary = summarize(events, recv_ns // 1_000_000) if type(events) is list else None
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            summary = None
+        if summary is None:
+            # The slow path names the exact reason; only malformed frames take it.
+            self._quarantine(recv_ns, session, frame, validate(frame)[1] or "malformed")
             return None
         if b"\n" in frame or b"\r" in frame:
             frame = frame.replace(b"\n", b" ").replace(b"\r", b" ")
@@ -260,7 +284,7 @@ class LandingLog:
         os.write(self._fd, line)  # type: ignore[arg-type]
         if self.fsync == "frame":
             os.fsync(self._fd)  # type: ignore[arg-type]
-        self._stats.add(recv_ns, session, events, len(line))
+        self._stats.add_summary(recv_ns, session, events, len(line), summary)
         if self._stats.bytes >= self.max_bytes:
             self.seal()
         return events
