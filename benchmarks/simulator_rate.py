@@ -96,8 +96,22 @@ async def serve_baseline(port: int) -> None:
 def measure(kind: str, events: int) -> float:
     port = free_port()
     if kind == "simulator":
-        cmd = [sys.executable, "-m", "crypto_platform.cli", "simulate", "--port", str(port), "--rate", "0",
-               "--events-per-frame", "10", "--pairs", PAIRS, "--start", str(START_MS)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "crypto_platform.cli",
+            "simulate",
+            "--port",
+            str(port),
+            "--rate",
+            "0",
+            "--events-per-frame",
+            "10",
+            "--pairs",
+            PAIRS,
+            "--start",
+            str(START_MS),
+        ]
     else:
         cmd = [sys.executable, __file__, "--serve-baseline", str(port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -71,6 +71,11 @@ class SimulatorConfig:
     slow_consumer_bytes: int = 64 * 1024 * 1024
     late_probability: float = 0.15
     faults: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Replay mode for benchmarks: at full speed with total_events, generate the stream for the
+    # channels below (every pair) before listening, and stream those frames to a connection that
+    # subscribes to exactly them, so generation does not pace the client being measured.
+    prerender: bool = False
+    prerender_channels: tuple[str, ...] = ("XT", "XQ", "XA", "XAS")
 
     @property
     def full_speed(self) -> bool:
@@ -143,6 +148,9 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
+        self._prerendered: list[tuple[bytes, list[tuple[str, str]]]] = []
+        if config.prerender and not (config.full_speed and config.total_events):
+            raise ValueError("prerender needs full speed (rate 0) and total_events")
         for name, params in config.faults:
             self._validate_fault(name, params)
             if name in PERSISTENT_FAULTS:
@@ -173,8 +181,24 @@ class Simulator:
             return int(time.time() * 1000)
         return self._start_ms + int((time.time() - self._wall0) * 1000 * self.config.speed)
 
+    def _prerender(self) -> None:
+        schedule = Schedule(self.renderer, self._start_ms)
+        schedule.set_topics({(c, "*") for c in self.config.prerender_channels})
+        per_frame = self.config.events_per_frame or 10
+        left = int(self.config.total_events or 0)
+        frames = self._prerendered
+        while left > 0:
+            events = schedule.advance(schedule.next_second * 1000)[:left]
+            left -= len(events)
+            for i in range(0, len(events), per_frame):
+                chunk = events[i : i + per_frame]
+                payload = ("[" + ",".join(e.text for e in chunk) + "]").encode()
+                frames.append((_ws_frame(payload), [_CHANNEL_PAIR(e) for e in chunk]))
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.config.prerender and not self._prerendered:
+            self._prerender()
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -504,6 +528,19 @@ class Simulator:
         elif self.config.full_speed and backlog > 1 << 20:
             await conn.ws.drain()
 
+    async def _replay(self, conn: _Conn) -> None:
+        """Stream the prerendered frames from where this connection stands, 64 frames per write."""
+        frames = self._prerendered
+        while conn.frames < len(frames) and conn.ws.state is State.OPEN and not conn.actions:
+            batch = frames[conn.frames : conn.frames + 64]
+            conn.ws.transport.write(b"".join(f for f, _ in batch))
+            conn.frames += len(batch)
+            for _, keys in batch:
+                conn.sent += len(keys)
+                conn.events.update(keys)
+            if conn.ws.transport.get_write_buffer_size() > 1 << 20:
+                await conn.ws.drain()
+
     async def _pump(self, conn: _Conn) -> None:
         """Per connection: carry out pending faults, then send what is due (paced or full speed)."""
         cfg = self.config
@@ -521,6 +558,10 @@ class Simulator:
             budget_left = cfg.total_events is None or conn.sent < cfg.total_events
             # "pause" holds data back (nothing is dropped: what fell due is sent on resume).
             if conn.schedule.plan and budget_left and "pause" not in self._faults:
+                if self._prerendered and conn.topics == {(c, "*") for c in cfg.prerender_channels}:
+                    await self._replay(conn)
+                    await asyncio.sleep(_TICK_S)
+                    continue
                 if cfg.full_speed:
                     events = list(conn.schedule.advance(conn.schedule.next_second * 1000))
                     if cfg.total_events is not None:

@@ -63,6 +63,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events-per-frame", type=int, help="events per frame (default: what is due per tick)")
     parser.add_argument("--total-events", type=int, help="stop sending after this many events per connection")
     parser.add_argument(
+        "--prerender",
+        action="store_true",
+        help="with --rate 0 and --total-events: generate the stream before listening (benchmark replay mode)",
+    )
+    parser.add_argument(
         "--fault",
         type=_fault,
         action="append",
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         start_ms=args.start,
         events_per_frame=args.events_per_frame,
         total_events=args.total_events,
+        prerender=args.prerender,
         faults=tuple(args.fault),
     )
     try:

@@ -244,7 +244,9 @@ def test_rest_throttling_errors_and_latency() -> None:
             PolygonRest(sim.rest_url, KEY, policy).daily_open_close("BTC-USD", __import__("datetime").date(2025, 6, 1))
 
 
-async def full_speed_events(seed: int, n: int, topics: str = "XT.*,XQ.*,XA.*,XAS.*") -> list[dict[str, Any]]:
+async def full_speed_events(
+    seed: int, n: int, topics: str = "XT.*,XQ.*,XA.*,XAS.*", prerender: bool = False
+) -> list[dict[str, Any]]:
     cfg = SimulatorConfig(
         rate=None,
         seed=seed,
@@ -252,6 +254,7 @@ async def full_speed_events(seed: int, n: int, topics: str = "XT.*,XQ.*,XA.*,XAS
         total_events=n,
         events_per_frame=10,
         pairs=("BTC-USD", "ETH-USD"),
+        prerender=prerender,
     )
     async with Simulator(cfg) as sim:
         client = await RawClient.open(sim)
@@ -267,6 +270,12 @@ async def test_same_seed_same_stream_other_seed_other_stream() -> None:
     c = await full_speed_events(12, 3000)
     assert a == b
     assert a != c
+
+
+async def test_prerendered_replay_sends_the_same_stream_as_live_generation() -> None:
+    live = await full_speed_events(9, 5000)
+    replay = await full_speed_events(9, 5000, prerender=True)
+    assert replay == live and len(replay) == 5000
 
 
 async def test_trade_ids_are_unique_per_pair_and_exchange_even_in_bursts() -> None:
