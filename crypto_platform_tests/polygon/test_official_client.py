@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
@@ -166,3 +167,19 @@ def test_rest_wrong_key_is_a_bad_response() -> None:
         rest = RESTClient(api_key="wrong", base=sim.rest_url)
         with pytest.raises(BadResponse, match="Unknown API Key"):
             rest.get_daily_open_close_agg("crypto/BTC/USD", "2025-06-01", raw=True)
+
+
+def test_rest_accepts_the_key_as_an_apikey_query_parameter() -> None:
+    import urllib.error
+    import urllib.request
+
+    with Simulator(SimulatorConfig(rate=5)).running_in_thread() as sim:
+        url = f"{sim.rest_url}/v1/open-close/crypto/BTC/USD/2025-06-01"
+        with urllib.request.urlopen(f"{url}?apiKey={KEY}", timeout=10) as resp:
+            assert json.loads(resp.read())["symbol"] == "BTC-USD"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{url}?apiKey=wrong", timeout=10)
+        assert info.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, timeout=10)  # no key at all
+        assert info.value.code == 401
