@@ -149,6 +149,7 @@ class Simulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
         self._prerendered: list[tuple[bytes, list[tuple[str, str]]]] = []
+        self._prerendered_plan: dict[str, frozenset[str]] = {}
         if config.prerender and not (config.full_speed and config.total_events):
             raise ValueError("prerender needs full speed (rate 0) and total_events")
         for name, params in config.faults:
@@ -184,6 +185,8 @@ class Simulator:
     def _prerender(self) -> None:
         schedule = Schedule(self.renderer, self._start_ms)
         schedule.set_topics({(c, "*") for c in self.config.prerender_channels})
+        # A connection gets the replay when its subscriptions mean the same (per pair or with *).
+        self._prerendered_plan = dict(schedule.plan)
         per_frame = self.config.events_per_frame or 10
         left = int(self.config.total_events or 0)
         frames = self._prerendered
@@ -558,7 +561,7 @@ class Simulator:
             budget_left = cfg.total_events is None or conn.sent < cfg.total_events
             # "pause" holds data back (nothing is dropped: what fell due is sent on resume).
             if conn.schedule.plan and budget_left and "pause" not in self._faults:
-                if self._prerendered and conn.topics == {(c, "*") for c in cfg.prerender_channels}:
+                if self._prerendered and conn.schedule.plan == self._prerendered_plan:
                     await self._replay(conn)
                     await asyncio.sleep(_TICK_S)
                     continue
