@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.simulator_rate import PAIRS, START_MS, free_port, wait_listening  # noqa: E402
+from benchmarks.simulator_rate import PAIRS, free_port, simulator_command, wait_listening  # noqa: E402
 from crypto_platform.stream.landing_log import iter_lines, iter_manifest  # noqa: E402
 
 TARGET_EVENTS_PER_S = 250_000
@@ -42,25 +42,7 @@ TARGET_RATIO = 3.5
 
 
 def simulator(port: int, events: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "crypto_platform.cli",
-        "simulate",
-        "--port",
-        str(port),
-        "--rate",
-        "0",
-        "--events-per-frame",
-        "10",
-        "--pairs",
-        PAIRS,
-        "--start",
-        str(START_MS),
-        "--total-events",
-        str(events),
-        "--prerender",
-    ]
+    cmd = simulator_command(port, total_events=events, prerender=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_listening(port, proc, timeout=max(60.0, events / 20_000))  # it generates the stream first
     return proc

@@ -37,6 +37,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def simulator_command(port: int, total_events: int | None = None, prerender: bool = False) -> list[str]:
+    """``crypto-platform simulate`` at full speed, 10 events a frame, the benchmark pairs and start."""
+    cmd = [sys.executable, "-m", "crypto_platform.cli", "simulate", "--port", str(port), "--rate", "0",
+           "--events-per-frame", "10", "--pairs", PAIRS, "--start", str(START_MS)]  # fmt: skip
+    if total_events is not None:
+        cmd += ["--total-events", str(total_events)]
+    return cmd + (["--prerender"] if prerender else [])
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,25 +104,8 @@ async def serve_baseline(port: int) -> None:
 
 def measure(kind: str, events: int) -> float:
     port = free_port()
-    if kind == "simulator":
-        cmd = [
-            sys.executable,
-            "-m",
-            "crypto_platform.cli",
-            "simulate",
-            "--port",
-            str(port),
-            "--rate",
-            "0",
-            "--events-per-frame",
-            "10",
-            "--pairs",
-            PAIRS,
-            "--start",
-            str(START_MS),
-        ]
-    else:
-        cmd = [sys.executable, __file__, "--serve-baseline", str(port)]
+    baseline = [sys.executable, __file__, "--serve-baseline", str(port)]
+    cmd = simulator_command(port) if kind == "simulator" else baseline
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_listening(port, proc)

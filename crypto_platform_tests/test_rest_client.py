@@ -56,7 +56,11 @@ def scripted_server(respond: Responder) -> Iterator[tuple[str, list[str]]]:
 
 
 def send_json(handler: http.server.BaseHTTPRequestHandler, status: int, body: object, **headers: str) -> None:
-    data = json.dumps(body).encode()
+    send_text(handler, status, json.dumps(body), **headers)
+
+
+def send_text(handler: http.server.BaseHTTPRequestHandler, status: int, text: str, **headers: str) -> None:
+    data = text.encode()
     handler.send_response(status)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(data)))
@@ -74,11 +78,7 @@ OPEN_CLOSE_TEXT = (
 
 def test_daily_open_close_keeps_exact_decimals() -> None:
     def respond(handler: http.server.BaseHTTPRequestHandler, n: int) -> None:
-        data = OPEN_CLOSE_TEXT.encode()
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        send_text(handler, 200, OPEN_CLOSE_TEXT)
 
     with scripted_server(respond) as (base, seen):
         result = PolygonRest(base, "k").daily_open_close("BTC-USD", date(2026, 11, 24))
@@ -111,11 +111,7 @@ def test_throttling_honours_retry_after_then_succeeds() -> None:
         if n <= 2:
             send_json(handler, 429, {"status": "ERROR", "error": "slow down"}, Retry_After="1")
         else:
-            data = OPEN_CLOSE_TEXT.encode()
-            handler.send_response(200)
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
+            send_text(handler, 200, OPEN_CLOSE_TEXT)
 
     with scripted_server(respond) as (base, seen):
         started = time.monotonic()

@@ -262,6 +262,17 @@ class SqlWarehouse:
 
     # -- loading --------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _load_transaction(self, conn: Any, prepared: Any) -> Iterator[None]:
+        """One partition load: begin, commit at the end, or roll back and raise an error naming the row."""
+        try:
+            self._begin(conn)
+            yield
+            conn.commit()
+        except BaseException as exc:
+            _rollback(conn)
+            raise self._load_error(exc, prepared) from None
+
     def upsert(
         self,
         name: str | Table,
@@ -274,14 +285,8 @@ class SqlWarehouse:
         t = table(name)
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
-        with self.connect() as conn:
-            try:
-                self._begin(conn)
-                self._insert_batches(conn, prepared, batch_rows, upsert=True)
-                conn.commit()
-            except BaseException as exc:
-                _rollback(conn)
-                raise self._load_error(exc, prepared) from None
+        with self.connect() as conn, self._load_transaction(conn, prepared):
+            self._insert_batches(conn, prepared, batch_rows, upsert=True)
         return LoadResult(
             t.name,
             prepared.num_rows,
@@ -311,29 +316,23 @@ class SqlWarehouse:
         check_day(prepared, day)
         use_load_data = self.dialect == "mysql" and method in ("auto", "load_data")
         fallback: str | None = None
-        with self.connect() as conn:
-            try:
-                self._begin(conn)
-                deleted = self._delete_day(conn, t, day)
-                used = "insert"
-                if use_load_data:
-                    try:
-                        self._load_data(conn, prepared)
-                        used = "load_data"
-                    except _LocalInfileRefused as refused:
-                        if method == "load_data":
-                            raise WarehouseLoadError(str(refused)) from None
-                        fallback = str(refused)
-                        log.warning("%s: %s; falling back to batched inserts", t.name, fallback)
-                        _rollback(conn)
-                        self._begin(conn)
-                        deleted = self._delete_day(conn, t, day)
-                if used == "insert":
-                    self._insert_batches(conn, prepared, batch_rows, upsert=True)
-                conn.commit()
-            except BaseException as exc:
-                _rollback(conn)
-                raise self._load_error(exc, prepared) from None
+        with self.connect() as conn, self._load_transaction(conn, prepared):
+            deleted = self._delete_day(conn, t, day)
+            used = "insert"
+            if use_load_data:
+                try:
+                    self._load_data(conn, prepared)
+                    used = "load_data"
+                except _LocalInfileRefused as refused:
+                    if method == "load_data":
+                        raise WarehouseLoadError(str(refused)) from None
+                    fallback = str(refused)
+                    log.warning("%s: %s; falling back to batched inserts", t.name, fallback)
+                    _rollback(conn)
+                    self._begin(conn)
+                    deleted = self._delete_day(conn, t, day)
+            if used == "insert":
+                self._insert_batches(conn, prepared, batch_rows, upsert=True)
         return LoadResult(
             t.name,
             prepared.num_rows,
