@@ -21,7 +21,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from crypto_platform import sensors
-from crypto_platform.assets import daily, landing_log, raw
+from crypto_platform.assets import daily, landing_log, raw, warehouse
 from crypto_platform.resources import build_resources
 from crypto_platform.settings import Settings, load_settings
 
@@ -30,6 +30,7 @@ DEFINITION_MODULES: list[ModuleType] = [
     landing_log,
     raw,
     daily,
+    warehouse,
     sensors,
 ]
 
