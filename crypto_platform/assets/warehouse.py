@@ -28,6 +28,22 @@ from crypto_platform.warehouse.sql import SqlWarehouse
 PARITY = "parity_with_lake"
 
 
+def _warehouse_asset(name: str, kind: str, description: str) -> Any:
+    """The decorator every warehouse copy shares: daily, after raw_trades, with a blocking parity check."""
+    return dg.asset(
+        name=name,
+        partitions_def=DAILY_PARTITIONS,
+        deps=[raw_trades],
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
+        check_specs=[dg.AssetCheckSpec(PARITY, asset=name, blocking=True)],
+        group_name="warehouse",
+        kinds={kind},
+        owners=["team:data-platform"],
+        code_version="1",
+        description=description,
+    )
+
+
 def lake_trades(lake: LakeResource, day: str) -> pd.DataFrame:
     table = lake.read_partition("raw_trades", day)
     return (table if table is not None else TRADES_SCHEMA.empty_table()).to_pandas()
@@ -59,17 +75,11 @@ def _materialized(loads: list[Any], reports: list[ParityReport], asset: str) -> 
     )
 
 
-@dg.asset(
-    partitions_def=DAILY_PARTITIONS,
-    deps=[raw_trades],
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
-    check_specs=[dg.AssetCheckSpec(PARITY, asset="mysql_trades", blocking=True)],
-    group_name="warehouse",
-    kinds={"mysql"},
-    owners=["team:data-platform"],
-    code_version="1",
-    description="Table crypto_trades in MySQL (the SQLite stand-in without MYSQL_URL): the lake's raw_trades, "
-    "one UTC day replaced per partition, checked against the lake.",
+@_warehouse_asset(
+    "mysql_trades",
+    "mysql",
+    "Table crypto_trades in MySQL (the SQLite stand-in without MYSQL_URL): the lake's raw_trades, one UTC day "
+    "replaced per partition, checked against the lake.",
 )
 def mysql_trades(
     context: dg.AssetExecutionContext, sql_tables: SqlTablesResource, lake: LakeResource
@@ -84,17 +94,11 @@ def mysql_trades(
     return _materialized(loads, reports, "mysql_trades")
 
 
-@dg.asset(
-    partitions_def=DAILY_PARTITIONS,
-    deps=[raw_trades],
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
-    check_specs=[dg.AssetCheckSpec(PARITY, asset="snowflake_trades", blocking=True)],
-    group_name="warehouse",
-    kinds={"snowflake"},
-    owners=["team:data-platform"],
-    code_version="1",
-    description="Table MARKET_DATA.POLYGON.TRADES in Snowflake (the local fakesnow server by default): the lake's "
-    "raw_trades, one UTC day replaced per partition by PUT/COPY/MERGE, checked against the lake.",
+@_warehouse_asset(
+    "snowflake_trades",
+    "snowflake",
+    "Table MARKET_DATA.POLYGON.TRADES in Snowflake (the local fakesnow server by default): the lake's raw_trades, "
+    "one UTC day replaced per partition by PUT/COPY/MERGE, checked against the lake.",
 )
 def snowflake_trades(
     context: dg.AssetExecutionContext, snowflake: SnowflakeResource, lake: LakeResource
