@@ -180,9 +180,6 @@ class Schedule:
                 plan[pair] = channels
         self.plan = plan
 
-    def wants(self, channel: str, pair: str) -> bool:
-        return channel in self.plan.get(pair, ())
-
     def _generate(self, second: int) -> None:
         pending = self._pending
         seq = self._seq
@@ -240,6 +237,3 @@ class Schedule:
         plan = self.plan
         # Unsubscribed since it was generated: stop right away, as Polygon does.
         return [e for e in due if e[2] in plan.get(e[3], ())]
-
-    def pending(self) -> int:
-        return len(self._pending)

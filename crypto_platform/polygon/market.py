@@ -340,13 +340,6 @@ class Market:
 
         return self._minutes.get((pair, minute), make)
 
-    def trades_between(self, pair: str, start_ms: int, end_ms: int) -> list[Trade]:
-        """Every trade with ``start_ms <= t < end_ms`` in time order (late trades included)."""
-        out: list[Trade] = []
-        for s in range(start_ms // 1000, (end_ms + 999) // 1000):
-            out.extend(tr for tr in self.second(pair, s).trades if start_ms <= tr.t < end_ms)
-        return out
-
     def bar(self, pair: str, start_ms: int, end_ms: int) -> Agg | None:
         """The final (corrected) bar over ``[start_ms, end_ms)``, built from minutes where aligned."""
         result: Agg | None = None
