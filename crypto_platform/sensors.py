@@ -14,12 +14,12 @@ import time
 import dagster as dg
 
 from crypto_platform.assets.landing_log import landing_log
-from crypto_platform.assets.raw import raw_trades
+from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.session_ledger import gaps, sessions
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
 
-STREAM_TARGETS = [raw_trades]
+STREAM_TARGETS = [raw_trades, raw_quotes, raw_aggregates]
 
 
 def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
