@@ -1,21 +1,16 @@
-"""Warehouse fixtures: the SQL targets (real MariaDB, SQLite in tmp_path) and a private fakesnow server."""
+"""Warehouse fixtures: the SQL targets (MariaDB, SQLite in tmp_path) and a connection to the suite's fakesnow."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crypto_platform.resources.snowflake import LOCAL_NETWORK_TIMEOUT_S, local_connection_args
+from crypto_platform.settings import Settings
 from crypto_platform.warehouse.sql import SqlWarehouse
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
@@ -28,39 +23,18 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> SqlWarehouse:
     return SqlWarehouse(f"mysql+pymysql://{server['user']}:{server['password']}@{server['host']}:{server['port']}/{db}")
 
 
-@pytest.fixture(scope="session")
-def fakesnow_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A fakesnow server of our own, started with the local stack's launcher (own state dir, free port)."""
-    from crypto_platform.local_stack import fakesnow_service, stack_paths, start_service, stop_service
-    from crypto_platform.settings import child_environment, load_settings
-
-    state = tmp_path_factory.mktemp("fakesnow_state")
-    port = _free_port()
-    env = {"CRYPTO_STATE_DIR": str(state), "CRYPTO_PROJECT_DIR": str(state), "CRYPTO_FAKESNOW_PORT": str(port)}
-    settings = load_settings(env)
-    service = fakesnow_service(settings)
-    paths = stack_paths(settings)
-    start_service(service, paths, child_environment(env), ready_timeout=60)
-    try:
-        yield port
-    finally:
-        stop_service(service, paths)
-
-
 @pytest.fixture
-def snowflake_conn(fakesnow_port: int, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A real snowflake.connector connection to the fakesnow server, in a database of its own."""
+def snowflake_conn(fakesnow_server: Settings) -> Iterator[Any]:
+    """A real snowflake.connector connection to the suite's fakesnow server (the top-level fixture)."""
     import snowflake.connector
 
+    sf = fakesnow_server.snowflake
     conn = snowflake.connector.connect(
-        host="127.0.0.1",
-        port=fakesnow_port,
-        protocol="http",
-        account="fakesnow",
-        user="fake",
+        account=sf.account,
+        user=sf.user,
         password="snow",
-        network_timeout=5,
-        session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+        network_timeout=LOCAL_NETWORK_TIMEOUT_S,
+        **local_connection_args(sf),
     )
     try:
         yield conn

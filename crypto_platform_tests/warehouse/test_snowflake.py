@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from crypto_platform.resources.snowflake import build_snowflake_resource
+from crypto_platform.settings import Settings
 from crypto_platform.warehouse import samples
 from crypto_platform.warehouse.errors import RowRejectedError
 from crypto_platform.warehouse.migrations import SCHEMA_VERSION
@@ -92,22 +94,9 @@ def test_too_wide_value_names_the_row_and_writes_nothing(snowflake_conn: Any, sf
     assert _rows(snowflake_conn, db) == []
 
 
-def test_through_dagster_snowflake_resource(fakesnow_port: int, sf_database: str) -> None:
+def test_through_dagster_snowflake_resource(fakesnow_server: Settings, sf_database: str) -> None:
     """The asset path: pass ``SnowflakeResource.get_connection`` (a context-manager factory)."""
-    from dagster_snowflake import SnowflakeResource
-
-    resource = SnowflakeResource(
-        account="fakesnow",
-        user="fake",
-        password="snow",
-        network_timeout=5,
-        additional_snowflake_connection_args={
-            "host": "127.0.0.1",
-            "port": fakesnow_port,
-            "protocol": "http",
-            "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-        },
-    )
+    resource = build_snowflake_resource(fakesnow_server)
     migrate_snowflake(resource.get_connection, database=sf_database)
     bars = samples.minute_bars(DAY, minutes=20)
     result = load_snowflake(resource.get_connection, "minute_bars", bars, day=DAY, database=sf_database)
