@@ -103,17 +103,16 @@ def bench_mysql(args: argparse.Namespace, df: object, results: dict[str, tuple[f
 
 
 def bench_snowflake(args: argparse.Namespace, df: object, results: dict[str, tuple[float, str]]) -> None:
-    import socket
-
     import snowflake.connector
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
+    from benchmarks.simulator_rate import free_port
     from crypto_platform.local_stack import fakesnow_service, stack_paths, start_service, stop_service
+    from crypto_platform.resources.snowflake import local_connection_args
     from crypto_platform.settings import child_environment, load_settings
     from crypto_platform.warehouse.snowflake import load_snowflake, migrate_snowflake
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     state = Path(tempfile.mkdtemp(prefix="cp_bench_fakesnow_"))
     env = {"CRYPTO_STATE_DIR": str(state), "CRYPTO_PROJECT_DIR": str(state), "CRYPTO_FAKESNOW_PORT": str(port)}
     settings = load_settings(env)
@@ -121,15 +120,10 @@ def bench_snowflake(args: argparse.Namespace, df: object, results: dict[str, tup
     start_service(service, paths, child_environment(env), ready_timeout=60)
     rows = len(df)  # type: ignore[arg-type]
     try:
+        sf = settings.snowflake
+        # A long network timeout: one COPY/MERGE of a million rows takes a while on fakesnow.
         conn = snowflake.connector.connect(
-            host="127.0.0.1",
-            port=port,
-            protocol="http",
-            account="fakesnow",
-            user="fake",
-            password="snow",
-            network_timeout=60,
-            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+            account=sf.account, user=sf.user, password="snow", network_timeout=60, **local_connection_args(sf)
         )
         firsts, reruns = [], []
         for i in range(args.repeats):
