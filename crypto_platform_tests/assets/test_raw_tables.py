@@ -78,12 +78,17 @@ def test_incremental_runs_equal_a_rebuild_for_quotes_and_aggregates(tmp_path: Pa
         assert inc.read_partition(name, DAY).equals(full.read_partition(name, DAY)), name
 
 
-def test_quotes_are_exact_and_a_resent_frame_collapses(tmp_path: Path) -> None:
+def rebuilt_rows(tmp_path: Path, asset: dg.AssetsDefinition) -> list[dict]:
+    """Land the test segments, rebuild the day of ``asset`` and read its Parquet partition back."""
     landing = Landing(tmp_path)
     segments(landing)
-    lake = LakeResource(root=str(tmp_path / "lake"))
-    materialize(raw_quotes, landing, lake, {})
-    rows = pq.read_table(tmp_path / "lake" / "raw_quotes" / f"date={DAY}" / "part.parquet").to_pylist()
+    materialize(asset, landing, LakeResource(root=str(tmp_path / "lake")), {})
+    name = asset.key.to_user_string()
+    return pq.read_table(tmp_path / "lake" / name / f"date={DAY}" / "part.parquet").to_pylist()
+
+
+def test_quotes_are_exact_and_a_resent_frame_collapses(tmp_path: Path) -> None:
+    rows = rebuilt_rows(tmp_path, raw_quotes)
     assert len(rows) == 10  # 6 + 4; the re-sent frame of 6 added nothing
     assert [(r["event_ms"] - DAY1_MS, r["seq"]) for r in rows[:4]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert rows[0]["bid_price"] == Decimal("3100.10") and rows[0]["bid_size"] == Decimal("0.000000001")
@@ -91,11 +96,7 @@ def test_quotes_are_exact_and_a_resent_frame_collapses(tmp_path: Path) -> None:
 
 
 def test_every_bar_revision_is_kept_and_the_latest_is_current(tmp_path: Path) -> None:
-    landing = Landing(tmp_path)
-    segments(landing)
-    lake = LakeResource(root=str(tmp_path / "lake"))
-    materialize(raw_aggregates, landing, lake, {})
-    rows = pq.read_table(tmp_path / "lake" / "raw_aggregates" / f"date={DAY}" / "part.parquet").to_pylist()
+    rows = rebuilt_rows(tmp_path, raw_aggregates)
     xa = [r for r in rows if r["channel"] == "XA"]
     assert [(r["revision"], r["is_current"], r["close"]) for r in xa] == [
         (0, False, Decimal("97010.5")),
