@@ -106,6 +106,8 @@ class Ingester:
         self._session_first_data: int | None = None
         self._session_last_frame: int | None = None
         self._cooldown_s: float | None = None
+        # Why the next reconnect waits (also the state shown meanwhile): backoff, cooldown or auth_failed.
+        self._delay_kind = "backoff"
         self._rate_mark = (time.monotonic(), 0)
         self.events_per_s = 0.0
 
@@ -157,7 +159,7 @@ class Ingester:
 
     # -- one session ------------------------------------------------------------------------------
 
-    async def _recv_status(self, ws: ClientConnection, wanted: set[str], timeout: float, what: str) -> str:
+    async def _recv_status(self, ws: ClientConnection, wanted: set[str], timeout: float) -> str:
         """Land frames until one carries a status in ``wanted``; return it."""
         async with asyncio.timeout(timeout):
             while True:
@@ -165,7 +167,6 @@ class Ingester:
                 for event in events or ():
                     if event.get("ev") == "status" and event.get("status") in wanted:
                         return str(event["status"])
-        raise AssertionError("unreachable")
 
     async def _run_session(self) -> None:
         assert self.ledger is not None
@@ -177,14 +178,12 @@ class Ingester:
             self._ws = ws
             self.state = "handshake"
             try:
-                await self._recv_status(ws, {p.STATUS_CONNECTED}, timeout, "greeting")
+                await self._recv_status(ws, {p.STATUS_CONNECTED}, timeout)
             except TimeoutError:
                 raise HandshakeTimeout(f"no greeting from {self.url} within {timeout:g}s") from None
             await ws.send(p.action_message("auth", self.settings.api_key.reveal()).decode())
             try:
-                status = await self._recv_status(
-                    ws, {p.STATUS_AUTH_SUCCESS, p.STATUS_AUTH_FAILED}, timeout, "auth reply"
-                )
+                status = await self._recv_status(ws, {p.STATUS_AUTH_SUCCESS, p.STATUS_AUTH_FAILED}, timeout)
             except TimeoutError:
                 raise HandshakeTimeout(f"no reply to auth within {timeout:g}s") from None
             if status == p.STATUS_AUTH_FAILED:
@@ -272,7 +271,7 @@ class Ingester:
                 if stop.is_set():
                     break
                 delay = self._next_delay()
-                self.state = {"auth": "auth_failed", "cool": "cooldown"}.get(self._delay_kind, "backoff")
+                self.state = self._delay_kind
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 self.reconnects += 1
@@ -286,14 +285,12 @@ class Ingester:
             self.ledger.close()
         return 0
 
-    _delay_kind = "backoff"
-
     def _next_delay(self) -> float:
-        if self._delay_kind == "auth":
+        if self._delay_kind == "auth_failed":
             return self.settings.auth_retry_s
         if self._cooldown_s is not None:
             delay, self._cooldown_s = self._cooldown_s, None
-            self._delay_kind = "cool"
+            self._delay_kind = "cooldown"
             return delay
         return self.backoff.next_delay()
 
@@ -351,7 +348,7 @@ class Ingester:
                 self._error("disconnect", f"disconnected from {self.url}: {code} {reason}".strip())
             return code, reason
         if isinstance(exc, AuthRefused):
-            self._delay_kind = "auth"
+            self._delay_kind = "auth_failed"
             self._error(
                 "auth_failed",
                 f"Polygon refused the API key (auth_failed) at {self.url}: check POLYGON_API_KEY; retrying in "
