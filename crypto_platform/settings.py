@@ -127,6 +127,17 @@ def _parse_choice(env: Mapping[str, str], name: str, default: str, choices: tupl
     return value
 
 
+def _parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a yes/no value: use true or false")
+
+
 def _parse_date(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     try:
@@ -203,6 +214,8 @@ class Settings:
     handshake_timeout_s: float
     max_connections_cooldown_s: float
     auth_retry_s: float
+    bar_revision_window_s: float
+    repair_trades: bool
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -353,6 +366,8 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         handshake_timeout_s=_parse_float(env, "CRYPTO_HANDSHAKE_TIMEOUT_S", 10.0, minimum=0.1),
         max_connections_cooldown_s=_parse_float(env, "CRYPTO_MAX_CONNECTIONS_COOLDOWN_S", 60.0, minimum=0.0),
         auth_retry_s=_parse_float(env, "CRYPTO_AUTH_RETRY_S", 900.0, minimum=1.0),
+        bar_revision_window_s=_parse_float(env, "CRYPTO_BAR_REVISION_WINDOW_S", 120.0),
+        repair_trades=_parse_bool(env, "CRYPTO_REPAIR_TRADES", False),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
     )
 

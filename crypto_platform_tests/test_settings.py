@@ -28,6 +28,8 @@ def test_defaults_are_the_zero_setup_stack(tmp_path: Path) -> None:
     assert s.rest_url == f"http://127.0.0.1:{DEFAULT_SIMULATOR_PORT}"
     assert s.snowflake.local and (s.snowflake.host, s.snowflake.port) == ("127.0.0.1", DEFAULT_FAKESNOW_PORT)
     assert s.dagster_port == DEFAULT_DAGSTER_PORT
+    assert s.bar_revision_window_s == 120.0 and s.repair_trades is False
+    assert load_settings({"CRYPTO_REPAIR_TRADES": "TRUE"}, cwd=tmp_path).repair_trades is True
     assert not s.uses_mysql_server
     assert s.mysql_url.reveal() == f"sqlite:///{root / 'var' / 'data' / 'warehouse.sqlite'}"
     assert s.mlflow_tracking_uri == f"sqlite:///{root / 'var' / 'mlflow.db'}"
@@ -53,6 +55,8 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"CRYPTO_SEGMENT_MAX_AGE_S": "soon"}, "CRYPTO_SEGMENT_MAX_AGE_S"),
         ({"CRYPTO_RETENTION_DAYS": "1.5"}, "CRYPTO_RETENTION_DAYS"),
         ({"CRYPTO_START_DATE": "2025-13-01"}, "CRYPTO_START_DATE"),
+        ({"CRYPTO_REPAIR_TRADES": "sometimes"}, "CRYPTO_REPAIR_TRADES"),
+        ({"CRYPTO_BAR_REVISION_WINDOW_S": "-1"}, "CRYPTO_BAR_REVISION_WINDOW_S"),
         ({"MYSQL_URL": "postgresql://u:p@h/db"}, "MYSQL_URL"),
         ({"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}, "MLFLOW_TRACKING_URI"),
         ({"MLFLOW_TRACKING_URI": "./mlruns"}, "MLFLOW_TRACKING_URI"),
