@@ -20,8 +20,8 @@ import dagster as dg
 # define_asset_job returns this type; dagster does not export it at top level.
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from crypto_platform import sensors
-from crypto_platform.assets import daily, landing_log, raw, warehouse
+from crypto_platform import checks, sensors
+from crypto_platform.assets import alerts, bars, daily, landing_log, raw, warehouse
 from crypto_platform.resources import build_resources
 from crypto_platform.settings import Settings, load_settings
 
@@ -29,8 +29,11 @@ from crypto_platform.settings import Settings, load_settings
 DEFINITION_MODULES: list[ModuleType] = [
     landing_log,
     raw,
+    bars,
     daily,
     warehouse,
+    alerts,
+    checks,
     sensors,
 ]
 

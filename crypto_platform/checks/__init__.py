@@ -1,0 +1,1 @@
+"""Asset checks on the lake assets and their MLflow logging."""
