@@ -20,14 +20,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform import definitions
 from crypto_platform.local_stack import SIMULATOR_CLI_MODULE, port_open
-from crypto_platform.settings import child_environment
+from crypto_platform.settings import DEFAULT_PAIRS, child_environment
 from crypto_platform_tests.conftest import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -83,6 +85,47 @@ def http_json(url: str, payload: dict[str, Any] | None = None) -> Any:
         return json.loads(response.read())
 
 
+def graphql(base: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer = http_json(f"{base}/graphql", {"query": query, "variables": variables or {}})
+    assert not answer.get("errors"), answer
+    return answer["data"]
+
+
+LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status runs: runs(limit: 50) { runId status tags { key value } } } } }"""
+LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } } } }"""
+RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+
+
+def launch_backfill(base: str, asset: str, days: list[str]) -> str:
+    """What the UI's "Materialize selected" over a partition range sends: an asset backfill."""
+    params = {"assetSelection": [{"path": [asset]}], "partitionNames": days, "title": f"test backfill {asset}"}
+    answer = graphql(base, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert answer["__typename"] == "LaunchBackfillSuccess", answer
+    return str(answer["backfillId"])
+
+
+def launch_partition_run(base: str, asset: str, day: str) -> str:
+    """What the UI's "Materialize" of one partition sends: a run of the implicit asset job."""
+    params = {
+        "selector": {
+            "repositoryLocationName": "crypto_platform",
+            "repositoryName": "__repository__",
+            "pipelineName": "__ASSET_JOB",
+            "assetSelection": [{"path": [asset]}],
+        },
+        "mode": "default",
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
+    }
+    answer = graphql(base, LAUNCH_RUN, {"params": params})["launchPipelineExecution"]
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+    return str(answer["run"]["runId"])
+
+
 @pytest.fixture
 def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     state = tmp_path / "state"
@@ -104,6 +147,42 @@ def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     for pid in processes_with_env_value(str(state)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def check_ui_backfill_and_rebuild(base: str, state: Path, today: str, alive: Callable[[], str | None]) -> None:
+    """A daily_open_close backfill and a raw_trades day rebuild, launched over GraphQL as the UI does."""
+    first = date.fromisoformat(today) - timedelta(days=3)
+    days = [(first + timedelta(days=i)).isoformat() for i in range(3)]
+    backfill_id = launch_backfill(base, "daily_open_close", days)
+    rebuild_id = launch_partition_run(base, "raw_trades", today)
+
+    def backfill_done() -> dict[str, Any] | None:
+        answer = graphql(base, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        return answer if answer["status"] not in ("REQUESTED", "CANCELING", "FAILING") else None
+
+    backfill = poll(backfill_done, BOOT_DEADLINE_S, "the daily_open_close backfill to finish", alive)
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    # multi_run(31): the three days go in one run, tagged with the range it covers.
+    assert [r["status"] for r in backfill["runs"]] == ["SUCCESS"], backfill
+    range_tags = {t["key"]: t["value"] for t in backfill["runs"][0]["tags"]}
+    assert (range_tags["dagster/asset_partition_range_start"], range_tags["dagster/asset_partition_range_end"]) == (
+        days[0],
+        days[-1],
+    )
+    lake = state / "data" / "lake"
+    for day in days:
+        rows = pq.read_table(lake / "daily_open_close" / f"date={day}" / "part.parquet").to_pylist()
+        assert sorted(r["pair"] for r in rows) == sorted(DEFAULT_PAIRS) and all(r["status"] == "ok" for r in rows)
+
+    def rebuild_done() -> str | None:
+        status = graphql(base, RUN_STATUS, {"id": rebuild_id})["runOrError"]["status"]
+        return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+    assert poll(rebuild_done, BOOT_DEADLINE_S, "the raw_trades rebuild run", alive) == "SUCCESS"
+    rebuilt = pq.read_table(lake / "raw_trades" / f"date={today}" / "part.parquet")
+    assert rebuilt.num_rows > 0
+    keys = rebuilt.select(["pair", "exchange", "trade_id"]).to_pylist()
+    assert len({tuple(k.values()) for k in keys}) == rebuilt.num_rows
 
 
 @pytest.mark.slow
@@ -195,6 +274,7 @@ def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, de
             partition = state / "data" / "lake" / "raw_trades" / f"date={tags['dagster/partition']}" / "part.parquet"
             assert partition.is_file()
             assert (state / "data" / "ingester" / "heartbeat.json").is_file()
+            check_ui_backfill_and_rebuild(base, state, tags["dagster/partition"], dev_alive)
 
         # Ctrl-C, as a terminal delivers it: SIGINT to the foreground process group.
         os.killpg(dev.pid, signal.SIGINT)
