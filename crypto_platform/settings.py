@@ -216,6 +216,7 @@ class Settings:
     auth_retry_s: float
     bar_revision_window_s: float
     repair_trades: bool
+    ingester_autostart: bool
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -368,6 +369,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         auth_retry_s=_parse_float(env, "CRYPTO_AUTH_RETRY_S", 900.0, minimum=1.0),
         bar_revision_window_s=_parse_float(env, "CRYPTO_BAR_REVISION_WINDOW_S", 120.0),
         repair_trades=_parse_bool(env, "CRYPTO_REPAIR_TRADES", False),
+        ingester_autostart=_parse_bool(env, "CRYPTO_INGESTER_AUTOSTART", True),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
     )
 

@@ -28,7 +28,7 @@ def test_defaults_are_the_zero_setup_stack(tmp_path: Path) -> None:
     assert s.rest_url == f"http://127.0.0.1:{DEFAULT_SIMULATOR_PORT}"
     assert s.snowflake.local and (s.snowflake.host, s.snowflake.port) == ("127.0.0.1", DEFAULT_FAKESNOW_PORT)
     assert s.dagster_port == DEFAULT_DAGSTER_PORT
-    assert s.bar_revision_window_s == 120.0 and s.repair_trades is False
+    assert s.bar_revision_window_s == 120.0 and s.repair_trades is False and s.ingester_autostart is True
     assert load_settings({"CRYPTO_REPAIR_TRADES": "TRUE"}, cwd=tmp_path).repair_trades is True
     assert not s.uses_mysql_server
     assert s.mysql_url.reveal() == f"sqlite:///{root / 'var' / 'data' / 'warehouse.sqlite'}"
@@ -129,3 +129,12 @@ def test_readme_settings_table_lists_every_variable() -> None:
     table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
     assert len(variables) > 25
     assert sorted(v for v in variables if f"`{v}`" not in table) == []
+
+
+def test_an_ingester_run_as_a_service_is_not_started_by_the_sensor(tmp_path: Path) -> None:
+    from crypto_platform.resources.stream import build_stream_resource
+
+    assert build_stream_resource(load_settings({}, cwd=tmp_path)).autostart is True
+    service = build_stream_resource(load_settings({"CRYPTO_INGESTER_AUTOSTART": "false"}, cwd=tmp_path))
+    assert service.autostart is False
+    assert service.ensure_running() == "not running (autostart is off)"

@@ -69,5 +69,8 @@ class StreamResource(dg.ConfigurableResource):
 
 def build_stream_resource(settings: Settings) -> StreamResource:
     return StreamResource(
-        project_dir=str(settings.project_dir), state_dir=str(settings.state_dir), data_dir=str(settings.data_dir)
+        project_dir=str(settings.project_dir),
+        state_dir=str(settings.state_dir),
+        data_dir=str(settings.data_dir),
+        autostart=settings.ingester_autostart,
     )
