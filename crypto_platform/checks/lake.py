@@ -1,0 +1,271 @@
+"""Asset checks on the raw lake tables: schema, natural key, values, partition day, freshness.
+
+One ``multi_asset_check`` per raw asset rather than one ``asset_check`` per rule: each check op is a
+step, and under ``dagster dev`` every step is a process, so five rules as five steps would cost
+five process starts on every stream-sensor run; one step reads the partition once and reports all
+of them.
+
+Which checks block (``blocking=True``, ERROR) and why: schema, natural-key uniqueness, value
+invariants, the partition day and the one-current-revision rule. A row that breaks them would be
+copied as is into MySQL and Snowflake and into minute bars (a duplicate trade doubles its volume, a
+row of another day breaks the day-replace arithmetic of every downstream load), so the run stops
+before anything downstream of the asset. Freshness and crossed quotes only WARN: a lake that lags
+the landing log is late, not wrong, and exchanges do publish locked or crossed quotes in fast
+markets; stopping the day's load for one would lose more than it protects.
+
+Partitions: the checks are not partitioned themselves; they check every day of the run that
+materialized the asset (one day from the sensor, up to seven from a backfill run). Executed alone
+from the UI without a partition, they check the newest day in the lake.
+"""
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crypto_platform.assets import raw
+from crypto_platform.assets.raw import RawTable
+from crypto_platform.checks.figures import (
+    Figures,
+    Rule,
+    duplicate_figures,
+    greater,
+    in_window_figures,
+    missing,
+    negative,
+    not_positive,
+    one_current_figures,
+    percentiles,
+    rule_figures,
+    schema_figures,
+)
+from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.resources.lake import LakeResource
+from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream.landing_log import iter_manifest
+from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.warehouse.sql import day_bounds_ms
+
+SCHEMA = "schema"
+UNIQUE_KEY = "unique_key"
+VALID_VALUES = "valid_values"
+IN_PARTITION_DAY = "in_partition_day"
+FRESHNESS = "lake_freshness"
+UNCROSSED = "uncrossed_quotes"
+ONE_CURRENT = "one_current_revision"
+
+# The lake may trail the landing log by this much before freshness warns: a segment is sealed
+# every 5 s and the stream sensor ticks every 10 s, so a healthy pipeline stays well below it.
+LAKE_LAG_WARN_S = 300.0
+
+
+def partition_days(context: dg.AssetCheckExecutionContext, lake: LakeResource, asset: str) -> list[str]:
+    """The days the run covers; without a partition, the newest day present in the lake."""
+    if context.has_partition_key_range:
+        return DAILY_PARTITIONS.get_partition_keys_in_range(context.partition_key_range)
+    if context.has_partition_key:
+        return [context.partition_key]
+    days = sorted(p.name.removeprefix("date=") for p in (Path(lake.root) / asset).glob("date=*"))
+    return days[-1:]
+
+
+_SUMMED = ("violations.", "duplicate_keys", "bars", "segments_pending", "sides_", "reconciliation_errors")
+_MAXED = ("lake_lag_s", "max_rel_diff")
+
+
+def merge(figures: Sequence[tuple[str, Figures]]) -> Figures:
+    """One figure set over several days: counts add up, lags take the worst day, the rest the last day."""
+    out = Figures(sum(f.rows for _, f in figures))
+    for day, f in figures:
+        out.violations += f.violations
+        out.examples += [f"{day}: {e}" for e in f.examples]
+        for k, v in f.extra.items():
+            if k.startswith(_SUMMED) and isinstance(v, int | float):
+                out.extra[k] = out.extra.get(k, 0) + v  # type: ignore[operator]
+            elif k in _MAXED and isinstance(v, int | float):
+                out.extra[k] = max(v, out.extra.get(k, v))  # type: ignore[type-var]
+            else:
+                out.extra[k] = v
+    out.examples = out.examples[:10]
+    if "duplicate_rate" in out.extra:
+        out.extra["duplicate_rate"] = out.violations / out.rows if out.rows else 0.0
+    out.extra["days"] = ", ".join(d for d, _ in figures)
+    return out
+
+
+@dataclass(frozen=True)
+class LakeAssetChecks:
+    """Everything the checks need to know about one raw table."""
+
+    spec: RawTable
+    time_column: str
+    rules: tuple[Rule, ...]
+    # (name, blocking, severity, description, figures function) beyond the common four
+    extra: tuple[tuple[str, bool, str, Callable[[pa.Table], Figures]], ...] = ()
+
+
+def _crossed(table: pa.Table) -> Figures:
+    return rule_figures(table, [greater("bid_price", "ask_price")], ("pair", "exchange", "event_ms", "seq"))
+
+
+def _one_current(table: pa.Table) -> Figures:
+    return one_current_figures(table, ("pair", "channel", "start_ms"))
+
+
+def _source_unknown(table: pa.Table) -> pa.ChunkedArray:
+    return pc.invert(pc.is_in(table["source"], value_set=pa.array(["ws", "rest_repair"])))
+
+
+TABLE_CHECKS: dict[str, LakeAssetChecks] = {
+    "raw_trades": LakeAssetChecks(
+        raw.TRADES,
+        "event_ms",
+        (
+            missing("price"),
+            missing("size"),
+            not_positive("price"),
+            not_positive("size"),
+            Rule("source_unknown", ("source",), _source_unknown),
+        ),
+    ),
+    "raw_quotes": LakeAssetChecks(
+        raw.QUOTES,
+        "event_ms",
+        (not_positive("bid_price"), not_positive("ask_price"), negative("bid_size"), negative("ask_size")),
+        ((UNCROSSED, False, "bid <= ask wherever both sides are quoted (WARN: exchanges do cross)", _crossed),),
+    ),
+    "raw_aggregates": LakeAssetChecks(
+        raw.AGGREGATES,
+        "start_ms",
+        (
+            missing("open"),
+            not_positive("low"),
+            greater("low", "open"),
+            greater("low", "close"),
+            greater("open", "high"),
+            greater("close", "high"),
+            greater("low", "high"),
+            negative("volume"),
+            Rule("end_not_after_start", ("start_ms", "end_ms"), lambda t: pc.less_equal(t["end_ms"], t["start_ms"])),
+        ),
+        ((ONE_CURRENT, True, "exactly one is_current revision per (pair, channel, start_ms)", _one_current),),
+    ),
+}
+_BOOK = getattr(raw, "BOOK", None)  # raw_book is optional (Polygon deprecated XL2)
+if isinstance(_BOOK, RawTable):
+    TABLE_CHECKS[_BOOK.name] = LakeAssetChecks(_BOOK, "event_ms", ())
+
+
+def freshness_figures(
+    table: pa.Table, spec: RawTable, time_column: str, day: str, landing: Path, run_segments: str | None
+) -> Figures:
+    """How far the partition trails the landing log, and how old its data was when it landed.
+
+    ``lake_lag_s``: receive time of the newest sealed segment with this table's events for the day
+    that the partition has not absorbed yet, minus the newest receive time in the partition (0 when
+    caught up). Latencies: event time -> landed (``received_ns``) over the day; for a sensor run also
+    landed -> lake for the rows of the run's segments, measured now (just after the write).
+    """
+    max_seg = int(pc.max(table["segment"]).as_py() or 0) if table.num_rows else 0
+    max_recv = int(pc.max(table["received_ns"]).as_py() or 0) if table.num_rows else 0
+    pending = [
+        e for e in iter_manifest(landing, after_seq=max_seg) if spec.channels & set((e.get("days") or {}).get(day, {}))
+    ]
+    newest = max((int(e.get("recv_last_ns") or 0) for e in pending), default=0)
+    lag_s = max(0.0, (newest - max_recv) / 1e9) if pending else 0.0
+    extra: dict[str, float | int | str] = {"lake_lag_s": round(lag_s, 3), "segments_pending": len(pending)}
+    if table.num_rows:
+        landed_ms = pc.divide(table["received_ns"], 1_000_000)
+        extra.update(percentiles(pc.divide(pc.subtract(landed_ms, table[time_column]), 1000.0), "event_to_landed_s"))
+    if run_segments and table.num_rows:
+        first, last = parse_segment_range(run_segments)
+        mine = table.filter(pc.and_(pc.greater_equal(table["segment"], first), pc.less_equal(table["segment"], last)))
+        now_ns = time.time_ns()
+        extra.update(percentiles(pc.divide(pc.subtract(now_ns, mine["received_ns"]), 1e9), "landed_to_lake_s"))
+    violations = int(lag_s > LAKE_LAG_WARN_S)
+    examples = [f"{len(pending)} sealed segments not in the lake, {lag_s:.0f}s behind"] if violations else []
+    return Figures(table.num_rows, violations, examples, extra)
+
+
+def evaluate_day(
+    checks: LakeAssetChecks, table: pa.Table | None, day: str, landing: Path, run_segments: str | None
+) -> dict[str, Figures]:
+    """Every check of one table on one day's partition (``None``: the partition does not exist)."""
+    spec = checks.spec
+    names = [SCHEMA, UNIQUE_KEY, VALID_VALUES, IN_PARTITION_DAY, FRESHNESS, *(e[0] for e in checks.extra)]
+    if table is None:
+        gone = Figures(0, 1, [f"no lake partition {spec.name}/date={day}: materialize the day"])
+        return dict.fromkeys(names, gone)
+    out = {SCHEMA: schema_figures(table, spec.schema)}
+    if out[SCHEMA].violations:
+        # The other rules read columns by name and type; say so instead of failing on a missing column.
+        skipped = Figures(table.num_rows, 1, ["not evaluated: the schema check failed"])
+        return {name: out.get(name, skipped) for name in names}
+    lo, hi = day_bounds_ms(day)
+    out[UNIQUE_KEY] = duplicate_figures(table, spec.key)
+    out[VALID_VALUES] = rule_figures(table, checks.rules, spec.key)
+    out[IN_PARTITION_DAY] = in_window_figures(table, checks.time_column, lo, hi, spec.key)
+    out[FRESHNESS] = freshness_figures(table, spec, checks.time_column, day, landing, run_segments)
+    for name, _, _, fn in checks.extra:
+        out[name] = fn(table)
+    return out
+
+
+def _specs(asset: str, checks: LakeAssetChecks) -> list[dg.AssetCheckSpec]:
+    key = ", ".join(checks.spec.key)
+    common = [
+        (SCHEMA, True, "columns and types as the asset's Arrow schema says"),
+        (UNIQUE_KEY, True, f"one row per natural key ({key})"),
+        (VALID_VALUES, True, "value invariants: " + ", ".join(r.name for r in checks.rules) or "none"),
+        (IN_PARTITION_DAY, True, f"{checks.time_column} inside the partition's UTC day"),
+        (FRESHNESS, False, f"the lake trails the landing log by at most {LAKE_LAG_WARN_S:.0f}s; latency percentiles"),
+    ]
+    return [
+        dg.AssetCheckSpec(name, asset=asset, blocking=blocking, description=description)
+        for name, blocking, description in [*common, *((n, b, d) for n, b, d, _ in checks.extra)]
+    ]
+
+
+def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefinition:
+    specs = _specs(asset, checks)
+    blocking = {s.name: s.blocking for s in specs}
+
+    @dg.multi_asset_check(
+        name=f"{asset}_checks",
+        specs=specs,
+        can_subset=True,
+        description=f"Schema, natural key, values, partition day and freshness of {asset}.",
+    )
+    def run_checks(
+        context: dg.AssetCheckExecutionContext, lake: LakeResource, stream: StreamResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        days = partition_days(context, lake, asset)
+        segments = context.run.tags.get(SEGMENTS_TAG)
+        per_day = [
+            (day, evaluate_day(checks, lake.read_partition(asset, day), day, stream.landing_dir, segments))
+            for day in days
+        ]
+        selected = {k.name for k in context.selected_asset_check_keys}
+        for name in [s.name for s in specs if s.name in selected]:
+            figures = merge([(day, found[name]) for day, found in per_day]) if per_day else Figures(0)
+            if not per_day:
+                figures.examples = [f"no {asset} partition in the lake yet"]
+            yield dg.AssetCheckResult(
+                asset_key=asset,
+                check_name=name,
+                passed=figures.passed,
+                severity=dg.AssetCheckSeverity.ERROR if blocking[name] else dg.AssetCheckSeverity.WARN,
+                metadata=figures.metadata(),
+            )
+
+    return run_checks
+
+
+raw_trades_checks = lake_asset_checks("raw_trades", TABLE_CHECKS["raw_trades"])
+raw_quotes_checks = lake_asset_checks("raw_quotes", TABLE_CHECKS["raw_quotes"])
+raw_aggregates_checks = lake_asset_checks("raw_aggregates", TABLE_CHECKS["raw_aggregates"])
+raw_book_checks = lake_asset_checks(_BOOK.name, TABLE_CHECKS[_BOOK.name]) if isinstance(_BOOK, RawTable) else None
