@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,6 +82,55 @@ def _parse_pairs(raw: str) -> tuple[str, ...]:
         if not sep or not base.isalnum() or not quote.isalnum():
             raise SettingsError(f"CRYPTO_PAIRS has {pair!r}: each pair is FROM-TO, e.g. BTC-USD (or * for all pairs)")
     return tuple(p.removeprefix("X:") for p in pairs)
+
+
+def _parse_decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name, "").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name}={raw!r} is not a number (default {default}; 0 turns it off)") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(f"{name}={raw!r} must be a number >= 0 (default {default}; 0 turns it off)")
+    return value
+
+
+def _parse_spike_factor(env: Mapping[str, str]) -> float:
+    value = _parse_float(env, "CRYPTO_ALERT_VOLUME_SPIKE_FACTOR", 5.0)
+    if 0 < value <= 1:
+        raise SettingsError(
+            f"CRYPTO_ALERT_VOLUME_SPIKE_FACTOR={value} would flag ordinary minutes: use a factor above 1 "
+            "(default 5.0; 0 turns the rule off)"
+        )
+    return value
+
+
+def _parse_thresholds(env: Mapping[str, str], name: str, pairs: tuple[str, ...]) -> dict[str, Decimal]:
+    """``BTC-USD:100000,ETH-USD:5000`` -> {pair: price}; each pair once, each one of CRYPTO_PAIRS."""
+    out: dict[str, Decimal] = {}
+    for item in _split_list(env.get(name, "")):
+        pair, sep, price = (p.strip() for p in item.partition(":"))
+        pair = pair.upper().removeprefix("X:")
+        example = "BTC-USD:100000,ETH-USD:5000"
+        if not sep or not price:
+            raise SettingsError(f"{name} has {item!r}: give PAIR:PRICE items separated by commas, e.g. {example}")
+        base, dash, quote = pair.partition("-")
+        if not dash or not base.isalnum() or not quote.isalnum():
+            raise SettingsError(f"{name} has {item!r}: the pair is FROM-TO, e.g. {example}")
+        try:
+            value = Decimal(price)
+        except InvalidOperation:
+            value = Decimal(-1)
+        if not value.is_finite() or value <= 0:
+            raise SettingsError(f"{name} has {item!r}: the price must be a positive number, e.g. {example}")
+        if pair in out:
+            raise SettingsError(f"{name} names {pair} twice: keep one threshold per pair")
+        if "*" not in pairs and pair not in pairs:
+            raise SettingsError(
+                f"{name} names {pair}, which is not in CRYPTO_PAIRS ({','.join(pairs)}): its alert could never fire"
+            )
+        out[pair] = value
+    return out
 
 
 def _parse_channels(raw: str) -> tuple[str, ...]:
@@ -218,6 +268,12 @@ class Settings:
     repair_trades: bool
     ingester_autostart: bool
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Alert rules (crypto_alerts): price crossings per pair, minute volume spikes, whale trades.
+    alert_price_above: Mapping[str, Decimal] = field(default_factory=dict)
+    alert_price_below: Mapping[str, Decimal] = field(default_factory=dict)
+    alert_volume_spike_factor: float = 5.0
+    alert_volume_window_min: int = 30
+    alert_whale_notional: Decimal = Decimal(1_000_000)
 
     @property
     def uses_mysql_server(self) -> bool:
@@ -339,6 +395,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
             "or an http(s):// tracking server"
         )
 
+    pairs = _parse_pairs(env.get("CRYPTO_PAIRS", "") or ",".join(DEFAULT_PAIRS))
     return Settings(
         project_dir=project_dir,
         data_dir=data_dir,
@@ -350,7 +407,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         rest_url=rest_url,
         simulator_host=sim_host,
         simulator_port=sim_port,
-        pairs=_parse_pairs(env.get("CRYPTO_PAIRS", "") or ",".join(DEFAULT_PAIRS)),
+        pairs=pairs,
         channels=_parse_channels(env.get("CRYPTO_CHANNELS", "") or ",".join(DEFAULT_CHANNELS)),
         mysql_url=mysql_url,
         snowflake=snowflake,
@@ -371,6 +428,11 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         repair_trades=_parse_bool(env, "CRYPTO_REPAIR_TRADES", False),
         ingester_autostart=_parse_bool(env, "CRYPTO_INGESTER_AUTOSTART", True),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
+        alert_price_above=_parse_thresholds(env, "CRYPTO_ALERT_PRICE_ABOVE", pairs),
+        alert_price_below=_parse_thresholds(env, "CRYPTO_ALERT_PRICE_BELOW", pairs),
+        alert_volume_spike_factor=_parse_spike_factor(env),
+        alert_volume_window_min=_parse_int(env, "CRYPTO_ALERT_VOLUME_WINDOW_MIN", 30, minimum=3),
+        alert_whale_notional=_parse_decimal(env, "CRYPTO_ALERT_WHALE_NOTIONAL", "1000000"),
     )
 
 

@@ -138,3 +138,28 @@ def test_an_ingester_run_as_a_service_is_not_started_by_the_sensor(tmp_path: Pat
     service = build_stream_resource(load_settings({"CRYPTO_INGESTER_AUTOSTART": "false"}, cwd=tmp_path))
     assert service.autostart is False
     assert service.ensure_running() == "not running (autostart is off)"
+
+
+def test_alert_rules_are_parsed_and_bad_ones_name_the_variable(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    s = load_settings(
+        {"CRYPTO_ALERT_PRICE_ABOVE": "btc-usd:100000, ETH-USD:5000.25", "CRYPTO_ALERT_WHALE_NOTIONAL": "250000.5"},
+        cwd=tmp_path,
+    )
+    assert s.alert_price_above == {"BTC-USD": Decimal(100000), "ETH-USD": Decimal("5000.25")}
+    assert s.alert_price_below == {} and s.alert_whale_notional == Decimal("250000.5")
+    assert (s.alert_volume_spike_factor, s.alert_volume_window_min) == (5.0, 30)
+    bad = [
+        ("CRYPTO_ALERT_PRICE_ABOVE", "BTC-USD", "PAIR:PRICE"),
+        ("CRYPTO_ALERT_PRICE_BELOW", "BTC-USD:-5", "positive number"),
+        ("CRYPTO_ALERT_PRICE_BELOW", "BTCUSD:5", "FROM-TO"),
+        ("CRYPTO_ALERT_PRICE_ABOVE", "DOGE-USD:1", "not in CRYPTO_PAIRS"),
+        ("CRYPTO_ALERT_PRICE_ABOVE", "BTC-USD:1,BTC-USD:2", "twice"),
+        ("CRYPTO_ALERT_VOLUME_SPIKE_FACTOR", "0.5", "above 1"),
+        ("CRYPTO_ALERT_VOLUME_WINDOW_MIN", "2", "minimum 3"),
+        ("CRYPTO_ALERT_WHALE_NOTIONAL", "lots", "not a number"),
+    ]
+    for variable, value, why in bad:
+        with pytest.raises(SettingsError, match=f"{variable}.*{why}"):
+            load_settings({variable: value}, cwd=tmp_path)
