@@ -1,38 +1,51 @@
-"""Raw lake tables built from the landing log: ``raw_trades``, ``raw_quotes``, ``raw_aggregates``.
+"""Raw lake tables built from the landing log: ``raw_trades``, ``raw_quotes``, ``raw_aggregates``, ``raw_book``.
 
 Replay is the only way data moves downstream (DESIGN §3.3): a run launched by the stream sensor
-carries the sealed-segment range it covers (tag ``crypto/segments``) and upserts just those
-segments into the day; a run without the tag (a manual materialization, a backfill) rebuilds the
-day from every segment. Both go through the same de-duplication by natural key, keeping the
+carries the last sealed segment it covers (tag ``crypto/segments``) and upserts the segments after
+the partition's watermark up to that one into the day (so a failed run's segments are taken in by
+the next run); a run without the tag (a manual materialization, a backfill) rebuilds the day from
+every segment. Both go through the same de-duplication by natural key, keeping the
 earliest receipt, so any sequence of incremental runs ends in exactly the table a rebuild gives.
 
-- trades: key (pair, exchange, trade id; a hash of the trade when the id is missing);
+- trades: key (pair, exchange, trade id; a hash of the trade when the id is missing); a rebuild
+  keeps the trades gap repair fetched from REST (``source = 'rest_repair'``), which the landing
+  log cannot give back, still de-duplicated against the stream's trades by key;
 - quotes: key (pair, exchange, event time, seq), seq numbering identical (pair, exchange, t)
   quotes within their frame, so a re-sent frame collapses onto the first copy;
 - aggregates (XA and XAS): every revision is kept, key (pair, channel, start, receive time);
-  ``revision`` counts them from 0 in receive order and ``is_current`` marks the latest.
+  ``revision`` counts them from 0 in receive order and ``is_current`` marks the latest;
+- book (XL2 snapshots; Polygon deprecated the channel, it is off by default): key (pair,
+  exchange, event time, seq) like quotes; each side is a list of ``{price, size}`` structs.
 
-Prices and sizes are parsed from the wire text as ``Decimal`` (never through float) and stored as
-``decimal128(38, 18)``.
+Decoding, de-duplication and the exact decimal reading are in :mod:`crypto_platform.lake_decode`
+(DuckDB over the segment files). Prices and sizes go from the wire text to ``decimal128(38, 18)``
+without passing through a float.
 """
 
-import hashlib
-import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from crypto_platform.assets.landing_log import landing_log
+from crypto_platform.lake_decode import (
+    DECIMAL_SQL,
+    LEVELS_SQL,
+    EventShape,
+    SegmentFile,
+    decode,
+    frames_at,
+    merge,
+    trade_hash,
+)
 from crypto_platform.partitions import DAILY_PARTITIONS
-from crypto_platform.resources.lake import LakeResource
+from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import DAY_MS, iter_lines, iter_manifest, segment_path
+from crypto_platform.stream.landing_log import DAY_MS, iter_manifest, segment_path
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
 
 DECIMAL = pa.decimal128(38, 18)
@@ -83,85 +96,145 @@ AGGREGATES_SCHEMA = pa.schema(
         ("is_current", pa.bool_()),
     ]
 )
+# A book side: the levels as sent, best first. Typed and exact (not JSON text), so DuckDB and pandas
+# can unnest and compare levels without parsing anything.
+BOOK_LEVELS = pa.list_(pa.struct([("price", DECIMAL), ("size", DECIMAL)]))
+BOOK_SCHEMA = pa.schema(
+    [
+        ("pair", pa.string()),
+        ("exchange", pa.int32()),
+        ("event_ms", pa.int64()),
+        ("seq", pa.int32()),
+        ("bids", BOOK_LEVELS),
+        ("asks", BOOK_LEVELS),
+        ("polygon_received_ms", pa.int64()),
+        *_LINEAGE,
+    ]
+)
 
 
-def _dec(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(value)
+def _segment_files(
+    root: Path, entries: Iterable[dict[str, Any]], day: str, channels: frozenset[str]
+) -> list[SegmentFile]:
+    """The sealed segments whose manifest entry says they hold ``channels`` events of ``day``."""
+    return [
+        SegmentFile(int(e["seq"]), segment_path(root, e), int(e.get("bytes") or 0))
+        for e in entries
+        if channels & set((e.get("days") or {}).get(day, {}))
+    ]
 
 
-def _trade_id(event: dict[str, Any]) -> str:
-    if event.get("i") not in (None, ""):
-        return str(event["i"])
-    basis = f"{event.get('t')}|{event.get('p')}|{event.get('s')}|{event.get('c')}"
-    return "h:" + hashlib.sha1(basis.encode()).hexdigest()[:20]
+def _fill_trade_ids(table: pa.Table, segments: Sequence[SegmentFile]) -> pa.Table:
+    """Trades that came without an id get ``h:<sha1 of t|p|s|c>`` from their exact wire text (rare)."""
+    missing = pc.is_null(table["trade_id"])
+    if not table["trade_id"].null_count:
+        return table
+    rows = table.filter(missing).select(["segment", "received_ns", "idx"]).to_pylist()
+    frames = frames_at(segments, {(r["segment"], r["received_ns"]) for r in rows})
+    ids = [trade_hash(frames[(r["segment"], r["received_ns"])][r["idx"]]) for r in rows]
+    filled = pc.replace_with_mask(
+        table["trade_id"].combine_chunks(), missing.combine_chunks(), pa.array(ids, pa.string())
+    )
+    return table.set_column(table.schema.get_field_index("trade_id"), "trade_id", filled)
 
 
-def _trade_rows(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for ev in events:
-        yield {
-            "pair": ev["pair"],
-            "exchange": int(ev.get("x", 0)),
-            "trade_id": _trade_id(ev),
-            "price": Decimal(ev["p"]),
-            "size": Decimal(ev["s"]),
-            "conditions": json.dumps(ev.get("c") or []),
-            "event_ms": int(ev["t"]),
-            "polygon_received_ms": ev.get("r"),
-            "source": "ws",
-        }
+_LINEAGE_SQL = "received_ns, session, segment"
+_NO_CONDITIONS = "('null', '[]', '0', 'false', '\"\"')"  # what json.dumps(c or []) turned into []
 
-
-def _quote_rows(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    seen: Counter[tuple[str, int, int]] = Counter()
-    for ev in events:
-        ident = (ev["pair"], int(ev.get("x", 0)), int(ev["t"]))
-        seq = seen[ident]
-        seen[ident] += 1
-        yield {
-            "pair": ident[0],
-            "exchange": ident[1],
-            "event_ms": ident[2],
-            "seq": seq,
-            "bid_price": _dec(ev.get("bp")),
-            "bid_size": _dec(ev.get("bs")),
-            "ask_price": _dec(ev.get("ap")),
-            "ask_size": _dec(ev.get("as")),
-            "polygon_received_ms": ev.get("r"),
-        }
-
-
-def _aggregate_rows(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for ev in events:
-        yield {
-            "channel": ev["ev"],
-            "pair": ev["pair"],
-            "start_ms": int(ev["s"]),
-            "end_ms": int(ev["e"]),
-            **{
-                name: _dec(ev.get(f))
-                for name, f in (
-                    ("open", "o"),
-                    ("high", "h"),
-                    ("low", "l"),
-                    ("close", "c"),
-                    ("volume", "v"),
-                    ("vwap", "vw"),
-                    ("avg_trade_size", "z"),
-                )
-            },
-        }
-
-
-def _number_revisions(rows: list[dict[str, Any]]) -> None:
-    """Revision 0.. in receive order per bar; the latest is current."""
-    by_bar: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        by_bar.setdefault((row["pair"], row["channel"], row["start_ms"]), []).append(row)
-    for revisions in by_bar.values():
-        revisions.sort(key=lambda r: (r["received_ns"], r["segment"]))
-        for i, row in enumerate(revisions):
-            row["revision"] = i
-            row["is_current"] = i == len(revisions) - 1
+TRADES_SHAPE = EventShape(
+    channels=("XT",),
+    time_field="t",
+    fields={
+        "pair": "VARCHAR",
+        "p": DECIMAL_SQL,
+        "s": DECIMAL_SQL,
+        "t": "BIGINT",
+        "c": "JSON",
+        "i": "VARCHAR",
+        "x": "INTEGER",
+        "r": "BIGINT",
+    },
+    select=f"""e.pair AS pair,
+        coalesce(e.x, 0) AS exchange,
+        nullif(e.i, '') AS trade_id,
+        e.p AS price,
+        e.s AS size,
+        CASE WHEN e.c IS NULL OR e.c::VARCHAR IN {_NO_CONDITIONS} THEN '[]' ELSE replace(e.c::VARCHAR, ',', ', ') END
+            AS conditions,
+        e.t AS event_ms,
+        e.r AS polygon_received_ms,
+        {_LINEAGE_SQL},
+        'ws' AS source""",
+    required={"pair": "pair", "price": "p", "size": "s"},
+)
+QUOTES_SHAPE = EventShape(
+    channels=("XQ",),
+    time_field="t",
+    fields={
+        "pair": "VARCHAR",
+        "bp": DECIMAL_SQL,
+        "bs": DECIMAL_SQL,
+        "ap": DECIMAL_SQL,
+        "as": DECIMAL_SQL,
+        "t": "BIGINT",
+        "x": "INTEGER",
+        "r": "BIGINT",
+    },
+    select=f"""e.pair AS pair,
+        coalesce(e.x, 0) AS exchange,
+        e.t AS event_ms,
+        e.bp AS bid_price,
+        e.bs AS bid_size,
+        e.ap AS ask_price,
+        e."as" AS ask_size,
+        e.r AS polygon_received_ms,
+        {_LINEAGE_SQL}""",
+    required={"pair": "pair"},
+    # seq numbers identical (pair, exchange, t) quotes within their frame, in frame order.
+    window="""SELECT *, (row_number() OVER (PARTITION BY segment, received_ns, pair, exchange, event_ms
+                                           ORDER BY idx) - 1)::INTEGER AS seq FROM decoded""",
+)
+_BAR_FIELDS = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "vw": "vwap", "z": "avg_trade_size"}
+AGGREGATES_SHAPE = EventShape(
+    channels=("XA", "XAS"),
+    time_field="s",
+    # "s" is a size in XT and a bar start in XA, so it is read as a decimal (exact for both).
+    fields={"pair": "VARCHAR", **dict.fromkeys(_BAR_FIELDS, DECIMAL_SQL), "s": DECIMAL_SQL, "e": "BIGINT"},
+    select=f"""e.ev AS channel,
+        e.pair AS pair,
+        e.s::BIGINT AS start_ms,
+        e.e AS end_ms,
+        {", ".join(f'e."{f}" AS {col}' for f, col in _BAR_FIELDS.items())},
+        {_LINEAGE_SQL},
+        NULL::INTEGER AS revision,
+        NULL::BOOLEAN AS is_current""",
+    required={"pair": "pair", "end_ms": "e", **{col: f for f, col in _BAR_FIELDS.items()}},
+    lenient=True,  # XA's close "c" is a number, XT's conditions "c" a list
+)
+_LEVELS = "list_transform(e.{side}, lambda l: CASE WHEN len(l) = 2 THEN {{'price': l[1], 'size': l[2]}} END)"
+BOOK_SHAPE = EventShape(
+    channels=("XL2",),
+    time_field="t",
+    fields={"pair": "VARCHAR", "t": "BIGINT", "x": "INTEGER", "r": "BIGINT", "b": LEVELS_SQL, "a": LEVELS_SQL},
+    select=f"""e.pair AS pair,
+        coalesce(e.x, 0) AS exchange,
+        e.t AS event_ms,
+        {_LEVELS.format(side="b")} AS bids,
+        {_LEVELS.format(side="a")} AS asks,
+        e.r AS polygon_received_ms,
+        {_LINEAGE_SQL}""",
+    required={"pair": "pair", "bids": "b", "asks": "a"},
+    window=QUOTES_SHAPE.window,
+)
+# Revision 0.. in receive order per bar; the latest is current.
+_NUMBER_REVISIONS = """
+SELECT * EXCLUDE (revision, is_current),
+       (row_number() OVER bar - 1)::INTEGER AS revision,
+       row_number() OVER bar = count(*) OVER (PARTITION BY pair, channel, start_ms) AS is_current
+FROM merged
+WINDOW bar AS (PARTITION BY pair, channel, start_ms ORDER BY received_ns, segment)
+ORDER BY start_ms, channel, pair, received_ns
+"""
 
 
 @dataclass(frozen=True)
@@ -169,85 +242,88 @@ class RawTable:
     """How one raw table is built from landed events."""
 
     name: str
-    channels: frozenset[str]
-    time_field: str  # the event time that decides the UTC day
     schema: pa.Schema
+    shape: EventShape
     key: tuple[str, ...]
     order: tuple[str, ...]
-    rows: Callable[[list[dict[str, Any]]], Iterator[dict[str, Any]]]
-    finish: Callable[[list[dict[str, Any]]], None] | None = None
+    finish: str | None = None  # SQL over ``merged`` after de-duplication
+    fixup: Callable[[pa.Table, Sequence[SegmentFile]], pa.Table] | None = None
+    # Rows a rebuild keeps from the partition: ones that did not come from the landing log.
+    kept_on_rebuild: tuple[str, str] | None = None
 
-    def rows_in_segments(self, root: Path, entries: Iterable[dict[str, Any]], day: str) -> Iterator[dict[str, Any]]:
-        """Rows of ``day`` (by event time) from the given sealed segments."""
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self.shape.channels)
+
+    def decode(self, root: Path, entries: Iterable[dict[str, Any]], day: str) -> pa.Table:
+        """Rows of ``day`` (by event time) from the given sealed segments, not yet de-duplicated."""
         lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
-        hi = lo + DAY_MS
-        marks = [f'"{c}"'.encode() for c in self.channels]
-        for entry in entries:
-            if not self.channels & set((entry.get("days") or {}).get(day, {})):
-                continue
-            seq = int(entry["seq"])
-            for recv_ns, session, frame in iter_lines(segment_path(root, entry)):
-                if not any(m in frame for m in marks):
-                    continue
-                events = [
-                    ev
-                    for ev in json.loads(frame, parse_float=Decimal)
-                    if ev.get("ev") in self.channels and lo <= int(ev.get(self.time_field, -1)) < hi
-                ]
-                for row in self.rows(events):
-                    row.update(received_ns=recv_ns, session=session, segment=seq)
-                    yield row
+        segments = _segment_files(root, entries, day, self.channels)
+        return decode(self.shape, segments, (lo, lo + DAY_MS), self.schema, self.fixup)
 
-    def dedupe(self, rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """One row per key, the earliest receipt winning; sorted; returns (rows, duplicates dropped)."""
-        best: dict[tuple[Any, ...], dict[str, Any]] = {}
-        total = 0
-        for row in rows:
-            total += 1
-            key = tuple(row[k] for k in self.key)
-            kept = best.get(key)
-            if kept is None or (row["received_ns"], row["segment"]) < (kept["received_ns"], kept["segment"]):
-                best[key] = row
-        out = sorted(best.values(), key=lambda r: tuple(r[k] for k in self.order))
-        if self.finish is not None:
-            self.finish(out)
-        return out, total - len(out)
+    def build(
+        self, root: Path, entries: Iterable[dict[str, Any]], day: str, existing: pa.Table | None, incremental: bool
+    ) -> tuple[pa.Table, int, int]:
+        """The day's table from ``entries`` (plus ``existing`` rows, see below); returns (table, rows read, dupes).
 
-    def to_table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        try:
-            return pa.Table.from_pylist(rows, schema=self.schema)
-        except (pa.ArrowInvalid, ValueError) as exc:
-            raise ValueError(f"a row does not fit {self.name}' decimal(38,18) columns: {exc}") from exc
+        Incremental: every existing row stays a candidate. Rebuild: only the rows the landing log
+        cannot give back (``kept_on_rebuild``, e.g. trades repaired from REST) are kept.
+        """
+        decoded = self.decode(root, entries, day)
+        if existing is not None and not incremental:
+            if self.kept_on_rebuild is None:
+                existing = None
+            else:
+                column, value = self.kept_on_rebuild
+                existing = existing.filter(pc.equal(existing[column], value))
+        merged, dupes = merge(decoded, existing, self.schema, self.key, self.order, self.finish)
+        return merged, decoded.num_rows, dupes
 
 
 TRADES = RawTable(
     "raw_trades",
-    frozenset({"XT"}),
-    "t",
     TRADES_SCHEMA,
+    TRADES_SHAPE,
     ("pair", "exchange", "trade_id"),
     ("event_ms", "pair", "exchange", "trade_id"),
-    _trade_rows,
+    fixup=_fill_trade_ids,
+    kept_on_rebuild=("source", "rest_repair"),
 )
 QUOTES = RawTable(
     "raw_quotes",
-    frozenset({"XQ"}),
-    "t",
     QUOTES_SCHEMA,
+    QUOTES_SHAPE,
     ("pair", "exchange", "event_ms", "seq"),
     ("event_ms", "pair", "exchange", "seq"),
-    _quote_rows,
 )
 AGGREGATES = RawTable(
     "raw_aggregates",
-    frozenset({"XA", "XAS"}),
-    "s",
     AGGREGATES_SCHEMA,
+    AGGREGATES_SHAPE,
     ("pair", "channel", "start_ms", "received_ns"),
     ("start_ms", "channel", "pair", "received_ns"),
-    _aggregate_rows,
-    _number_revisions,
+    finish=_NUMBER_REVISIONS,
 )
+BOOK = RawTable(
+    "raw_book",
+    BOOK_SCHEMA,
+    BOOK_SHAPE,
+    ("pair", "exchange", "event_ms", "seq"),
+    ("event_ms", "pair", "exchange", "seq"),
+)
+
+
+def incremental_start(existing: pa.Table | None, tag: str) -> int:
+    """The segment after which a stream-sensor run starts reading: the partition's watermark.
+
+    So a run also takes in the segments of an earlier run that failed. Without a partition the run
+    reads the day from the first segment; a partition written before watermarks existed falls back
+    to the run's own range.
+    """
+    if existing is None:
+        return 0
+    through = segments_through(existing)
+    return through if through is not None else parse_segment_range(tag)[0] - 1
 
 
 def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
@@ -259,36 +335,33 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
         group_name="lake",
         kinds={"python", "parquet"},
         owners=["team:data-platform"],
-        code_version="1",
+        code_version="2",
         description=description,
     )
     def build(context: dg.AssetExecutionContext, stream: StreamResource, lake: LakeResource) -> dg.MaterializeResult:
         tag = context.run.tags.get(SEGMENTS_TAG)
         root = stream.landing_dir
-        entries = list(iter_manifest(root))
-        if tag:
-            first, last = parse_segment_range(tag)
-            entries = [e for e in entries if first <= int(e["seq"]) <= last]
-        missing = [e["seq"] for e in entries if not segment_path(root, e).exists()]
+        sealed = list(iter_manifest(root))
+        upto = parse_segment_range(tag)[1] if tag else max((int(e["seq"]) for e in sealed), default=0)
+        missing = [e["seq"] for e in sealed if int(e["seq"]) <= upto and not segment_path(root, e).exists()]
         if missing:
             context.log.warning(f"{len(missing)} segments removed by retention were not read, e.g. {missing[:10]}")
-            entries = [e for e in entries if e["seq"] not in missing]
-        total_rows = total_new = total_dupes = 0
+        total_rows = total_new = total_dupes = total_read = 0
         for day in context.partition_keys:
-            rows: list[dict[str, Any]] = list(spec.rows_in_segments(root, entries, day))
-            new = len(rows)
-            if tag:
+            with lake.locked(spec.name, day):
                 existing = lake.read_partition(spec.name, day)
-                if existing is not None:
-                    rows.extend(existing.to_pylist())
-            merged, dupes = spec.dedupe(rows)
-            lake.write_partition(spec.name, day, spec.to_table(merged))
-            total_rows, total_new, total_dupes = total_rows + len(merged), total_new + new, total_dupes + dupes
+                after = incremental_start(existing, tag) if tag else 0
+                entries = [e for e in sealed if after < int(e["seq"]) <= upto and e["seq"] not in missing]
+                table, new, dupes = spec.build(root, entries, day, existing, incremental=bool(tag))
+                lake.write_partition(spec.name, day, table, through=max(upto, after))
+            total_rows, total_new, total_dupes = total_rows + table.num_rows, total_new + new, total_dupes + dupes
+            total_read += len(entries)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": total_rows,
                 "mode": "incremental" if tag else "rebuild",
-                "segments_read": len(entries),
+                "segments_read": total_read,
+                "segments_through": upto,
                 "rows_read": total_new,
                 "duplicates_dropped": total_dupes,
             }
@@ -311,4 +384,9 @@ raw_aggregates = _raw_asset(
     AGGREGATES,
     "Every XA (minute) and XAS (second) bar revision of the UTC day by bar start, with its receive time; revision "
     "counts from 0 and is_current marks the latest revision of each bar.",
+)
+raw_book = _raw_asset(
+    BOOK,
+    "Every XL2 book snapshot of the UTC day (Polygon deprecated XL2; add it to CRYPTO_CHANNELS to land it): bids and "
+    "asks as lists of exact {price, size} levels, one row per (pair, exchange, event_ms, seq).",
 )

@@ -185,7 +185,9 @@ def freshness_figures(
         first, last = parse_segment_range(run_segments)
         mine = table.filter(pc.and_(pc.greater_equal(table["segment"], first), pc.less_equal(table["segment"], last)))
         now_ns = time.time_ns()
-        extra.update(percentiles(pc.divide(pc.subtract(now_ns, mine["received_ns"]), 1e9), "landed_to_lake_s"))
+        # integer ms first: int64 ns beyond 2**53 do not convert to double exactly (and pyarrow refuses)
+        waited_ms = pc.divide(pc.subtract(now_ns, mine["received_ns"]), 1_000_000)
+        extra.update(percentiles(pc.divide(waited_ms, 1000.0), "landed_to_lake_s"))
     violations = int(lag_s > LAKE_LAG_WARN_S)
     examples = [f"{len(pending)} sealed segments not in the lake, {lag_s:.0f}s behind"] if violations else []
     return Figures(table.num_rows, violations, examples, extra)
