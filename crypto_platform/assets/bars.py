@@ -1,1 +1,350 @@
-"""``minute_bars``: per pair and UTC minute, OHLCV and VWAP built from trades, beside Polygon's XA bar."""
+"""``minute_bars``: per pair and UTC minute, OHLCV and VWAP built from trades, beside Polygon's XA bar.
+
+Built from the lake's ``raw_trades`` with :func:`~crypto_platform.minute_bars.compute_minute_bars`
+(exact decimals), joined with the current XA revision from ``raw_aggregates`` and the differences
+(built minus XA). Minutes without trades have no bar, as at Polygon.
+
+Gaps (:mod:`crypto_platform.gap_repair`): minutes whose data could have arrived while the stream
+was down are flagged ``in_gap`` and repaired from REST: the minute bar from ``/v2/aggs`` replaces
+the stream's (missing or partial) one, or, with ``CRYPTO_REPAIR_TRADES=true``, the gap's trades from
+``/v3/trades`` are added to ``raw_trades`` (``source='rest_repair'``) and the bar is rebuilt from the
+complete trades. Either way the bar says ``source='rest_repair'`` and ``repaired=true``.
+
+Settled: a bar is final once its end plus ``CRYPTO_BAR_REVISION_WINDOW_S`` has passed at build time.
+
+Modes, like the raw assets: a run from the stream sensor (tag ``crypto/segments``) recomputes only
+the minutes touched by the raw rows of segments after the partition's watermark (see
+:mod:`crypto_platform.resources.lake`), plus the minutes of gaps next to the sessions in them, minutes
+that left a gap, and bars not yet settled, and upserts them into the day; any other run rebuilds
+the day. Every minute's bar is a function of the day's raw rows, the ledger and REST, so both end
+in the same table.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crypto_platform.assets.raw import TRADES, incremental_start, raw_aggregates, raw_trades
+from crypto_platform.gap_repair import (
+    REST_BARS_SCHEMA,
+    GapWindow,
+    ledger_windows,
+    minutes_in_gaps,
+    minutes_observed,
+    rest_minute_bars,
+    rest_trades,
+    session_clock,
+)
+from crypto_platform.minute_bars import DECIMAL, MINUTE_MS, compute_minute_bars
+from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.polygon.rest_client import PolygonRest
+from crypto_platform.resources.lake import LakeResource, segments_through
+from crypto_platform.resources.polygon import PolygonRestResource
+from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream.landing_log import DAY_MS
+from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.warehouse.tables import MINUTE_BARS
+
+ASSET = "minute_bars"
+_ARROW_TYPES = {"dec": DECIMAL, "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
+# The lake table has exactly the warehouse table's columns, so loaders copy it as it is.
+SCHEMA = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in MINUTE_BARS.columns])
+_COMPARED = ("open", "high", "low", "close", "volume")
+
+_ASSEMBLE_SQL = """
+WITH merged AS (
+    SELECT coalesce(r.pair, b.pair) AS pair,
+           coalesce(r.minute_ms, b.minute_ms) AS minute_ms,
+           {picked},
+           CASE WHEN r.pair IS NULL THEN b.trade_count ELSE r.trade_count END AS trade_count,
+           CASE WHEN r.pair IS NULL THEN b.first_trade_ms END AS first_trade_ms,
+           CASE WHEN r.pair IS NULL THEN b.last_trade_ms END AS last_trade_ms
+    FROM built b FULL OUTER JOIN rest r ON r.pair = b.pair AND r.minute_ms = b.minute_ms
+)
+SELECT m.pair, m.minute_ms, m.open, m.high, m.low, m.close, m.volume, m.vwap, m.trade_count,
+       m.first_trade_ms, m.last_trade_ms,
+       x.open AS xa_open, x.high AS xa_high, x.low AS xa_low, x.close AS xa_close, x.volume AS xa_volume,
+       x.vwap AS xa_vwap,
+       {diffs},
+       m.minute_ms + {minute} + {window_ms} <= {now_ms} AS settled,
+       CASE WHEN k.pair IS NULL THEN 'ws' ELSE '{rest_source}' END AS source,
+       g.minute_ms IS NOT NULL AS in_gap,
+       k.pair IS NOT NULL AS repaired
+FROM merged m
+LEFT JOIN xa x ON x.pair = m.pair AND x.start_ms = m.minute_ms
+LEFT JOIN gap_minutes g ON g.minute_ms = m.minute_ms
+LEFT JOIN repaired_keys k ON k.pair = m.pair AND k.minute_ms = m.minute_ms
+ORDER BY m.minute_ms, m.pair
+""".format(
+    picked=",\n           ".join(
+        f"CASE WHEN r.pair IS NULL THEN b.{c} ELSE r.{c} END AS {c}" for c in (*_COMPARED, "vwap")
+    ),
+    diffs=",\n       ".join(f"m.{c} - x.{c} AS {c}_diff" for c in _COMPARED),
+    minute=MINUTE_MS,
+    window_ms="{window_ms}",
+    now_ms="{now_ms}",
+    rest_source="rest_repair",
+)
+
+
+@dataclass(frozen=True)
+class BarSettings:
+    """What a build needs from the platform settings."""
+
+    revision_window_ms: int
+    repair_trades: bool
+
+
+@dataclass
+class DayBuild:
+    """One day's result: the full partition and the figures reported as metadata."""
+
+    table: pa.Table
+    figures: dict[str, Any] = field(default_factory=dict)
+    repaired_trades: pa.Table | None = None  # the merged raw_trades partition, when REST added trades
+
+
+def day_bounds(day: str) -> tuple[int, int]:
+    lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
+    return lo, lo + DAY_MS
+
+
+def _minute_of(ms: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.multiply(pc.divide(ms, MINUTE_MS), MINUTE_MS)
+
+
+def _in_segments(table: pa.Table, first: int, last: int) -> pa.Table:
+    seg = table["segment"]
+    return table.filter(pc.and_(pc.greater_equal(seg, first), pc.less_equal(seg, last)))
+
+
+def _minutes(values: pa.ChunkedArray) -> set[int]:
+    return set(pc.unique(_minute_of(values)).to_pylist())
+
+
+def recompute_minutes(
+    segments: tuple[int, int],
+    trades: pa.Table,
+    aggregates: pa.Table,
+    existing: pa.Table | None,
+    windows: list[GapWindow],
+    all_gap_minutes: set[int],
+    day: tuple[int, int],
+    revision_window_ms: int,
+) -> set[int]:
+    """The minutes an incremental run must recompute (see the module docstring)."""
+    new_trades = _in_segments(trades, *segments)
+    new_aggs = _in_segments(aggregates, *segments)
+    touched = _minutes(new_trades["event_ms"]) | _minutes(new_aggs["start_ms"])
+    sessions = set(pc.unique(new_trades["session"]).to_pylist()) | set(pc.unique(new_aggs["session"]).to_pylist())
+    adjacent = [w for w in windows if w.after_session in sessions or w.before_session in sessions]
+    touched |= minutes_in_gaps(adjacent, day[0], day[1], revision_window_ms)
+    if existing is not None and existing.num_rows:
+        stale_gap = existing.filter(existing["in_gap"])["minute_ms"].to_pylist()
+        touched |= {m for m in stale_gap if m not in all_gap_minutes}
+        touched |= set(existing.filter(pc.invert(existing["settled"]))["minute_ms"].to_pylist())
+    return {m for m in touched if day[0] <= m < day[1]}
+
+
+def _only_minutes(table: pa.Table, column: str, minutes: set[int] | None) -> pa.Table:
+    if minutes is None:
+        return table
+    return table.filter(pc.is_in(_minute_of(table[column]), value_set=pa.array(sorted(minutes), pa.int64())))
+
+
+def _merge_rest_trades(trades: pa.Table, fetched: pa.Table) -> tuple[pa.Table, int]:
+    """``fetched`` trades not already in ``trades`` (by the raw_trades natural key), merged and sorted."""
+    if fetched.num_rows == 0:
+        return trades, 0
+    key = list(TRADES.key)
+    lo, hi = pc.min(fetched["event_ms"]).as_py(), pc.max(fetched["event_ms"]).as_py()
+    near = trades.filter(pc.and_(pc.greater_equal(trades["event_ms"], lo), pc.less_equal(trades["event_ms"], hi)))
+    have = set(zip(*(near[k].to_pylist() for k in key), strict=True))
+    fresh = [i for i, k in enumerate(zip(*(fetched[k].to_pylist() for k in key), strict=True)) if k not in have]
+    if not fresh:
+        return trades, 0
+    merged = pa.concat_tables([trades, fetched.take(fresh).cast(trades.schema)])
+    order = pc.sort_indices(merged, [(k, "ascending") for k in TRADES.order])
+    return merged.take(order), len(fresh)
+
+
+def _assemble(
+    built: pa.Table,
+    rest: pa.Table,
+    xa: pa.Table,
+    gap_minutes: set[int],
+    repaired_keys: pa.Table,
+    settings: BarSettings,
+    now_ms: int,
+) -> pa.Table:
+    con = duckdb.connect()
+    try:
+        con.register("built", built)
+        con.register("rest", rest)
+        con.register("xa", xa)
+        con.register("gap_minutes", pa.table({"minute_ms": pa.array(sorted(gap_minutes), pa.int64())}))
+        con.register("repaired_keys", repaired_keys)
+        sql = _ASSEMBLE_SQL.format(window_ms=int(settings.revision_window_ms), now_ms=int(now_ms))
+        out = con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+    return out.cast(SCHEMA)
+
+
+def _keys(table: pa.Table, time_column: str) -> pa.Table:
+    keys = pa.table({"pair": table["pair"], "minute_ms": _minute_of(table[time_column])})
+    return keys.group_by(["pair", "minute_ms"]).aggregate([])
+
+
+def build_day(
+    day: str,
+    trades: pa.Table,
+    aggregates: pa.Table,
+    landing_dir: Any,
+    settings: BarSettings,
+    rest: PolygonRest | None,
+    pairs: list[str],
+    segments: tuple[int, int] | None = None,
+    existing: pa.Table | None = None,
+    now_ms: int | None = None,
+) -> DayBuild:
+    """The day's minute bars: a rebuild (``segments`` None) or an upsert of the touched minutes."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    lo, hi = day_bounds(day)
+    clock = session_clock(trades, aggregates)
+    spans, windows = ledger_windows(landing_dir, clock, lo, hi, now_ms)
+    gap_minutes = minutes_in_gaps(windows, lo, hi, settings.revision_window_ms)
+    incremental = segments is not None and existing is not None
+    redo: set[int] | None = None
+    if incremental:
+        assert segments is not None
+        redo = recompute_minutes(
+            segments, trades, aggregates, existing, windows, gap_minutes, (lo, hi), settings.revision_window_ms
+        )
+    repair = gap_minutes if redo is None else gap_minutes & redo
+    pairs = sorted(
+        set(pairs) - {"*"} | set(pc.unique(trades["pair"]).to_pylist()) | set(pc.unique(aggregates["pair"]).to_pylist())
+    )
+    rest_bars = REST_BARS_SCHEMA.empty_table()
+    repaired_keys = pa.table({"pair": pa.array([], pa.string()), "minute_ms": pa.array([], pa.int64())})
+    merged_trades = None
+    added = 0
+    if repair:
+        if rest is None:
+            raise ValueError(f"{day}: {len(repair)} minutes lie in stream gaps but no Polygon REST client was given")
+        if settings.repair_trades:
+            fetched = rest_trades(rest, pairs, repair)
+            trades, added = _merge_rest_trades(trades, fetched)
+            merged_trades = trades if added else None
+            repaired_keys = _keys(fetched, "event_ms")
+        else:
+            rest_bars = rest_minute_bars(rest, pairs, repair)
+            repaired_keys = rest_bars.select(["pair", "minute_ms"])
+
+    built = compute_minute_bars(_only_minutes(trades, "event_ms", redo))
+    xa_rows = aggregates.filter(pc.and_(pc.equal(aggregates["channel"], "XA"), aggregates["is_current"]))
+    xa = _only_minutes(xa_rows, "start_ms", redo)
+    table = _assemble(built, rest_bars, xa, gap_minutes, repaired_keys, settings, now_ms)
+    if redo is not None and existing is not None:
+        kept = existing.filter(pc.invert(pc.is_in(existing["minute_ms"], value_set=pa.array(sorted(redo), pa.int64()))))
+        table = pa.concat_tables([kept.cast(SCHEMA), table])
+        table = table.take(pc.sort_indices(table, [("minute_ms", "ascending"), ("pair", "ascending")]))
+
+    observed = minutes_observed(spans, lo, hi) - gap_minutes
+    last_minute = min(hi, now_ms)
+    day_minutes = max(0, -(-(last_minute - lo) // MINUTE_MS))
+    xa_keys = _keys(xa_rows, "start_ms")
+    bar_minutes = set(pc.unique(table["minute_ms"]).to_pylist())
+    repaired = table.filter(table["repaired"])
+    figures: dict[str, Any] = {
+        "dagster/row_count": table.num_rows,
+        "mode": "incremental" if incremental else "rebuild",
+        "minutes_recomputed": len(redo) if redo is not None else day_minutes,
+        "sessions": len(spans),
+        "gaps": len(windows),
+        "minutes_observed": len(observed),
+        "minutes_in_gaps": len(gap_minutes),
+        "minutes_unobserved": max(0, day_minutes - len(observed) - len(gap_minutes)),
+        "minutes_with_bars": len(bar_minutes),
+        "minutes_repaired": len(set(repaired["minute_ms"].to_pylist())),
+        "bars_repaired": repaired.num_rows,
+        "trades_repaired": added,
+        "xa_bars": xa_keys.num_rows,
+        "unsettled_bars": int(pc.sum(pc.invert(table["settled"])).as_py() or 0) if table.num_rows else 0,
+    }
+    return DayBuild(table, figures, merged_trades)
+
+
+def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
+    table = lake.read_partition(asset, day)
+    if table is None:
+        raise ValueError(f"minute_bars for {day} needs the {asset} partition of that day: materialize {asset} first")
+    return table
+
+
+@dg.asset(
+    name=ASSET,
+    partitions_def=DAILY_PARTITIONS,
+    deps=[raw_trades, raw_aggregates],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
+    group_name="lake",
+    kinds={"python", "duckdb", "parquet"},
+    owners=["team:data-platform"],
+    code_version="1",
+    description=(
+        "Per pair and UTC minute: OHLCV, VWAP, trade count and first/last trade time built from raw_trades in "
+        "exact decimals, beside Polygon's current XA bar and the differences; settled after the revision window; "
+        "minutes in stream gaps repaired from REST (source='rest_repair'). Metadata: coverage of the day "
+        "(minutes observed, in gaps, with bars, repaired)."
+    ),
+)
+def minute_bars(
+    context: dg.AssetExecutionContext,
+    stream: StreamResource,
+    lake: LakeResource,
+    polygon_rest: PolygonRestResource,
+) -> dg.MaterializeResult:
+    platform = stream.settings()
+    settings = BarSettings(int(platform.bar_revision_window_s * 1000), platform.repair_trades)
+    tag = context.run.tags.get(SEGMENTS_TAG)
+    client = polygon_rest.client()
+    totals: dict[str, Any] = {}
+    per_day: dict[str, dict[str, Any]] = {}
+    for day in context.partition_keys:
+        # raw_trades first, as its own asset locks it: gap repair may add REST trades to it.
+        with lake.locked("raw_trades", day), lake.locked(ASSET, day):
+            trades, aggregates = _read(lake, "raw_trades", day), _read(lake, "raw_aggregates", day)
+            # The bars take in raw rows up to the older of the two raw watermarks.
+            marks = [m for m in (segments_through(trades), segments_through(aggregates)) if m is not None]
+            through = min(marks) if marks else None
+            existing = lake.read_partition(ASSET, day) if tag else None
+            segments = None
+            if tag and existing is not None:
+                segments = (incremental_start(existing, tag) + 1, through or parse_segment_range(tag)[1])
+            result = build_day(
+                day,
+                trades,
+                aggregates,
+                stream.landing_dir,
+                settings,
+                client,
+                list(polygon_rest.pairs),
+                segments,
+                existing,
+            )
+            if result.repaired_trades is not None:
+                lake.write_partition("raw_trades", day, result.repaired_trades, through=segments_through(trades))
+            lake.write_partition(ASSET, day, result.table, through=through)
+        per_day[day] = result.figures
+        for k, v in result.figures.items():
+            totals[k] = totals.get(k, 0) + v if isinstance(v, int) else v
+        context.log.info(f"{day}: {result.figures}")
+    metadata: dict[str, Any] = dict(totals)
+    if len(per_day) > 1:
+        metadata["per_day"] = dg.MetadataValue.json(per_day)
+    return dg.MaterializeResult(metadata=metadata)

@@ -211,7 +211,9 @@ class RestApi:
                 "limit": self._limit(query, 5000),
             }
         lo, hi, sort, limit = int(state["lo"]), int(state["hi"]), state["sort"], int(state["limit"])
-        hi = min(hi, self.now_ms() + 1)
+        # Buckets that start in [from, to] are whole, as at Polygon; only the current one is partial.
+        live = self.now_ms() + 1
+        hi = min(hi, live)
         starts = range(lo, hi, size) if sort == "asc" else range(lo + (hi - 1 - lo) // size * size, lo - 1, -size)
         results = []
         nxt: int | None = None
@@ -219,7 +221,7 @@ class RestApi:
             if len(results) >= limit:
                 nxt = bucket
                 break
-            agg = self.market.bar(pair, bucket, min(bucket + size, hi))
+            agg = self.market.bar(pair, bucket, min(bucket + size, live))
             if agg is not None:
                 results.append(self._bar_obj(pair, agg, bucket))
         body: dict[str, Any] = {

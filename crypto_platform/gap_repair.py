@@ -1,0 +1,236 @@
+"""Stream gaps in event time, and the REST data that fills them.
+
+The session ledger says *when* (receive clock) the stream was down. Bars are keyed by *event* time,
+so each gap is placed on the event clock by the data around it: it opens at the last event time
+the session before it delivered and closes at the event time of the next session's first frame.
+That holds whatever the offset between the two clocks (a replay, a simulator running history at
+60x); a session with no rows in the day falls back to the ledger's receive times, which is right
+for a live feed, where the clocks agree to within the feed's latency.
+
+A minute is *in a gap* when the window in which its data (trades, and corrections up to the
+revision window after its end) could arrive overlaps the gap: ``[minute, minute + 60 s +
+revision window)`` against ``[gap start, gap end]``. Such minutes are repaired from REST
+(``/v2/aggs`` minute bars, or ``/v3/trades`` when trade repair is on).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from crypto_platform.assets.raw import TRADES_SCHEMA
+from crypto_platform.minute_bars import DECIMAL, MINUTE_MS
+from crypto_platform.polygon.rest_client import PolygonRest
+from crypto_platform.stream.session_ledger import gaps, sessions
+
+LEDGER_FILE = "sessions.ndjson"
+REST_SOURCE = "rest_repair"
+
+# Per session: the event time of its first frame (the freshest event in it) and its last event
+# time. Trades carry their event time; a bar is known at its end.
+_SESSION_CLOCK_SQL = """
+WITH samples AS (
+    SELECT session, received_ns, event_ms AS t FROM trades WHERE session IS NOT NULL
+    UNION ALL
+    SELECT session, received_ns, end_ms AS t FROM aggregates WHERE session IS NOT NULL
+),
+firsts AS (SELECT session, min(received_ns) AS first_ns FROM samples GROUP BY session)
+SELECT s.session,
+       max(s.t) FILTER (WHERE s.received_ns = f.first_ns) AS first_ms,
+       max(s.t) AS last_ms
+FROM samples s JOIN firsts f USING (session)
+GROUP BY s.session
+"""
+
+
+@dataclass(frozen=True)
+class GapWindow:
+    """A ledger gap on the event clock: data between ``start_ms`` and ``end_ms`` may be missing."""
+
+    start_ms: int
+    end_ms: int
+    after_session: int
+    before_session: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class SessionWindow:
+    """The event-time span a session delivered."""
+
+    session: int
+    first_ms: int
+    last_ms: int
+
+
+def session_clock(trades: pa.Table, aggregates: pa.Table) -> dict[int, tuple[int, int]]:
+    """session -> (event time of its first frame, its last event time), from the day's raw rows."""
+    con = duckdb.connect()
+    try:
+        con.register("trades", trades.select(["session", "received_ns", "event_ms"]))
+        con.register("aggregates", aggregates.select(["session", "received_ns", "end_ms"]))
+        rows = con.sql(_SESSION_CLOCK_SQL).fetchall()
+    finally:
+        con.close()
+    return {int(s): (int(first), int(last)) for s, first, last in rows}
+
+
+def _ms(ns: int | None) -> int | None:
+    return None if ns is None else ns // 1_000_000
+
+
+def ledger_windows(
+    landing_dir: Path, clock: dict[int, tuple[int, int]], day_lo: int, day_hi: int, now_ms: int
+) -> tuple[list[SessionWindow], list[GapWindow]]:
+    """The sessions and gaps of the ledger placed on the event clock, those touching ``[day_lo, day_hi)``.
+
+    An open-ended gap (the ingester is stopped) runs to the end of the day, or to now for today.
+    """
+    all_sessions = sessions(landing_dir / LEDGER_FILE)
+    spans: list[SessionWindow] = []
+    for s in all_sessions:
+        if s.session in clock:
+            first, last = clock[s.session]
+        elif s.first_frame_ns is not None:
+            first = _ms(s.first_frame_ns) or 0
+            last = _ms(s.last_frame_ns or s.disconnect_ns) or max(first, now_ms)
+        else:
+            continue
+        if first < day_hi and last >= day_lo:
+            spans.append(SessionWindow(s.session, first, last))
+    windows: list[GapWindow] = []
+    for gap in gaps(all_sessions):
+        start = clock[gap.after_session][1] if gap.after_session in clock else _ms(gap.start_ns) or 0
+        if gap.before_session is None:
+            end = min(day_hi, now_ms)
+        elif gap.before_session in clock:
+            end = clock[gap.before_session][0]
+        else:
+            end = _ms(gap.end_ns) or start
+        if end >= start and start < day_hi and end >= day_lo:
+            windows.append(GapWindow(start, end, gap.after_session, gap.before_session, gap.reason))
+    return spans, windows
+
+
+def minutes_in_gaps(windows: Iterable[GapWindow], day_lo: int, day_hi: int, revision_window_ms: int) -> set[int]:
+    """Minute starts of the day whose data could have arrived during one of the gaps."""
+    out: set[int] = set()
+    for w in windows:
+        # minute m is in the gap iff m <= end and m + 60 s + revision window > start
+        lo = max(day_lo, w.start_ms - MINUTE_MS - revision_window_ms + 1)
+        lo = -(-lo // MINUTE_MS) * MINUTE_MS  # first minute start >= lo
+        hi = min(day_hi - 1, w.end_ms)
+        out.update(range(lo, hi + 1, MINUTE_MS))
+    return {m for m in out if day_lo <= m < day_hi}
+
+
+def minutes_observed(spans: Iterable[SessionWindow], day_lo: int, day_hi: int) -> set[int]:
+    """Minute starts of the day that overlap a session's event-time span."""
+    out: set[int] = set()
+    for s in spans:
+        lo = max(day_lo, s.first_ms - s.first_ms % MINUTE_MS)
+        hi = min(day_hi - 1, s.last_ms)
+        out.update(range(lo, hi + 1, MINUTE_MS))
+    return out
+
+
+def ranges(minutes: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted minute starts -> contiguous ``[start_ms, end_ms)`` ranges."""
+    out: list[tuple[int, int]] = []
+    for m in sorted(set(minutes)):
+        if out and out[-1][1] == m:
+            out[-1] = (out[-1][0], m + MINUTE_MS)
+        else:
+            out.append((m, m + MINUTE_MS))
+    return out
+
+
+REST_BARS_SCHEMA = pa.schema(
+    [
+        ("pair", pa.string()),
+        ("minute_ms", pa.int64()),
+        ("open", DECIMAL),
+        ("high", DECIMAL),
+        ("low", DECIMAL),
+        ("close", DECIMAL),
+        ("volume", DECIMAL),
+        ("vwap", DECIMAL),
+        ("trade_count", pa.int64()),
+    ]
+)
+
+
+def _dec(value: Any) -> Decimal | None:
+    # The client decodes JSON numbers exactly: floats as Decimal, integers as int.
+    return None if value is None else Decimal(value)
+
+
+def rest_minute_bars(client: PolygonRest, pairs: Iterable[str], minutes: Iterable[int]) -> pa.Table:
+    """Polygon's minute bars for ``minutes`` (every pair), one request per contiguous range.
+
+    ``PolygonRest.minute_aggs`` splits a range below the 50k-bar limit and follows ``next_url``.
+    """
+    wanted = set(minutes)
+    rows = []
+    for pair in pairs:
+        for lo, hi in ranges(wanted):
+            for agg in client.minute_aggs(pair, lo, hi):
+                if agg.timestamp in wanted:
+                    rows.append(
+                        {
+                            "pair": pair,
+                            "minute_ms": int(agg.timestamp),
+                            "open": _dec(agg.open),
+                            "high": _dec(agg.high),
+                            "low": _dec(agg.low),
+                            "close": _dec(agg.close),
+                            "volume": _dec(agg.volume),
+                            "vwap": _dec(agg.vwap),
+                            "trade_count": agg.transactions,
+                        }
+                    )
+    return pa.Table.from_pylist(rows, schema=REST_BARS_SCHEMA)
+
+
+def _rest_trade_rows(client: PolygonRest, pair: str, lo: int, hi: int, fetched_ns: int) -> Iterator[dict[str, Any]]:
+    for tr in client.trades(pair, lo * 1_000_000, hi * 1_000_000):
+        stamp = tr.participant_timestamp or tr.sip_timestamp
+        if stamp is None or tr.price is None or tr.size is None:
+            continue  # not a usable trade; Polygon always sends these three
+        yield {
+            "pair": pair,
+            "exchange": int(tr.exchange or 0),
+            "trade_id": str(tr.id),
+            "price": Decimal(tr.price),
+            "size": Decimal(tr.size),
+            "conditions": json.dumps(tr.conditions or []),
+            "event_ms": int(stamp) // 1_000_000,
+            "polygon_received_ms": None,
+            "received_ns": fetched_ns,
+            "session": None,
+            "segment": None,
+            "source": REST_SOURCE,
+        }
+
+
+def rest_trades(client: PolygonRest, pairs: Iterable[str], minutes: Iterable[int]) -> pa.Table:
+    """Every trade of ``minutes`` from ``/v3/trades``, as raw_trades rows (source ``rest_repair``).
+
+    ``received_ns`` is the fetch time; session and segment are empty (the rows never were in the
+    landing log). Copies of one trade across pages collapse onto the first.
+    """
+    fetched_ns = time.time_ns()
+    rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for pair in pairs:
+        for lo, hi in ranges(minutes):
+            for row in _rest_trade_rows(client, pair, lo, hi, fetched_ns):
+                rows.setdefault((row["pair"], row["exchange"], row["trade_id"]), row)
+    return pa.Table.from_pylist(list(rows.values()), schema=TRADES_SCHEMA)
