@@ -11,6 +11,7 @@ object can be logged, put in run metadata or raised in an exception without leak
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date
@@ -349,6 +350,17 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
     sf_password = env.get("SNOWFLAKE_PASSWORD", "")
     sf_key = env.get("SNOWFLAKE_PRIVATE_KEY", "")
     sf_key_path = env.get("SNOWFLAKE_PRIVATE_KEY_PATH", "").strip() or None
+    # Where the tables go, on an account and on the local fakesnow server alike.
+    sf_where = {
+        "database": env.get("SNOWFLAKE_DATABASE", "").strip() or "MARKET_DATA",
+        "schema": env.get("SNOWFLAKE_SCHEMA", "").strip() or "POLYGON",
+    }
+    for name, value in sf_where.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", value):
+            raise SettingsError(
+                f"SNOWFLAKE_{name.upper()}={value!r} is not a plain Snowflake identifier (letters, digits, _ or $, "
+                "not starting with a digit)"
+            )
     if sf_account:
         user = env.get("SNOWFLAKE_USER", "").strip()
         if not user:
@@ -370,8 +382,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
             else None,
             role=env.get("SNOWFLAKE_ROLE") or None,
             warehouse=env.get("SNOWFLAKE_WAREHOUSE") or None,
-            database=env.get("SNOWFLAKE_DATABASE") or "MARKET_DATA",
-            schema=env.get("SNOWFLAKE_SCHEMA") or "POLYGON",
+            **sf_where,
         )
     else:
         snowflake = SnowflakeSettings(
@@ -386,6 +397,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
             warehouse=None,
             host=env.get("CRYPTO_FAKESNOW_HOST", "").strip() or "127.0.0.1",
             port=_parse_int(env, "CRYPTO_FAKESNOW_PORT", DEFAULT_FAKESNOW_PORT, minimum=1),
+            **sf_where,
         )
 
     mlflow_uri = env.get("MLFLOW_TRACKING_URI", "").strip() or f"sqlite:///{state_dir / 'mlflow.db'}"

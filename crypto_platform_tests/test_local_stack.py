@@ -297,9 +297,7 @@ def test_concurrent_starts_make_one_server(tmp_path: Path) -> None:
     assert ls.running_pid(service, paths) is None and not ls.port_open(service.host, service.port)
 
 
-def test_services_stop_with_no_ingester_running_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_services_stop_with_no_ingester_running_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = local_settings(tmp_path, CRYPTO_FAKESNOW_PORT=str(free_port()))
     assert local_stack_cli.services_stop(settings) == 0
     out = capsys.readouterr().out

@@ -63,6 +63,8 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"POLYGON_WS_URL": "wss://socket.polygon.io/crypto"}, "POLYGON_API_KEY"),
         ({"POLYGON_API_KEY": "k", "POLYGON_REST_URL": "ftp://x"}, "POLYGON_REST_URL"),
         ({"SNOWFLAKE_ACCOUNT": "acme"}, "SNOWFLAKE_USER"),
+        ({"SNOWFLAKE_DATABASE": "MARKET DATA; DROP"}, "SNOWFLAKE_DATABASE"),
+        ({"SNOWFLAKE_SCHEMA": "1POLYGON"}, "SNOWFLAKE_SCHEMA"),
         ({"SNOWFLAKE_ACCOUNT": "acme", "SNOWFLAKE_USER": "u"}, "SNOWFLAKE_PASSWORD"),
         (
             {

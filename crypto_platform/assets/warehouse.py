@@ -1,55 +1,160 @@
-"""Warehouse copies of the lake's trades: MySQL/SQLite ``crypto_trades`` and Snowflake ``TRADES``.
+"""The warehouse copies: every lake table in MySQL (``crypto_*``) and in Snowflake (``MARKET_DATA.POLYGON``).
 
-Each materialization replaces the UTC day in the warehouse with the lake partition (the
-``crypto_platform.warehouse`` loaders: ``LOAD DATA``/batched upserts in one transaction for MySQL,
-Parquet PUT -> COPY -> MERGE for Snowflake), so a re-run or a backfill is harmless. A blocking
-parity check then compares row count and an order-independent checksum of the day with the lake
-and names the rows that differ.
+Twelve assets from one factory over :data:`COPIES` (table spec x {MySQL, Snowflake}). Each is daily
+partitioned like its source and carries a blocking ``parity_with_lake`` check: row count and an
+order-independent checksum against the lake (or the session ledger), naming the rows that differ.
 
-These assets are materialized from the UI (or a backfill); the stream sensor does not launch them
-yet, because a per-batch load needs a load watermark so that a failed load is retried rather than
-skipped (see the closing note of the warehouse issue).
+How a run loads a day (the loading itself lives in :mod:`crypto_platform.warehouse.loads`):
+
+- a stream-sensor run (tag ``crypto/segments``) upserts what is new since the day's load watermark,
+  the highest landing segment already in the table, kept in ``crypto_load_watermarks`` and written
+  in the same transaction as the rows; a load that failed (database down) moved nothing, so the next
+  run picks its rows up, and no duplicate can appear (natural-key upserts);
+- any other run (the UI, a backfill) replaces the whole day and resets the watermark.
+
+The MySQL assets write to ``MYSQL_URL`` (the SQLite stand-in when unset); the Snowflake ones go
+through dagster-snowflake's ``SnowflakeResource`` (the local fakesnow server when no account is set)
+with one connection per run.
 """
 
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 from dagster_snowflake import SnowflakeResource
 
-from crypto_platform.assets.raw import TRADES_SCHEMA, raw_trades
+from crypto_platform.assets.daily import daily_open_close
+from crypto_platform.assets.landing_log import landing_log
+from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
-from crypto_platform.warehouse.parity import ParityReport, compare_snowflake, compare_sql
-from crypto_platform.warehouse.snowflake import load_snowflake, migrate_snowflake
+from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream_batches import SEGMENTS_TAG
+from crypto_platform.warehouse.loads import DayLoad, SnowflakeTarget, SqlTarget, Target, load_day
+from crypto_platform.warehouse.snowflake import snowflake_connect_error
+from crypto_platform.warehouse.sources import (
+    daily_open_close_frame,
+    lake_frame,
+    sessions_of_day,
+    sessions_reaching_into,
+    stream_session_frame,
+)
 from crypto_platform.warehouse.sql import SqlWarehouse
+from crypto_platform.warehouse.tables import (
+    AGGREGATES,
+    DAILY_OPEN_CLOSE,
+    MINUTE_BARS,
+    QUOTES,
+    STREAM_SESSIONS,
+    TRADES,
+    Table,
+)
 
 PARITY = "parity_with_lake"
+BACKENDS = ("mysql", "snowflake")
+# The lake asset that builds minute bars (crypto_platform.assets.bars); referenced by key so this
+# module does not depend on the bars module's import order.
+MINUTE_BARS_KEY = dg.AssetKey("minute_bars")
 
 
-def _warehouse_asset(name: str, kind: str, description: str) -> Any:
-    """The decorator every warehouse copy shares: daily, after raw_trades, with a blocking parity check."""
-    return dg.asset(
-        name=name,
-        partitions_def=DAILY_PARTITIONS,
-        deps=[raw_trades],
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
-        check_specs=[dg.AssetCheckSpec(PARITY, asset=name, blocking=True)],
-        group_name="warehouse",
-        kinds={kind},
-        owners=["team:data-platform"],
-        code_version="1",
-        description=description,
-    )
+@dataclass(frozen=True)
+class Sources:
+    """What a warehouse table's rows are read from: the lake, or the stream's session ledger."""
+
+    lake: LakeResource
+    stream: StreamResource
 
 
-def lake_trades(lake: LakeResource, day: str) -> pd.DataFrame:
-    table = lake.read_partition("raw_trades", day)
-    return (table if table is not None else TRADES_SCHEMA.empty_table()).to_pandas()
+@dataclass(frozen=True)
+class WarehouseCopy:
+    """One warehouse table and where its rows come from."""
+
+    table: Table
+    upstream: dg.AssetKey
+    read: Callable[[Sources, str], pd.DataFrame]  # (sources, day) -> the day's rows in table columns
+    stream: bool  # loaded by the stream sensor's per-batch runs
+    source: str = "lake"
+    # rows of earlier days that a per-batch load refreshes too (sessions still open at midnight)
+    carry_over: Callable[[Sources, str], pd.DataFrame] | None = None
+
+    @property
+    def short(self) -> str:
+        return self.table.name.removeprefix("crypto_")
+
+    def asset_name(self, backend: str) -> str:
+        return f"{backend}_{self.short}"
 
 
-def _parity_result(asset: str, reports: list[ParityReport]) -> dg.AssetCheckResult:
+def _from_lake(asset: str, t: Table) -> Callable[[Any, str], pd.DataFrame]:
+    return lambda resources, day: lake_frame(resources.lake.read_partition(asset, day), t)
+
+
+def _sessions(resources: Sources, day: str) -> pd.DataFrame:
+    return sessions_of_day(stream_session_frame(resources.stream.landing_dir / "sessions.ndjson"), day)
+
+
+def _sessions_carry_over(resources: Sources, day: str) -> pd.DataFrame:
+    return sessions_reaching_into(stream_session_frame(resources.stream.landing_dir / "sessions.ndjson"), day)
+
+
+COPIES: tuple[WarehouseCopy, ...] = (
+    WarehouseCopy(TRADES, raw_trades.key, _from_lake("raw_trades", TRADES), stream=True),
+    WarehouseCopy(QUOTES, raw_quotes.key, _from_lake("raw_quotes", QUOTES), stream=True),
+    WarehouseCopy(AGGREGATES, raw_aggregates.key, _from_lake("raw_aggregates", AGGREGATES), stream=True),
+    WarehouseCopy(MINUTE_BARS, MINUTE_BARS_KEY, _from_lake("minute_bars", MINUTE_BARS), stream=True),
+    WarehouseCopy(
+        DAILY_OPEN_CLOSE,
+        daily_open_close.key,
+        lambda resources, day: daily_open_close_frame(resources.lake.read_partition("daily_open_close", day)),
+        stream=False,
+    ),
+    WarehouseCopy(
+        STREAM_SESSIONS,
+        landing_log.key,
+        _sessions,
+        stream=True,
+        source="ledger",
+        carry_over=_sessions_carry_over,
+    ),
+)
+
+# Warehouses already migrated by this process: one migration check per run, not one per asset.
+_migrated: set[str] = set()
+
+
+@contextlib.contextmanager
+def _target(resource: SqlTablesResource | SnowflakeResource) -> Iterator[Target]:
+    """The warehouse behind a resource, migrated once per process (one check per run, not per asset)."""
+    if isinstance(resource, SqlTablesResource):
+        warehouse = SqlWarehouse(resource.url)
+        target: Target = SqlTarget(warehouse)
+        if warehouse.masked_url not in _migrated:
+            target.migrate()
+            _migrated.add(warehouse.masked_url)
+        yield target
+        return
+    try:
+        connection = resource.get_connection()
+        conn = connection.__enter__()
+    except Exception as exc:
+        raise snowflake_connect_error(exc, resource) from None
+    try:
+        target = SnowflakeTarget(conn, resource.database or "MARKET_DATA", resource.schema_ or "POLYGON")
+        memo = f"snowflake:{resource.account}:{resource.database}:{resource.schema_}"
+        if memo not in _migrated:
+            target.migrate()
+            _migrated.add(memo)
+        yield target
+    finally:
+        connection.__exit__(None, None, None)
+
+
+def _parity_result(asset: str, loads: list[DayLoad]) -> dg.AssetCheckResult:
+    reports = [d.parity for d in loads]
     failed = [r for r in reports if not r.ok]
     return dg.AssetCheckResult(
         asset_key=asset,
@@ -58,56 +163,107 @@ def _parity_result(asset: str, reports: list[ParityReport]) -> dg.AssetCheckResu
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "days": len(reports),
-            "rows": sum(r.right_fp.rows for r in reports),
+            "rows_compared": sum(r.right_fp.rows for r in reports),
+            "scope": ", ".join(sorted({r.scope for r in reports})) or "none",
             "details": dg.MetadataValue.md("\n\n".join(r.message() for r in (failed or reports))[:4000]),
         },
     )
 
 
-def _materialized(loads: list[Any], reports: list[ParityReport], asset: str) -> dg.MaterializeResult:
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": sum(r.rows for r in loads),
-            "rows_per_s": round(sum(r.rows for r in loads) / max(1e-9, sum(r.seconds for r in loads))),
-            "method": ", ".join(sorted({r.method for r in loads})),
-        },
-        check_results=[_parity_result(asset, reports)],
+def _materialized(asset: str, loads: list[DayLoad], incremental: bool) -> dg.MaterializeResult:
+    results = [d.result for d in loads]
+    rows = sum(r.rows for r in results)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": rows,
+        "mode": "per-batch upsert" if incremental else "day rebuild",
+        "method": ", ".join(sorted({r.method for r in results})),
+        "rows_per_s": round(rows / max(1e-9, sum(r.seconds for r in results))),
+    }
+    marks = [r.watermark for r in results if r.watermark is not None]
+    if marks:
+        metadata["watermark_segment"] = max(marks)
+    return dg.MaterializeResult(metadata=metadata, check_results=[_parity_result(asset, loads)])
+
+
+def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
+    """The asset that keeps ``copy.table`` in ``backend`` ("mysql" or "snowflake") equal to its source."""
+    name = copy.asset_name(backend)
+    where = (
+        f"Table {copy.table.name} in MySQL (the SQLite stand-in without MYSQL_URL)"
+        if backend == "mysql"
+        else f"Table MARKET_DATA.POLYGON.{copy.table.snowflake} in Snowflake (the local fakesnow server by default)"
+    )
+    how = (
+        "Stream-sensor runs upsert the rows above the day's load watermark; other runs replace the day."
+        if copy.table.has_segments
+        else "Stream-sensor runs upsert the day; other runs replace it."
+        if copy.stream
+        else "Each run replaces the day."
     )
 
+    decorator = dg.asset(
+        name=name,
+        partitions_def=DAILY_PARTITIONS,
+        deps=[copy.upstream],
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
+        check_specs=[dg.AssetCheckSpec(PARITY, asset=name, blocking=True)],
+        group_name="warehouse",
+        kinds={backend},
+        owners=["team:data-platform"],
+        code_version="2",
+        description=f"{where}: {copy.table.doc} From {copy.upstream.to_user_string()}. {how} "
+        f"Blocking parity check against the {copy.source}.",
+    )
 
-@_warehouse_asset(
-    "mysql_trades",
-    "mysql",
-    "Table crypto_trades in MySQL (the SQLite stand-in without MYSQL_URL): the lake's raw_trades, one UTC day "
-    "replaced per partition, checked against the lake.",
-)
-def mysql_trades(
-    context: dg.AssetExecutionContext, sql_tables: SqlTablesResource, lake: LakeResource
-) -> dg.MaterializeResult:
-    warehouse = SqlWarehouse(sql_tables.url)
-    warehouse.migrate()
-    loads, reports = [], []
-    for day in context.partition_keys:
-        frame = lake_trades(lake, day)
-        loads.append(warehouse.rebuild_day("crypto_trades", day, frame))
-        reports.append(compare_sql(warehouse, "crypto_trades", day, frame))
-    return _materialized(loads, reports, "mysql_trades")
+    def run(context: dg.AssetExecutionContext, backend_resource: Any, resources: Sources) -> dg.MaterializeResult:
+        incremental = SEGMENTS_TAG in context.run.tags
+        loads = []
+        with _target(backend_resource) as target:
+            for day in context.partition_keys:
+                rows = copy.read(resources, day)
+                loads.append(load_day(target, copy.table, day, rows, incremental=incremental, source=copy.source))
+                if incremental and copy.carry_over is not None:
+                    earlier = copy.carry_over(resources, day)
+                    if len(earlier):
+                        target.upsert(copy.table, earlier)
+        return _materialized(name, loads, incremental)
+
+    # Typed resource parameters: Dagster hands a ConfigurableResource over as itself only this way
+    # (context.resources.snowflake is dagster-snowflake's connection wrapper, not the resource).
+    if backend == "mysql":
+
+        @decorator
+        def load(
+            context: dg.AssetExecutionContext, sql_tables: SqlTablesResource, lake: LakeResource, stream: StreamResource
+        ) -> dg.MaterializeResult:
+            return run(context, sql_tables, Sources(lake, stream))
+
+    else:
+
+        @decorator
+        def load(
+            context: dg.AssetExecutionContext, snowflake: SnowflakeResource, lake: LakeResource, stream: StreamResource
+        ) -> dg.MaterializeResult:
+            return run(context, snowflake, Sources(lake, stream))
+
+    return load
 
 
-@_warehouse_asset(
-    "snowflake_trades",
-    "snowflake",
-    "Table MARKET_DATA.POLYGON.TRADES in Snowflake (the local fakesnow server by default): the lake's raw_trades, "
-    "one UTC day replaced per partition by PUT/COPY/MERGE, checked against the lake.",
-)
-def snowflake_trades(
-    context: dg.AssetExecutionContext, snowflake: SnowflakeResource, lake: LakeResource
-) -> dg.MaterializeResult:
-    where = {"database": snowflake.database or "MARKET_DATA", "schema": snowflake.schema_ or "POLYGON"}
-    migrate_snowflake(snowflake.get_connection, **where)
-    loads, reports = [], []
-    for day in context.partition_keys:
-        frame = lake_trades(lake, day)
-        loads.append(load_snowflake(snowflake.get_connection, "trades", frame, day=day, rebuild=True, **where))
-        reports.append(compare_snowflake(snowflake.get_connection, "trades", day, frame, **where))
-    return _materialized(loads, reports, "snowflake_trades")
+WAREHOUSE_ASSETS: dict[str, dg.AssetsDefinition] = {
+    c.asset_name(b): warehouse_asset(c, b) for c in COPIES for b in BACKENDS
+}
+# Module-scope names, so definitions.py (which collects module-scope assets) finds each one.
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
+mysql_quotes = WAREHOUSE_ASSETS["mysql_quotes"]
+mysql_aggregates = WAREHOUSE_ASSETS["mysql_aggregates"]
+mysql_minute_bars = WAREHOUSE_ASSETS["mysql_minute_bars"]
+mysql_daily_open_close = WAREHOUSE_ASSETS["mysql_daily_open_close"]
+mysql_stream_sessions = WAREHOUSE_ASSETS["mysql_stream_sessions"]
+snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
+snowflake_quotes = WAREHOUSE_ASSETS["snowflake_quotes"]
+snowflake_aggregates = WAREHOUSE_ASSETS["snowflake_aggregates"]
+snowflake_minute_bars = WAREHOUSE_ASSETS["snowflake_minute_bars"]
+snowflake_daily_open_close = WAREHOUSE_ASSETS["snowflake_daily_open_close"]
+snowflake_stream_sessions = WAREHOUSE_ASSETS["snowflake_stream_sessions"]
+# What the stream sensor's per-batch runs load (daily open/close comes from REST backfills instead).
+STREAM_WAREHOUSE_ASSETS = [WAREHOUSE_ASSETS[c.asset_name(b)] for c in COPIES if c.stream for b in BACKENDS]

@@ -249,3 +249,31 @@ def prepare(table: Table, frame: pd.DataFrame, version: int | None = None, *, ch
 
 def empty_frame(table: Table, names: Sequence[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame({n: pd.Series([], dtype=object) for n in (names or table.names)})
+
+
+# ------------------------------------------------------------------------------------------------
+# landing-segment lineage (per-batch loads resume after a watermark)
+
+
+def segment_mask(frame: pd.DataFrame, after: int | None, upto: int | None = None) -> pd.Series:
+    """Rows whose ``segment`` is in ``(after, upto]``, plus rows without a segment (REST repair rows).
+
+    ``after=None`` means no lower bound (nothing loaded yet); ``upto=None`` no upper bound.
+    """
+    if "segment" not in frame.columns:
+        return pd.Series(True, index=frame.index)
+    seg = pd.to_numeric(frame["segment"]).astype("Float64")  # nullable, whatever the input dtype
+    keep = pd.Series(True, index=frame.index)
+    if after is not None:
+        keep &= (seg > after).fillna(False)
+    if upto is not None:
+        keep &= (seg <= upto).fillna(False)
+    return (keep | seg.isna()).astype(bool)
+
+
+def max_segment(frame: pd.DataFrame) -> int | None:
+    """The highest landing segment in ``frame`` (None when it has none)."""
+    if "segment" not in frame.columns or frame.empty:
+        return None
+    top = pd.to_numeric(frame["segment"]).max()
+    return None if pd.isna(top) else int(top)

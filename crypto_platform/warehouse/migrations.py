@@ -6,7 +6,8 @@ fresh database and an upgraded one end up identical, and one test covers every d
 
 Rules:
 - A release that adds a column gives it ``added_in=N`` in ``tables.py`` and appends ``Migration(N, …,
-  (AddColumn(...),))`` here. :func:`check_migrations` refuses a column or table without its step.
+  (AddColumn(...),))`` here; likewise ``Index(..., added_in=N)`` with ``AddIndex``. :func:`check_migrations`
+  refuses a column, index or table without its step.
 - Each step first checks whether its object already exists (MySQL and Snowflake DDL commit on their
   own, so a migration interrupted half-way must be safe to run again); the version row is written
   after the steps.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from crypto_platform.warehouse.errors import WarehouseSchemaError
-from crypto_platform.warehouse.tables import TABLES, Column, Table, table
+from crypto_platform.warehouse.tables import ALL_TABLES, Column, Index, Table, table
 
 Dialect = Literal["mysql", "sqlite", "snowflake"]
 
@@ -39,7 +40,13 @@ class AddColumn:
     column: str
 
 
-Step = CreateTable | AddColumn
+@dataclass(frozen=True)
+class AddIndex:
+    table: str
+    columns: tuple[str, ...]
+
+
+Step = CreateTable | AddColumn | AddIndex
 
 
 @dataclass(frozen=True)
@@ -53,26 +60,40 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "trades, quotes, aggregates, minute bars, daily open/close, stream sessions",
-        tuple(CreateTable(t.name) for t in TABLES if t.added_in == 1),
+        tuple(CreateTable(t.name) for t in ALL_TABLES if t.added_in == 1),
     ),
     Migration(
         2,
         "minute bars: repaired flag; alerts table",
         (AddColumn("crypto_minute_bars", "repaired"), CreateTable("crypto_alerts")),
     ),
+    Migration(
+        3,
+        "load watermarks; segment indexes for per-batch loads; daily open/close status",
+        (
+            CreateTable("crypto_load_watermarks"),
+            AddIndex("crypto_trades", ("segment",)),
+            AddIndex("crypto_quotes", ("segment",)),
+            AddIndex("crypto_aggregates", ("segment",)),
+            AddColumn("crypto_daily_open_close", "status"),
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 def check_migrations() -> None:
-    """Every table and every later column must be introduced by a step of its own version."""
+    """Every table and every later column or index must be introduced by a step of its own version."""
     steps = {(m.version, s) for m in MIGRATIONS for s in m.steps}
-    for t in TABLES:
+    for t in ALL_TABLES:
         if (t.added_in, CreateTable(t.name)) not in steps:
             raise AssertionError(f"{t.name} (added_in={t.added_in}) has no CreateTable step")
         for c in t.columns:
             if c.added_in > t.added_in and (c.added_in, AddColumn(t.name, c.name)) not in steps:
                 raise AssertionError(f"{t.name}.{c.name} (added_in={c.added_in}) has no AddColumn step")
+        for ix in t.indexes_at(10**9):
+            if ix.added_in > t.added_in and (ix.added_in, AddIndex(t.name, ix.columns)) not in steps:
+                raise AssertionError(f"{t.name} index {ix.columns} (added_in={ix.added_in}) has no AddIndex step")
     versions = [m.version for m in MIGRATIONS]
     if versions != list(range(1, len(versions) + 1)):
         raise AssertionError(f"migration versions must be 1..N in order, got {versions}")
@@ -143,8 +164,8 @@ def create_table_sql(t: Table, dialect: Dialect, version: int) -> list[str]:
     pk = ", ".join(column_name(k, dialect) for k in t.key)
     defs.append(f"PRIMARY KEY ({pk})")
     if dialect == "mysql":
-        for cols in t.indexes:
-            defs.append(f"KEY ix_{'_'.join(cols)} ({', '.join(cols)})")
+        for ix in t.indexes_at(version):
+            defs.append(f"KEY {ix.name} ({', '.join(ix.columns)})")
         body = ",\n  ".join(defs)
         # utf8mb4_bin: keys compare exactly ('h:abc' and 'h:ABC' are different trade ids).
         options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
@@ -152,9 +173,23 @@ def create_table_sql(t: Table, dialect: Dialect, version: int) -> list[str]:
     body = ",\n  ".join(defs)
     stmts = [f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"]
     if dialect == "sqlite":
-        for cols in t.indexes:
-            stmts.append(f"CREATE INDEX IF NOT EXISTS ix_{name}_{'_'.join(cols)} ON {name} ({', '.join(cols)})")
+        stmts += [add_index_sql(t, ix, dialect)[0] for ix in t.indexes_at(version)]
     return stmts
+
+
+def add_index_sql(t: Table, ix: Index, dialect: Dialect) -> list[str]:
+    """A secondary index (Snowflake has none: micro-partition pruning does that job)."""
+    name = table_name(t, dialect)
+    cols = ", ".join(ix.columns)
+    if dialect == "mysql":
+        return [f"ALTER TABLE {name} ADD INDEX {ix.name} ({cols})"]
+    if dialect == "sqlite":
+        return [f"CREATE INDEX IF NOT EXISTS ix_{name}_{'_'.join(ix.columns)} ON {name} ({cols})"]
+    return []
+
+
+def _index_name(t: Table, ix: Index, dialect: Dialect) -> str:
+    return ix.name if dialect == "mysql" else f"ix_{t.name}_{'_'.join(ix.columns)}"
 
 
 def add_column_sql(t: Table, column: str, dialect: Dialect) -> list[str]:
@@ -195,6 +230,8 @@ class SchemaTarget(Protocol):
 
     def existing_columns(self, table_name: str) -> set[str]: ...  # lower-case names
 
+    def existing_indexes(self, table_name: str) -> set[str]: ...  # lower-case index names
+
     def applied_versions(self) -> set[int]: ...
 
     def record_version(self, version: int, description: str) -> None: ...
@@ -227,6 +264,11 @@ def apply_migrations(
             if isinstance(step, CreateTable):
                 if name not in db.existing_tables():
                     for sql in create_table_sql(t, db.dialect, m.version):
+                        db.execute_ddl(sql)
+            elif isinstance(step, AddIndex):
+                ix = next(i for i in t.indexes_at(m.version) if i.columns == step.columns)
+                if db.dialect != "snowflake" and _index_name(t, ix, db.dialect) not in db.existing_indexes(name):
+                    for sql in add_index_sql(t, ix, db.dialect):
                         db.execute_ddl(sql)
             elif step.column.lower() not in db.existing_columns(name):
                 for sql in add_column_sql(t, step.column, db.dialect):

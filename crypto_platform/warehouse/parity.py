@@ -39,17 +39,21 @@ class ParityReport:
     left_fp: Fingerprint
     right_fp: Fingerprint
     differences: list[str] = field(default_factory=list)
+    # What was compared: "day" (every row), or "segments A-B" (one per-batch load) plus day row counts.
+    scope: str = "day"
+    day_rows: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
-        return self.left_fp == self.right_fp
+        return self.left_fp == self.right_fp and (self.day_rows is None or self.day_rows[0] == self.day_rows[1])
 
     def message(self) -> str:
+        counts = f"; whole day {self.day_rows[0]} vs {self.day_rows[1]} rows" if self.day_rows else ""
         if self.ok:
-            return f"{self.table}: {self.left} and {self.right} agree ({self.left_fp.rows} rows)"
+            return f"{self.table} ({self.scope}): {self.left} and {self.right} agree ({self.left_fp.rows} rows{counts})"
         head = (
-            f"{self.table}: {self.left} has {self.left_fp.rows} rows, {self.right} has {self.right_fp.rows}; "
-            f"checksums {self.left_fp.checksum:016x} vs {self.right_fp.checksum:016x}"
+            f"{self.table} ({self.scope}): {self.left} has {self.left_fp.rows} rows, {self.right} has "
+            f"{self.right_fp.rows}; checksums {self.left_fp.checksum:016x} vs {self.right_fp.checksum:016x}{counts}"
         )
         return "\n".join([head, *self.differences])
 

@@ -11,7 +11,10 @@ row inserts run at ~300 rows/s there; PUT/COPY/MERGE is valid SQL on real Snowfl
 - the MERGE is one statement: the target sees all of the partition or none of it (validation, PUT and
   COPY all happen before the target is touched); a rebuild follows it with a DELETE of the day's rows
   that are not in the new partition (not one transaction: fakesnow cannot MERGE inside BEGIN);
-- human ``*_TIME`` columns are computed in the MERGE (``TO_TIMESTAMP_NTZ(ms, 3)``).
+- human ``*_TIME`` columns are computed in the MERGE (``TO_TIMESTAMP_NTZ(ms, 3)``);
+- the day's load watermark (``LOAD_WATERMARKS``: highest landing segment loaded) is written after the
+  rows, by a MERGE of its own: a failure between the two leaves the old watermark, so the next load
+  repeats the (idempotent) upsert rather than skipping rows.
 
 Works through ``dagster_snowflake.SnowflakeResource.get_connection`` (pass the bound method: a
 context-manager factory) or any open ``snowflake.connector`` connection.
@@ -20,6 +23,7 @@ context-manager factory) or any open ``snowflake.connector`` connection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -33,11 +37,18 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from crypto_platform.warehouse.errors import WarehouseLoadError
-from crypto_platform.warehouse.frames import Prepared, prepare
+from crypto_platform.warehouse.errors import WarehouseAuthError, WarehouseConnectionError, WarehouseLoadError
+from crypto_platform.warehouse.frames import Prepared, max_segment, prepare, segment_mask
 from crypto_platform.warehouse.migrations import SCHEMA_VERSION, VERSION_TABLE, apply_migrations, human_expression
-from crypto_platform.warehouse.sql import LoadResult, check_day, day_bounds_ms, day_text
-from crypto_platform.warehouse.tables import Table, table
+from crypto_platform.warehouse.sql import (
+    LoadResult,
+    check_day,
+    day_bounds_ms,
+    day_text,
+    highest_segment,
+    max_segment_of,
+)
+from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
 
 DATABASE = "MARKET_DATA"
 SCHEMA = "POLYGON"
@@ -99,6 +110,9 @@ class _SnowflakeSchema:
         )
         return {str(r[0]).lower() for r in rows}
 
+    def existing_indexes(self, table_name: str) -> set[str]:
+        return set()  # Snowflake has no secondary indexes
+
     def applied_versions(self) -> set[int]:
         return {int(r[0]) for r in _execute(self.conn, f"SELECT VERSION FROM {VERSION_TABLE.upper()}")}
 
@@ -109,6 +123,37 @@ class _SnowflakeSchema:
             "SELECT %s, %s, CURRENT_TIMESTAMP()::TIMESTAMP_NTZ",
             (version, description),
         )
+
+
+# Snowflake error numbers for refused credentials (password, key pair, locked or unknown user).
+_AUTH_ERRNOS = {390100, 390101, 390102, 390144, 390186, 251005, 250002}
+
+
+def snowflake_connect_error(exc: BaseException, resource: Any) -> WarehouseConnectionError:
+    """A failed login through ``SnowflakeResource`` as a message naming where and which setting to change.
+
+    ``resource`` is the ``SnowflakeResource``: the local fakesnow server is reached through
+    ``additional_snowflake_connection_args`` host/port, a real account at ``<account>.snowflakecomputing.com``.
+    The connector's own text never carries the password; it is included for the cause.
+    """
+    extra = getattr(resource, "additional_snowflake_connection_args", None) or {}
+    errno = getattr(exc, "errno", None)
+    said = str(getattr(exc, "msg", None) or exc).strip()
+    if "host" in extra:
+        where = f"the local Snowflake stand-in (fakesnow) at {extra['host']}:{extra.get('port', 443)}"
+        fix = (
+            "start it with `crypto-platform services start` (or `make dev`), or point CRYPTO_FAKESNOW_HOST / "
+            "CRYPTO_FAKESNOW_PORT at the running one; set SNOWFLAKE_ACCOUNT to use a real account"
+        )
+    else:
+        where = f"Snowflake account {resource.account!r} at {resource.account}.snowflakecomputing.com:443"
+        fix = "check SNOWFLAKE_ACCOUNT and the network path to it"
+    if errno in _AUTH_ERRNOS:
+        return WarehouseAuthError(
+            f"{where} refused user {getattr(resource, 'user', '')!r}: wrong credentials ({said}). Fix SNOWFLAKE_USER "
+            "and SNOWFLAKE_PASSWORD, or SNOWFLAKE_PRIVATE_KEY / SNOWFLAKE_PRIVATE_KEY_PATH (+ _PASSWORD)"
+        )
+    return WarehouseConnectionError(f"cannot reach {where} ({said}); {fix}")
 
 
 def use_schema(conn: Connection, database: str = DATABASE, schema: str = SCHEMA) -> None:
@@ -185,11 +230,14 @@ def load_snowflake(
     rebuild: bool = False,
     database: str = DATABASE,
     schema: str = SCHEMA,
+    _watermark_floor: int | None = None,
 ) -> LoadResult:
     """Upsert ``frame`` into ``<database>.<schema>.<TABLE>``; ``rebuild=True`` replaces the whole ``day``.
 
     Idempotent: re-running the same partition leaves the table unchanged. Nothing of the partition
-    reaches the target unless the MERGE (and, for a rebuild, the DELETE with it) commits.
+    reaches the target unless the MERGE (and, for a rebuild, the DELETE with it) commits. With
+    ``day``, the day's load watermark is set afterwards (a rebuild sets it to the highest segment in
+    ``frame``; an upsert raises it to that).
     """
     t = table(name)
     target = _sf_name(t)
@@ -203,6 +251,7 @@ def load_snowflake(
     stage_table = f"{target}__STAGE_{batch[:12].upper()}"
     workdir = tempfile.mkdtemp(prefix="crypto_sf_")
     deleted = 0
+    before = after = None
     with _connection(source) as conn:
         use_schema(conn, database, schema)
         version_columns = _SnowflakeSchema(conn, database, schema).existing_columns(target)
@@ -228,6 +277,11 @@ def load_snowflake(
             if rebuild:
                 assert day is not None
                 deleted = _delete_day(conn, t, target, day, stage_table if prepared.num_rows else None)
+            if day is not None:
+                before = _read_watermark(conn, t, day)
+                top = max_segment_of(prepared)
+                after = top if rebuild else highest_segment(highest_segment(before, _watermark_floor), top)
+                _write_watermark(conn, t, day, after, "rebuild" if rebuild else "upsert", prepared.num_rows)
         except WarehouseLoadError:
             raise
         except Exception as exc:
@@ -246,6 +300,73 @@ def load_snowflake(
         day=day_text(day) if day is not None else None,
         deleted=deleted,
         dropped_duplicates=prepared.dropped_duplicates,
+        watermark_before=before,
+        watermark=after,
+    )
+
+
+def load_snowflake_new_segments(
+    source: ConnectionSource,
+    name: str | Table,
+    day: date | str,
+    frame: pd.DataFrame,
+    *,
+    database: str = DATABASE,
+    schema: str = SCHEMA,
+) -> LoadResult:
+    """Upsert the rows of the lake day ``frame`` above the day's load watermark, then raise it.
+
+    Snowflake's MERGE cannot share a transaction with a second statement on fakesnow, so the order
+    carries the guarantee: rows first, watermark after. A failure in between repeats the upsert.
+    """
+    t = table(name)
+    if not t.has_segments:
+        raise ValueError(f"{t.name} rows carry no landing segment; use load_snowflake(..., day=) instead")
+    with _connection(source) as conn:
+        use_schema(conn, database, schema)
+        before = _read_watermark(conn, t, day)
+        result = load_snowflake(
+            conn,
+            t,
+            frame[segment_mask(frame, before)],
+            day=day,
+            database=database,
+            schema=schema,
+            _watermark_floor=max_segment(frame),
+        )
+    return dataclasses.replace(result, watermark_before=before)
+
+
+def snowflake_watermark(
+    source: ConnectionSource, name: str | Table, day: date | str, *, database: str = DATABASE, schema: str = SCHEMA
+) -> int | None:
+    """The highest landing segment whose rows of ``day`` are in the Snowflake table (None: none)."""
+    with _connection(source) as conn:
+        use_schema(conn, database, schema)
+        return _read_watermark(conn, table(name), day)
+
+
+def _read_watermark(conn: Connection, t: Table, day: date | str) -> int | None:
+    rows = _execute(
+        conn,
+        f"SELECT SEGMENT FROM {LOAD_WATERMARKS.snowflake} WHERE TABLE_NAME = %s AND DAY = TO_DATE(%s)",
+        (t.name, day_text(day)),
+    )
+    return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+
+def _write_watermark(conn: Connection, t: Table, day: date | str, segment: int | None, mode: str, rows: int) -> None:
+    loaded_ms = int(time.time() * 1000)
+    _execute(
+        conn,
+        f"MERGE INTO {LOAD_WATERMARKS.snowflake} t USING (SELECT %s AS TABLE_NAME, TO_DATE(%s) AS DAY, "
+        "%s::NUMBER(38,0) AS SEGMENT, %s AS MODE, %s::NUMBER(38,0) AS ROWS_LOADED, "
+        "%s::NUMBER(38,0) AS LOADED_MS) s ON t.TABLE_NAME = s.TABLE_NAME AND t.DAY = s.DAY "
+        "WHEN MATCHED THEN UPDATE SET SEGMENT = s.SEGMENT, MODE = s.MODE, ROWS_LOADED = s.ROWS_LOADED, "
+        "LOADED_MS = s.LOADED_MS, LOADED_TIME = TO_TIMESTAMP_NTZ(s.LOADED_MS, 3) "
+        "WHEN NOT MATCHED THEN INSERT (TABLE_NAME, DAY, SEGMENT, MODE, ROWS_LOADED, LOADED_MS, LOADED_TIME) "
+        "VALUES (s.TABLE_NAME, s.DAY, s.SEGMENT, s.MODE, s.ROWS_LOADED, s.LOADED_MS, TO_TIMESTAMP_NTZ(s.LOADED_MS, 3))",
+        (t.name, day_text(day), segment, mode, rows, loaded_ms),
     )
 
 
@@ -269,6 +390,17 @@ def _delete_day(conn: Connection, t: Table, target: str, day: date | str, keep: 
     return int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
 
 
+def count_snowflake_partition(
+    source: ConnectionSource, name: str | Table, day: date | str, *, database: str = DATABASE, schema: str = SCHEMA
+) -> int:
+    """Rows of one UTC day in the Snowflake table."""
+    t = table(name)
+    with _connection(source) as conn:
+        use_schema(conn, database, schema)
+        where, params = _day_where(t, day)
+        return int(_execute(conn, f"SELECT COUNT(*) FROM {_sf_name(t)} WHERE {where}", params)[0][0])
+
+
 def read_snowflake_partition(
     source: ConnectionSource,
     name: str | Table,
@@ -276,8 +408,12 @@ def read_snowflake_partition(
     *,
     database: str = DATABASE,
     schema: str = SCHEMA,
+    segments: tuple[int | None, int | None] | None = None,
 ) -> pd.DataFrame:
-    """The rows of one UTC day (loader columns, lower-case names), as Python values."""
+    """The rows of one UTC day (loader columns, lower-case names), as Python values.
+
+    ``segments=(after, upto)`` keeps what one per-batch load wrote (see ``SqlWarehouse.read_partition``).
+    """
     t = table(name)
     target = _sf_name(t)
     with _connection(source) as conn:
@@ -287,6 +423,12 @@ def read_snowflake_partition(
         if not cols:
             raise WarehouseLoadError(f"{database}.{schema}.{target} does not exist: run migrate_snowflake first")
         where, params = _day_where(t, day)
+        if segments is not None and t.has_segments:
+            after, upto = segments
+            bounds = ["SEGMENT > %s"] * (after is not None) + ["SEGMENT <= %s"] * (upto is not None)
+            if bounds:
+                where += f" AND (SEGMENT IS NULL OR ({' AND '.join(bounds)}))"
+                params = (*params, *(b for b in (after, upto) if b is not None))
         rows = _execute(conn, f"SELECT {', '.join(c.upper() for c in cols)} FROM {target} WHERE {where}", params)
     return pd.DataFrame.from_records(rows, columns=cols)
 
@@ -295,10 +437,14 @@ __all__ = [
     "DATABASE",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "count_snowflake_partition",
     "load_snowflake",
+    "load_snowflake_new_segments",
     "migrate_snowflake",
     "read_snowflake_partition",
     "snowflake_columns",
+    "snowflake_connect_error",
     "snowflake_schema_version",
+    "snowflake_watermark",
     "use_schema",
 ]

@@ -11,6 +11,11 @@ Two ways to write a partition (a DataFrame in the lake contract):
 - :meth:`SqlWarehouse.rebuild_day`: backfills. Delete the day, then ``LOAD DATA LOCAL INFILE`` a
   tab-separated file (about twice as fast); when either side refuses local infile, the same
   transaction falls back to batched inserts and the reason is logged and returned.
+- :meth:`SqlWarehouse.upsert_new_segments`: the stream sensor's per-batch loads. The day's load
+  watermark (highest landing segment loaded, table ``crypto_load_watermarks``) is read under a row
+  lock; every lake row of the day above it is upserted and the watermark raised, in one transaction.
+  A failed load leaves the watermark where it was, so the next load picks its rows up: an outage
+  costs a retry, never data. ``rebuild_day`` sets the watermark too.
 
 All-or-nothing (decided): **one transaction per call**. A partition is either written completely or
 not at all; the 1-5k figure bounds the size of each statement (what made executemany fast), not the
@@ -49,14 +54,21 @@ from crypto_platform.warehouse.errors import (
     WarehouseConnectionError,
     WarehouseLoadError,
 )
-from crypto_platform.warehouse.frames import Prepared, decimal_text, describe_row, prepare
+from crypto_platform.warehouse.frames import (
+    Prepared,
+    decimal_text,
+    describe_row,
+    max_segment,
+    prepare,
+    segment_mask,
+)
 from crypto_platform.warehouse.migrations import (
     SCHEMA_VERSION,
     VERSION_TABLE,
     Dialect,
     apply_migrations,
 )
-from crypto_platform.warehouse.tables import Table, table
+from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
 from crypto_platform.warehouse.views import view_sql
 
 log = logging.getLogger(__name__)
@@ -85,6 +97,9 @@ class LoadResult:
     deleted: int = 0
     dropped_duplicates: int = 0
     fallback_reason: str | None = None
+    # load watermark (highest landing segment loaded) of the (table, day) before and after the load
+    watermark_before: int | None = None
+    watermark: int | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -280,20 +295,91 @@ class SqlWarehouse:
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         validate: bool = True,
+        day: date | str | None = None,
     ) -> LoadResult:
-        """Insert or update every row of ``frame`` (one transaction; statements of ``batch_rows`` rows)."""
+        """Insert or update every row of ``frame`` (one transaction; statements of ``batch_rows`` rows).
+
+        With ``day``, every row must belong to that UTC day and the day's load watermark is raised to
+        the highest segment in ``frame`` in the same transaction.
+        """
         t = table(name)
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
+        before = after = None
+        if day is not None:
+            check_day(prepared, day)
         with self.connect() as conn, self._load_transaction(conn, prepared):
+            if day is not None:
+                before = self._read_watermark(conn, t, day, lock=True)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
+            if day is not None:
+                after = highest_segment(before, max_segment_of(prepared))
+                self._write_watermark(conn, t, day, after, "upsert", prepared.num_rows)
         return LoadResult(
             t.name,
             prepared.num_rows,
             "upsert",
             time.perf_counter() - started,
+            day=day_text(day) if day is not None else None,
             dropped_duplicates=prepared.dropped_duplicates,
+            watermark_before=before,
+            watermark=after,
         )
+
+    def upsert_new_segments(
+        self,
+        name: str | Table,
+        day: date | str,
+        frame: pd.DataFrame,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        validate: bool = True,
+    ) -> LoadResult:
+        """Upsert the rows of the lake day ``frame`` above the day's load watermark, and raise it.
+
+        One transaction: the watermark row is locked (``SELECT … FOR UPDATE``; SQLite's write lock),
+        the rows with ``segment`` > watermark (and rows without a segment, REST repair) are upserted,
+        and the watermark becomes the highest segment in ``frame``. If anything fails, neither rows
+        nor watermark change, and the next call loads them. Concurrent calls for the same day queue
+        on the lock, so the watermark never passes rows that are not in the table.
+        """
+        t = table(name)
+        if not t.has_segments:
+            raise ValueError(f"{t.name} rows carry no landing segment; use upsert(..., day=) instead")
+        started = time.perf_counter()
+        guess = self.watermark(t, day)
+        # Validate outside the lock; re-done only if another load moved the watermark meanwhile.
+        prepared = self._prepare(t, frame[segment_mask(frame, guess)], validate)
+        check_day(prepared, day)
+        top = max_segment(frame)
+        with self.connect() as conn, self._load_transaction(conn, prepared):
+            before = self._read_watermark(conn, t, day, lock=True)
+            if before != guess and (guess is None or before is None or before < guess):
+                prepared = self._prepare(t, frame[segment_mask(frame, before)], validate)
+            self._insert_batches(conn, prepared, batch_rows, upsert=True)
+            after = highest_segment(before, top)
+            self._write_watermark(conn, t, day, after, "upsert", prepared.num_rows)
+        return LoadResult(
+            t.name,
+            prepared.num_rows,
+            "upsert",
+            time.perf_counter() - started,
+            day=day_text(day),
+            dropped_duplicates=prepared.dropped_duplicates,
+            watermark_before=before,
+            watermark=after,
+        )
+
+    def watermark(self, name: str | Table, day: date | str) -> int | None:
+        """The highest landing segment whose rows of ``day`` are in the table (None: none recorded)."""
+        with self.connect() as conn:
+            return self._read_watermark(conn, table(name), day, lock=False)
+
+    def count_partition(self, name: str | Table, day: date | str) -> int:
+        """Rows of one UTC day (served by the partition column's index)."""
+        t = table(name)
+        where, params = self._day_where(t, day)
+        return int(self.query(f"SELECT COUNT(*) FROM {t.name} WHERE {where}", params)[0][0])
 
     def rebuild_day(
         self,
@@ -317,6 +403,8 @@ class SqlWarehouse:
         use_load_data = self.dialect == "mysql" and method in ("auto", "load_data")
         fallback: str | None = None
         with self.connect() as conn, self._load_transaction(conn, prepared):
+            # The watermark row first: the same lock order as upsert_new_segments (no deadlock).
+            before = self._read_watermark(conn, t, day, lock=True)
             deleted = self._delete_day(conn, t, day)
             used = "insert"
             if use_load_data:
@@ -330,9 +418,12 @@ class SqlWarehouse:
                     log.warning("%s: %s; falling back to batched inserts", t.name, fallback)
                     _rollback(conn)
                     self._begin(conn)
+                    before = self._read_watermark(conn, t, day, lock=True)
                     deleted = self._delete_day(conn, t, day)
             if used == "insert":
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
+            after = max_segment_of(prepared)
+            self._write_watermark(conn, t, day, after, "rebuild", prepared.num_rows)
         return LoadResult(
             t.name,
             prepared.num_rows,
@@ -342,13 +433,33 @@ class SqlWarehouse:
             deleted=deleted,
             dropped_duplicates=prepared.dropped_duplicates,
             fallback_reason=fallback,
+            watermark_before=before,
+            watermark=after,
         )
 
-    def read_partition(self, name: str | Table, day: date | str, columns: list[str] | None = None) -> pd.DataFrame:
-        """The rows of one UTC day (loader columns, in the table's order), as Python values."""
+    def read_partition(
+        self,
+        name: str | Table,
+        day: date | str,
+        columns: list[str] | None = None,
+        *,
+        segments: tuple[int | None, int | None] | None = None,
+    ) -> pd.DataFrame:
+        """The rows of one UTC day (loader columns, in the table's order), as Python values.
+
+        ``segments=(after, upto)`` keeps rows with ``after < segment <= upto`` (either bound may be
+        None) plus rows without a segment: what one per-batch load wrote.
+        """
         t = table(name)
         cols = columns or [c for c in t.names if c in self.columns(t.name)]
         where, params = self._day_where(t, day)
+        if segments is not None and t.has_segments:
+            ph = self._placeholder()
+            after, upto = segments
+            bounds = [f"segment > {ph}"] * (after is not None) + [f"segment <= {ph}"] * (upto is not None)
+            if bounds:
+                where += f" AND (segment IS NULL OR ({' AND '.join(bounds)}))"
+                params = (*params, *(b for b in (after, upto) if b is not None))
         sql = f"SELECT {', '.join(cols)} FROM {t.name} WHERE {where}"
         with self.connect() as conn:
             cur = conn.cursor()
@@ -370,6 +481,34 @@ class SqlWarehouse:
                 cur.close()
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _read_watermark(self, conn: Any, t: Table, day: date | str, *, lock: bool) -> int | None:
+        ph = self._placeholder()
+        # FOR UPDATE: concurrent loads of the same (table, day) queue here (SQLite's BEGIN IMMEDIATE
+        # already serialises writers). A missing row locks the gap, which serves the same purpose.
+        suffix = " FOR UPDATE" if lock and self.dialect == "mysql" else ""
+        cur = conn.cursor()
+        try:
+            cur.execute(
+                f"SELECT segment FROM {LOAD_WATERMARKS.name} WHERE table_name = {ph} AND day = {ph}{suffix}",
+                (t.name, day_text(day)),
+            )
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _write_watermark(self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str, rows: int) -> None:
+        row = {
+            "table_name": t.name,
+            "day": day_text(day),
+            "segment": segment,
+            "mode": mode,
+            "rows_loaded": rows,
+            "loaded_ms": int(time.time() * 1000),
+        }
+        frame = pd.DataFrame([row]).astype({"segment": "Int64"})
+        self._insert_batches(conn, prepare(LOAD_WATERMARKS, frame), 1, upsert=True)
 
     def _prepare(self, t: Table, frame: pd.DataFrame, validate: bool) -> Prepared:
         return prepare(t, frame, check=validate)
@@ -515,6 +654,19 @@ def _rollback(conn: Any) -> None:
             conn.rollback()
 
 
+def highest_segment(a: int | None, b: int | None) -> int | None:
+    """The higher of two watermarks, None counting as "nothing loaded"."""
+    return b if a is None else a if b is None else max(a, b)
+
+
+def max_segment_of(prepared: Prepared) -> int | None:
+    """The highest landing segment in a prepared batch (None for tables without segments)."""
+    if "segment" not in prepared.columns or not prepared.num_rows:
+        return None
+    top = pc.max(prepared.data.column("segment")).as_py()
+    return None if top is None else int(top)
+
+
 def check_day(prepared: Prepared, day: date | str) -> None:
     """Every row of a day rebuild must belong to that day, or a re-run would not converge."""
     t = prepared.table
@@ -606,6 +758,17 @@ class _SqlSchema:
         else:
             rows = self._rows(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                (self.database, table_name),
+            )
+        return {str(r[0]).lower() for r in rows}
+
+    def existing_indexes(self, table_name: str) -> set[str]:
+        if self.dialect == "sqlite":
+            rows = self._rows(f"SELECT name FROM pragma_index_list('{table_name}')")
+        else:
+            rows = self._rows(
+                "SELECT DISTINCT index_name FROM information_schema.statistics WHERE table_schema = %s "
+                "AND table_name = %s",
                 (self.database, table_name),
             )
         return {str(r[0]).lower() for r in rows}

@@ -41,6 +41,18 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Index:
+    """A secondary index introduced after its table (``added_in`` > the table's version)."""
+
+    columns: tuple[str, ...]
+    added_in: int
+
+    @property
+    def name(self) -> str:
+        return "ix_" + "_".join(self.columns)
+
+
+@dataclass(frozen=True)
 class Table:
     """A warehouse table: columns the loaders write, natural key, indexes and partition column."""
 
@@ -48,10 +60,12 @@ class Table:
     snowflake: str | None  # Snowflake table name in MARKET_DATA.POLYGON (None: not in Snowflake)
     columns: tuple[Column, ...]
     key: tuple[str, ...]
-    indexes: tuple[tuple[str, ...], ...]
+    indexes: tuple[tuple[str, ...] | Index, ...]
     partition: str  # the column whose UTC day is the row's partition day
     added_in: int = 1
     doc: str = ""
+    # Bookkeeping tables (load watermarks) are migrated like the others but are not market data.
+    bookkeeping: bool = False
     _by_name: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +80,16 @@ class Table:
     def columns_at(self, version: int) -> tuple[Column, ...]:
         """The columns that exist once the schema is at ``version``."""
         return tuple(c for c in self.columns if c.added_in <= version)
+
+    def indexes_at(self, version: int) -> tuple[Index, ...]:
+        """The secondary indexes that exist once the schema is at ``version``."""
+        specs = (i if isinstance(i, Index) else Index(tuple(i), self.added_in) for i in self.indexes)
+        return tuple(i for i in specs if i.added_in <= version)
+
+    @property
+    def has_segments(self) -> bool:
+        """Rows carry the landing segment they came from, so loads can resume after a watermark."""
+        return "segment" in self._by_name
 
     @property
     def value_columns(self) -> tuple[str, ...]:
@@ -114,7 +138,7 @@ TRADES = Table(
         Column("source", "str", 16, nullable=False),
     ),
     key=("pair", "exchange", "trade_id"),
-    indexes=(("pair", "event_ms"), ("event_ms",)),
+    indexes=(("pair", "event_ms"), ("event_ms",), Index(("segment",), 3)),
     partition="event_ms",
     doc="Every trade (XT / REST repair), de-duplicated on (pair, exchange, trade_id).",
 )
@@ -136,7 +160,7 @@ QUOTES = Table(
         *_lineage(),
     ),
     key=("pair", "exchange", "event_ms", "seq"),
-    indexes=(("pair", "event_ms"), ("event_ms",)),
+    indexes=(("pair", "event_ms"), ("event_ms",), Index(("segment",), 3)),
     partition="event_ms",
     doc="Top-of-book quotes (XQ); seq orders identical (pair, exchange, t) within a frame.",
 )
@@ -161,7 +185,7 @@ AGGREGATES = Table(
         *_lineage(),
     ),
     key=("pair", "channel", "start_ms"),
-    indexes=(("pair", "start_ms"), ("start_ms",)),
+    indexes=(("pair", "start_ms"), ("start_ms",), Index(("segment",), 3)),
     partition="start_ms",
     doc="Polygon's own XA (minute) and XAS (second) bars, current revision only.",
 )
@@ -219,6 +243,8 @@ DAILY_OPEN_CLOSE = Table(
         Column("open_trades", "text"),
         Column("closing_trades", "text"),
         _ms("fetched_ms"),
+        # v3: 'ok', or 'no_data' when Polygon had nothing for the pair and day (a row, never a silent skip)
+        Column("status", "str", 16, added_in=3),
     ),
     key=("pair", "day"),
     indexes=(("day",),),
@@ -271,8 +297,30 @@ ALERTS = Table(
     doc="Alerts raised by rules (value vs threshold), muted ones kept with their reason.",
 )
 
+LOAD_WATERMARKS = Table(
+    name="crypto_load_watermarks",
+    snowflake="LOAD_WATERMARKS",
+    columns=(
+        Column("table_name", "str", 64, nullable=False),
+        Column("day", "date", nullable=False),
+        # highest landing segment whose rows of this day are in the table (NULL: not segment-tracked)
+        Column("segment", "int"),
+        Column("mode", "str", 16, nullable=False),  # 'rebuild' (whole day replaced) or 'upsert'
+        Column("rows_loaded", "int", nullable=False),
+        _ms("loaded_ms", nullable=False),
+    ),
+    key=("table_name", "day"),
+    indexes=(),
+    partition="day",
+    added_in=3,
+    bookkeeping=True,
+    doc="Load watermark per table and UTC day, written in the same transaction as the rows (MySQL/SQLite).",
+)
+
 TABLES: tuple[Table, ...] = (TRADES, QUOTES, AGGREGATES, MINUTE_BARS, DAILY_OPEN_CLOSE, STREAM_SESSIONS, ALERTS)
-TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+# Every table the migrations create: the market-data tables plus bookkeeping.
+ALL_TABLES: tuple[Table, ...] = (*TABLES, LOAD_WATERMARKS)
+TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in ALL_TABLES}
 
 
 def table(name: str | Table) -> Table:
@@ -280,7 +328,7 @@ def table(name: str | Table) -> Table:
     if isinstance(name, Table):
         return name
     key = name.lower()
-    for t in TABLES:
+    for t in ALL_TABLES:
         if key in (t.name, t.name.removeprefix("crypto_"), (t.snowflake or "").lower()):
             return t
-    raise KeyError(f"no warehouse table {name!r}; known: {', '.join(t.name for t in TABLES)}")
+    raise KeyError(f"no warehouse table {name!r}; known: {', '.join(t.name for t in ALL_TABLES)}")

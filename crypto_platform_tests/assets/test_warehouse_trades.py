@@ -44,12 +44,12 @@ def sql_url(mysql_server: dict[str, object], database: str) -> str:
 def test_a_lake_day_lands_in_the_sql_tables_exactly_and_reruns_are_harmless(
     tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
-    _, lake = lake_day(tmp_path)
+    landing, lake = lake_day(tmp_path)
     if backend == "mysql":
         url = sql_url(request.getfixturevalue("mysql_server"), request.getfixturevalue("mysql_database"))
     else:
         url = f"sqlite:///{tmp_path / 'warehouse.sqlite'}"
-    resources = {"sql_tables": SqlTablesResource(url=url), "lake": lake}
+    resources = {"sql_tables": SqlTablesResource(url=url), "lake": lake, "stream": landing.resource()}
     for _ in range(2):
         result = dg.materialize([mysql_trades], partition_key=DAY, resources=resources)
         assert result.success and parity(result).passed
@@ -63,22 +63,24 @@ def test_a_lake_day_lands_in_the_sql_tables_exactly_and_reruns_are_harmless(
 
 
 def test_a_lake_day_lands_in_snowflake_exactly(tmp_path: Path, fakesnow_server: Settings) -> None:
-    _, lake = lake_day(tmp_path)
-    resources = {"snowflake": build_snowflake_resource(fakesnow_server), "lake": lake}
+    landing, lake = lake_day(tmp_path)
+    resources = {"snowflake": build_snowflake_resource(fakesnow_server), "lake": lake, "stream": landing.resource()}
     for _ in range(2):
         result = dg.materialize([snowflake_trades], partition_key=DAY, resources=resources)
         assert result.success and parity(result).passed
-    assert parity(result).metadata["rows"].value == 40
+    assert parity(result).metadata["rows_compared"].value == 40
 
 
 def test_an_unreachable_mysql_fails_the_run_naming_the_setting(tmp_path: Path) -> None:
     from crypto_platform_tests.conftest import free_port
 
-    _, lake = lake_day(tmp_path)
+    landing, lake = lake_day(tmp_path)
     url = f"mysql+pymysql://loader:secret-pw-9@127.0.0.1:{free_port()}/market"
     with pytest.raises(Exception, match="MYSQL_URL") as info:
         dg.materialize(
-            [mysql_trades], partition_key=DAY, resources={"sql_tables": SqlTablesResource(url=url), "lake": lake}
+            [mysql_trades],
+            partition_key=DAY,
+            resources={"sql_tables": SqlTablesResource(url=url), "lake": lake, "stream": landing.resource()},
         )
     assert "secret-pw-9" not in str(info.value)
     assert lake.read_partition("raw_trades", DAY) is not None  # the data stays in the lake

@@ -21,6 +21,7 @@ from crypto_platform.warehouse.snowflake import (
     snowflake_columns,
     snowflake_schema_version,
 )
+from crypto_platform.warehouse.tables import ALL_TABLES, MINUTE_BARS
 
 DAY = "2025-11-20"
 EXACT = [Decimal("0.000000000123456789"), Decimal("97123.450000000000000000"), Decimal("12345678901234567890.5")]
@@ -31,14 +32,19 @@ def _rows(conn: Any, db: str) -> list[tuple[str, ...]]:
     return sorted(tuple(str(v) for v in r) for r in df.itertuples(index=False))
 
 
-def test_migration_upgrades_in_place(snowflake_conn: Any, sf_database: str) -> None:
+@pytest.mark.parametrize("start", range(1, SCHEMA_VERSION))
+def test_migration_upgrades_in_place(snowflake_conn: Any, sf_database: str, start: int) -> None:
     db = sf_database
-    assert migrate_snowflake(snowflake_conn, target=SCHEMA_VERSION - 1, database=db) == list(range(1, SCHEMA_VERSION))
-    assert "repaired" not in snowflake_columns(snowflake_conn, "minute_bars", database=db)
+    assert migrate_snowflake(snowflake_conn, target=start, database=db) == list(range(1, start + 1))
+    later = {c.name for c in MINUTE_BARS.columns if c.added_in > start}
+    assert not later & snowflake_columns(snowflake_conn, "minute_bars", database=db)
     cur = snowflake_conn.cursor()
     cur.execute(f"INSERT INTO {db}.POLYGON.MINUTE_BARS (PAIR, MINUTE_MS, CLOSE) VALUES ('BTC-USD', 1, 97123.45)")
-    assert migrate_snowflake(snowflake_conn, database=db) == [SCHEMA_VERSION]
+    assert migrate_snowflake(snowflake_conn, database=db) == list(range(start + 1, SCHEMA_VERSION + 1))
     assert snowflake_schema_version(snowflake_conn, database=db) == SCHEMA_VERSION
+    for t in ALL_TABLES:
+        if t.snowflake:
+            assert {c.name for c in t.columns} <= snowflake_columns(snowflake_conn, t.name, database=db)
     assert {"repaired", "minute_time"} <= snowflake_columns(snowflake_conn, "minute_bars", database=db)
     cur.execute(f"SELECT CLOSE, REPAIRED FROM {db}.POLYGON.MINUTE_BARS")
     assert cur.fetchall() == [(Decimal("97123.45"), None)]

@@ -18,6 +18,7 @@ from crypto_platform.warehouse.errors import (
 from crypto_platform.warehouse.migrations import SCHEMA_VERSION
 from crypto_platform.warehouse.parity import compare_sql
 from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
+from crypto_platform.warehouse.tables import ALL_TABLES, MINUTE_BARS
 
 DAY = "2025-11-20"
 EXACT = [
@@ -116,10 +117,13 @@ def test_row_outside_the_day_is_refused(warehouse: SqlWarehouse) -> None:
         warehouse.rebuild_day("trades", DAY, df)
 
 
-def test_migration_upgrades_in_place(warehouse: SqlWarehouse) -> None:
-    assert warehouse.migrate(target=SCHEMA_VERSION - 1) == list(range(1, SCHEMA_VERSION))
-    assert warehouse.schema_version() == SCHEMA_VERSION - 1
-    assert "repaired" not in warehouse.columns("crypto_minute_bars")
+@pytest.mark.parametrize("start", range(1, SCHEMA_VERSION))
+def test_migration_upgrades_in_place(warehouse: SqlWarehouse, start: int) -> None:
+    """A database created by an older release gains every later column, index and table, keeping its rows."""
+    assert warehouse.migrate(target=start) == list(range(1, start + 1))
+    assert warehouse.schema_version() == start
+    later = [c.name for c in MINUTE_BARS.columns if c.added_in > start]
+    assert not set(later) & warehouse.columns("crypto_minute_bars")
     ph = "?" if warehouse.dialect == "sqlite" else "%s"
     lo, _ = day_bounds_ms(DAY)
     with warehouse.connect() as conn:
@@ -131,10 +135,15 @@ def test_migration_upgrades_in_place(warehouse: SqlWarehouse) -> None:
             ("BTC-USD", lo, "97123.450000000000000000", 1),
         )
         conn.commit()
-    assert warehouse.migrate() == [SCHEMA_VERSION]
+    assert warehouse.migrate() == list(range(start + 1, SCHEMA_VERSION + 1))
     assert warehouse.schema_version() == SCHEMA_VERSION
-    assert {"repaired", "minute_time"} <= warehouse.columns("crypto_minute_bars")
-    assert "rule" in warehouse.columns("crypto_alerts")
+    for t in ALL_TABLES:
+        assert {c.name for c in t.columns} | {c.human for c in t.columns if c.human} <= warehouse.columns(t.name)
+    with warehouse.connect() as conn:
+        from crypto_platform.warehouse.sql import _SqlSchema
+
+        schema = _SqlSchema(conn, warehouse.dialect, getattr(warehouse, "database", ""))
+        assert any("segment" in ix for ix in schema.existing_indexes("crypto_trades"))
     back = warehouse.read_partition("minute_bars", DAY)
     assert len(back) == 1 and Decimal(str(back.loc[0, "close"])) == Decimal("97123.45")
     assert back.loc[0, "repaired"] is None or pd.isna(back.loc[0, "repaired"])
