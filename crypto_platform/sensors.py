@@ -4,22 +4,57 @@ Each tick does bounded work, far below Dagster's 60 s evaluation limit: read the
 the ingester if none holds the lock (never two: the lock decides), list at most
 ``max_segments_per_tick`` new sealed segments, and request one run per UTC day they touch, keyed by
 the segment range (crypto_platform.stream_batches). The cursor lives in Dagster's storage, so
-restarts and reloads neither skip nor repeat a batch. Ingester health is reported as an
-observation of the ``landing_log`` asset (events/s, lag, reconnects, gaps, last error), visible on
-its page in the UI, and in the tick's log.
+restarts and reloads neither skip nor repeat a batch.
+
+The runs are of the ``stream_batch`` job: the raw tables of the channels the batch holds, the
+minute bars and alerts when it has trades or bars, and their MySQL and Snowflake copies, with
+every check of those assets. It runs in one process (no process per step: a step process costs a
+few seconds of imports, which is most of a micro-batch's budget), and ``dagster.yaml`` lets one
+``stream_batch`` run go at a time (tag ``crypto/landing_log``) so batches apply in order; each
+stage keeps its own watermark, so a failed run's segments are taken in by the next one. Ingester
+health is reported as an observation of the ``landing_log`` asset (events/s, lag, reconnects, gaps,
+last error), visible on its page in the UI, and in the tick's log.
 """
 
 import time
+from collections.abc import Iterable
 
 import dagster as dg
 
+from crypto_platform.assets.alerts import crypto_alerts
+from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.landing_log import landing_log
-from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades
+from crypto_platform.assets.raw import raw_aggregates, raw_book, raw_quotes, raw_trades
+from crypto_platform.assets.warehouse import COPIES, WAREHOUSE_ASSETS
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.session_ledger import gaps, sessions
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
 
-STREAM_TARGETS = [raw_trades, raw_quotes, raw_aggregates]
+RAW_BY_CHANNEL = {"XT": raw_trades, "XQ": raw_quotes, "XA": raw_aggregates, "XAS": raw_aggregates, "XL2": raw_book}
+# Built from trades and XA bars: selected (with both raw tables) when a batch has either.
+BAR_INPUTS = {raw_trades.key, raw_aggregates.key}
+STREAM_COPIES = [(c, WAREHOUSE_ASSETS[c.asset_name(b)]) for c in COPIES if c.stream for b in ("mysql", "snowflake")]
+
+
+def batch_selection(channels: Iterable[str]) -> list[dg.AssetKey]:
+    """The assets a micro-batch run builds for a day whose new segments hold ``channels``."""
+    lake = {RAW_BY_CHANNEL[c].key for c in channels if c in RAW_BY_CHANNEL}
+    if lake & BAR_INPUTS:
+        lake |= BAR_INPUTS | {minute_bars.key, crypto_alerts.key}
+    # The session ledger's copy goes with every batch: each one has connection news.
+    sources = lake | {landing_log.key}
+    copies = [asset.key for copy, asset in STREAM_COPIES if copy.upstream in sources]
+    return sorted(lake, key=str) + copies
+
+
+stream_batch = dg.define_asset_job(
+    "stream_batch",
+    selection=dg.AssetSelection.assets(*batch_selection(RAW_BY_CHANNEL)),
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_retries": "2"},  # dagster.yaml enables run retries for jobs that ask
+    description="One micro-batch of sealed landing segments: raw tables, minute bars, alerts and their warehouse "
+    "copies for one UTC day (launched by stream_sensor; each run selects what its segments hold).",
+)
 
 
 def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
@@ -45,7 +80,7 @@ def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int 
 
 @dg.sensor(
     name="stream_sensor",
-    target=STREAM_TARGETS,
+    job=stream_batch,
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
@@ -72,6 +107,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         dg.RunRequest(
             run_key=b.run_key(log),
             partition_key=b.day,
+            asset_selection=batch_selection(b.channels),
             tags={SEGMENTS_TAG: b.segment_range, LANDING_LOG_TAG: log},
         )
         for b in batches

@@ -54,6 +54,7 @@ class DayBatch:
     first_seq: int
     last_seq: int
     events: int
+    channels: frozenset[str] = frozenset()  # the data channels with events of this day
 
     @property
     def segment_range(self) -> str:
@@ -91,6 +92,7 @@ def plan_batches(
 
     by_day: dict[str, list[int]] = {}
     events: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}
     for entry in taken:
         seq = int(entry["seq"])
         for day, channels in (entry.get("days") or {}).items():
@@ -100,5 +102,8 @@ def plan_batches(
                 continue
             by_day.setdefault(day, []).append(seq)
             events[day] = events.get(day, 0) + data_events
-    batches = [DayBatch(day, min(seqs), max(seqs), events[day]) for day, seqs in sorted(by_day.items())]
+            seen.setdefault(day, set()).update(ch for ch, c in channels.items() if ch != "status" and c.get("events"))
+    batches = [
+        DayBatch(day, min(seqs), max(seqs), events[day], frozenset(seen[day])) for day, seqs in sorted(by_day.items())
+    ]
     return batches, StreamCursor(log_id=log_id, seq=int(taken[-1]["seq"]))

@@ -123,7 +123,7 @@ def records_for_run(
         elif event.event_type == DagsterEventType.ASSET_FAILED_TO_MATERIALIZE:
             failed.setdefault(event.asset_key.to_user_string(), []).append(rec)
         else:
-            evaluation = event.event_specific_data.asset_check_evaluation
+            evaluation = event.event_specific_data
             asset = evaluation.asset_key.to_user_string()
             partition = partition_label(run.tags, [evaluation.partition] if evaluation.partition else [])
             metrics = numeric_metadata(evaluation.metadata)
