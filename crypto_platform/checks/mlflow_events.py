@@ -47,6 +47,7 @@ _RUN_EVENTS = {
     DagsterEventType.ASSET_MATERIALIZATION,
     DagsterEventType.ASSET_FAILED_TO_MATERIALIZE,
     DagsterEventType.ASSET_CHECK_EVALUATION,
+    DagsterEventType.STEP_FAILURE,
 }
 RUNS_PER_TICK = 25
 TICK_BUDGET_S = 30.0  # well inside Dagster's 60 s sensor evaluation limit
@@ -115,6 +116,7 @@ def records_for_run(
     }
     loads: dict[str, list[Any]] = {}
     failed: dict[str, list[Any]] = {}
+    errors: dict[str, str] = {}  # step -> first line of its error
     out: list[MlflowRecord] = []
     for rec in events:
         event = rec.event_log_entry.dagster_event
@@ -122,6 +124,12 @@ def records_for_run(
             loads.setdefault(event.asset_key.to_user_string(), []).append(rec)
         elif event.event_type == DagsterEventType.ASSET_FAILED_TO_MATERIALIZE:
             failed.setdefault(event.asset_key.to_user_string(), []).append(rec)
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            # A step that raised: its asset (one asset per step here) did not materialize.
+            error = getattr(event.event_specific_data, "error", None)
+            cause = getattr(error, "cause", None) or error
+            errors[event.step_key or "unknown"] = str(getattr(cause, "message", "") or "").strip()[:500]
+            failed.setdefault(event.step_key or "unknown", []).append(rec)
         else:
             evaluation = event.event_specific_data
             asset = evaluation.asset_key.to_user_string()
@@ -190,6 +198,8 @@ def records_for_run(
         partition = partition_label(run.tags, [r.event_log_entry.dagster_event.partition for r in recs])
         tags = {**base, "dagster.asset": asset, "dagster.partition": partition}
         tags["dagster.code_version"] = code_versions.get(asset, "unknown")
+        if errors.get(asset):
+            tags["dagster.error"] = errors[asset]
         out.append(
             MlflowRecord(
                 INGESTION_EXPERIMENT,
