@@ -283,12 +283,9 @@ def _previous_day(day: str) -> str:
     return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
 
-_minute_bars = getattr(bars, "minute_bars", None)  # the bars helper's asset, when it exists
-
-
 @dg.asset(
     partitions_def=DAILY_PARTITIONS,
-    deps=[raw_trades, *([_minute_bars] if isinstance(_minute_bars, dg.AssetsDefinition) else [])],
+    deps=[raw_trades, bars.minute_bars],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
     check_specs=[dg.AssetCheckSpec(NO_UNMUTED, asset="crypto_alerts", blocking=False)],
     group_name="quality",
