@@ -62,6 +62,16 @@ def test_landing_log_is_an_external_ingest_asset() -> None:
     assert "ingester" in (node.description or "")
 
 
+def test_every_asset_has_checks_a_group_an_owner_and_a_description() -> None:
+    graph = definitions.defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        name = key.to_user_string()
+        assert node.check_keys, f"{name} has no asset check"
+        assert node.group_name in {"ingest", "lake", "warehouse", "quality"}, name
+        assert node.owners and node.description and node.kinds, name
+
+
 def test_every_module_is_listed_once() -> None:
     names = [m.__name__ for m in definitions.DEFINITION_MODULES]
     assert len(names) == len(set(names))

@@ -13,6 +13,7 @@ landing_log = dg.AssetSpec(
     "landing_log",
     group_name="ingest",
     kinds={"python"},
+    owners=["team:data-platform"],
     description=(
         "Append-only log of every raw Polygon WebSocket frame with its receive time, written by the "
         "ingester process (`crypto-platform stream`) under CRYPTO_DATA_DIR/landing: sealed NDJSON "

@@ -155,9 +155,7 @@ TABLE_CHECKS: dict[str, LakeAssetChecks] = {
         ((ONE_CURRENT, True, "exactly one is_current revision per (pair, channel, start_ms)", _one_current),),
     ),
 }
-_BOOK = getattr(raw, "BOOK", None)  # raw_book is optional (Polygon deprecated XL2)
-if isinstance(_BOOK, RawTable):
-    TABLE_CHECKS[_BOOK.name] = LakeAssetChecks(_BOOK, "event_ms", ())
+TABLE_CHECKS["raw_book"] = LakeAssetChecks(raw.BOOK, "event_ms", ())
 
 
 def freshness_figures(
@@ -270,4 +268,4 @@ def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefi
 raw_trades_checks = lake_asset_checks("raw_trades", TABLE_CHECKS["raw_trades"])
 raw_quotes_checks = lake_asset_checks("raw_quotes", TABLE_CHECKS["raw_quotes"])
 raw_aggregates_checks = lake_asset_checks("raw_aggregates", TABLE_CHECKS["raw_aggregates"])
-raw_book_checks = lake_asset_checks(_BOOK.name, TABLE_CHECKS[_BOOK.name]) if isinstance(_BOOK, RawTable) else None
+raw_book_checks = lake_asset_checks("raw_book", TABLE_CHECKS["raw_book"])
