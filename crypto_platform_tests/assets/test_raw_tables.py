@@ -10,10 +10,10 @@ import dagster as dg
 import orjson
 import pyarrow.parquet as pq
 
-from crypto_platform.assets.raw import raw_aggregates, raw_quotes
-from crypto_platform.resources.lake import LakeResource
+from crypto_platform.assets.raw import raw_aggregates, raw_book, raw_quotes, raw_trades
+from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.stream_batches import SEGMENTS_TAG
-from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing
+from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
 
 DAY = "2025-11-24"
 MINUTE = DAY1_MS - DAY1_MS % 60_000
@@ -105,3 +105,53 @@ def test_every_bar_revision_is_kept_and_the_latest_is_current(tmp_path: Path) ->
     assert xa[1]["volume"] == Decimal("12.50000001") and xa[1]["end_ms"] - xa[1]["start_ms"] == 60_000
     (xas,) = [r for r in rows if r["channel"] == "XAS"]
     assert xas["revision"] == 0 and xas["is_current"] and xas["close"] == Decimal("97001")
+
+
+def book_frame(t: int) -> bytes:
+    # Two snapshots in one millisecond (seq 0 and 1); sizes down to 1e-18, a BTC price near 100k.
+    return (
+        f'[{{"ev":"XL2","pair":"BTC-USD","t":{t},"r":{t + 7},"x":1,'
+        f'"b":[[99999.98,0.000000000000000001],[99999.5,2.25]],"a":[[100000.01,1.5]]}},'
+        f'{{"ev":"XL2","pair":"BTC-USD","t":{t},"r":{t + 8},"x":1,"b":[[99999.97,3]],"a":[]}}]'
+    ).encode()
+
+
+def test_book_snapshots_keep_exact_levels_and_a_resent_frame_collapses(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(book_frame(DAY1_MS), trades_frame(0, 3, DAY1_MS))
+    landing.segment(book_frame(DAY1_MS))  # re-sent
+    last = landing.segment(book_frame(DAY1_MS + 1000))
+    inc, full = LakeResource(root=str(tmp_path / "inc")), LakeResource(root=str(tmp_path / "full"))
+    for seq in range(1, last + 1):
+        materialize(raw_book, landing, inc, {SEGMENTS_TAG: f"{seq}-{seq}"})
+    materialize(raw_book, landing, full, {})
+    rows = full.read_partition("raw_book", DAY).to_pylist()
+    assert inc.read_partition("raw_book", DAY).equals(full.read_partition("raw_book", DAY))
+    assert [(r["event_ms"] - DAY1_MS, r["seq"], r["segment"]) for r in rows] == [
+        (0, 0, 1),
+        (0, 1, 1),
+        (1000, 0, 3),
+        (1000, 1, 3),
+    ]
+    assert rows[0]["bids"] == [
+        {"price": Decimal("99999.98"), "size": Decimal("1E-18")},
+        {"price": Decimal("99999.5"), "size": Decimal("2.25")},
+    ]
+    assert rows[0]["asks"] == [{"price": Decimal("100000.01"), "size": Decimal("1.5")}] and rows[1]["asks"] == []
+
+
+def test_a_failed_runs_segments_are_taken_in_by_the_next_run(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    materialize(raw_trades, landing, lake, {SEGMENTS_TAG: "1-1"})
+    landing.segment(trades_frame(5, 5, DAY1_MS))  # its run ("2-2") failed or never ran
+    last = landing.segment(trades_frame(10, 5, DAY1_MS))
+    materialize(raw_trades, landing, lake, {SEGMENTS_TAG: f"{last}-{last}"})
+    table = lake.read_partition("raw_trades", DAY)
+    assert sorted(table["segment"].to_pylist()) == [1] * 5 + [2] * 5 + [3] * 5
+    assert segments_through(table) == last
+    # A stale re-execution of the failed run changes nothing and never lowers the watermark.
+    materialize(raw_trades, landing, lake, {SEGMENTS_TAG: "2-2"})
+    again = lake.read_partition("raw_trades", DAY)
+    assert again.equals(table) and segments_through(again) == last
