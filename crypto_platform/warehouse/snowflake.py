@@ -49,6 +49,7 @@ from crypto_platform.warehouse.sql import (
     max_segment_of,
 )
 from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
+from crypto_platform.warehouse.views import view_sql
 
 DATABASE = "MARKET_DATA"
 SCHEMA = "POLYGON"
@@ -166,10 +167,18 @@ def use_schema(conn: Connection, database: str = DATABASE, schema: str = SCHEMA)
 def migrate_snowflake(
     source: ConnectionSource, target: int | None = None, *, database: str = DATABASE, schema: str = SCHEMA
 ) -> list[int]:
-    """Create or upgrade MARKET_DATA.POLYGON to ``target`` (default: this release); return versions applied."""
+    """Create or upgrade MARKET_DATA.POLYGON to ``target`` (default: this release); return versions applied.
+
+    At the current version the analyst views (:mod:`crypto_platform.warehouse.views`) are re-created too,
+    as ``SqlWarehouse.migrate`` does for MySQL and SQLite.
+    """
     with _connection(source) as conn:
         use_schema(conn, database, schema)
-        return apply_migrations(_SnowflakeSchema(conn, database, schema), target)
+        done = apply_migrations(_SnowflakeSchema(conn, database, schema), target)
+        if (target or SCHEMA_VERSION) == SCHEMA_VERSION:
+            for sql in view_sql("snowflake", database=database, schema=schema):
+                _execute(conn, sql)
+        return done
 
 
 def snowflake_schema_version(source: ConnectionSource, *, database: str = DATABASE, schema: str = SCHEMA) -> int:

@@ -38,6 +38,7 @@ class Column:
     added_in: int = 1  # schema version that introduced the column
     human: str | None = None  # name of the generated DATETIME(3) column derived from this time column
     unit: Literal["ms", "ns", ""] = ""  # unit of a time column with a human companion
+    doc: str = ""  # what the column means (docs/tables.md is generated from it)
 
 
 @dataclass(frozen=True)
@@ -101,24 +102,29 @@ class Table:
 
 
 def _pair() -> Column:
-    return Column("pair", "str", 32, nullable=False)
+    return Column("pair", "str", 32, nullable=False, doc="Polygon crypto pair, e.g. BTC-USD")
 
 
-def _dec(name: str, *, nullable: bool = True, added_in: int = 1) -> Column:
-    return Column(name, "dec", nullable=nullable, added_in=added_in)
+def _dec(name: str, doc: str, *, nullable: bool = True, added_in: int = 1) -> Column:
+    return Column(name, "dec", nullable=nullable, added_in=added_in, doc=doc)
 
 
-def _ms(name: str, *, nullable: bool = True, human: str | None = None) -> Column:
-    return Column(name, "int", nullable=nullable, human=human or name.removesuffix("_ms") + "_time", unit="ms")
+def _ms(name: str, doc: str, *, nullable: bool = True, human: str | None = None) -> Column:
+    human = human or name.removesuffix("_ms") + "_time"
+    return Column(name, "int", nullable=nullable, human=human, unit="ms", doc=doc)
 
 
 def _received_ns() -> Column:
-    return Column("received_ns", "int", nullable=False, human="received_time", unit="ns")
+    doc = "when our ingester received the frame (epoch ns, its wall clock)"
+    return Column("received_ns", "int", nullable=False, human="received_time", unit="ns", doc=doc)
 
 
 def _lineage() -> tuple[Column, ...]:
     # Which connection session and landing segment a row came from (replay lineage).
-    return (Column("session", "int"), Column("segment", "int"))
+    return (
+        Column("session", "int", doc="connection session that received the row (crypto_stream_sessions)"),
+        Column("segment", "int", doc="landing-log segment the row was read from; NULL for REST repair rows"),
+    )
 
 
 TRADES = Table(
@@ -126,16 +132,16 @@ TRADES = Table(
     snowflake="TRADES",
     columns=(
         _pair(),
-        Column("exchange", "int", nullable=False),
-        Column("trade_id", "str", 80, nullable=False),
-        _dec("price", nullable=False),
-        _dec("size", nullable=False),
-        Column("conditions", "text"),
-        _ms("event_ms", nullable=False),
-        _ms("polygon_received_ms"),
+        Column("exchange", "int", nullable=False, doc="Polygon exchange id (x)"),
+        Column("trade_id", "str", 80, nullable=False, doc="exchange trade id (i); 'h:' + content hash when absent"),
+        _dec("price", "trade price (p), exact", nullable=False),
+        _dec("size", "trade size in the base currency (s), exact", nullable=False),
+        Column("conditions", "text", doc="Polygon condition codes (c) as a JSON array"),
+        _ms("event_ms", "exchange timestamp of the trade (t, epoch ms)", nullable=False),
+        _ms("polygon_received_ms", "when Polygon received the trade (r, epoch ms)"),
         _received_ns(),
         *_lineage(),
-        Column("source", "str", 16, nullable=False),
+        Column("source", "str", 16, nullable=False, doc="'ws' (stream) or 'rest_repair' (fetched after a gap)"),
     ),
     key=("pair", "exchange", "trade_id"),
     indexes=(("pair", "event_ms"), ("event_ms",), Index(("segment",), 3)),
@@ -148,14 +154,14 @@ QUOTES = Table(
     snowflake="QUOTES",
     columns=(
         _pair(),
-        Column("exchange", "int", nullable=False),
-        _ms("event_ms", nullable=False),
-        Column("seq", "int", nullable=False),
-        _dec("bid_price"),
-        _dec("bid_size"),
-        _dec("ask_price"),
-        _dec("ask_size"),
-        _ms("polygon_received_ms"),
+        Column("exchange", "int", nullable=False, doc="Polygon exchange id (x)"),
+        _ms("event_ms", "exchange timestamp of the quote (t, epoch ms)", nullable=False),
+        Column("seq", "int", nullable=False, doc="0, 1, ... for quotes with the same (pair, exchange, t) in a frame"),
+        _dec("bid_price", "best bid price (bp)"),
+        _dec("bid_size", "size at the best bid (bs)"),
+        _dec("ask_price", "best ask price (ap)"),
+        _dec("ask_size", "size at the best ask (as)"),
+        _ms("polygon_received_ms", "when Polygon received the quote (r, epoch ms)"),
         _received_ns(),
         *_lineage(),
     ),
@@ -170,18 +176,18 @@ AGGREGATES = Table(
     snowflake="AGGREGATES",
     columns=(
         _pair(),
-        Column("channel", "str", 4, nullable=False),
-        _ms("start_ms", nullable=False),
-        _ms("end_ms"),
-        _dec("open"),
-        _dec("high"),
-        _dec("low"),
-        _dec("close"),
-        _dec("volume"),
-        _dec("vwap"),
-        _dec("avg_trade_size"),
+        Column("channel", "str", 4, nullable=False, doc="'XA' (minute bar) or 'XAS' (second bar)"),
+        _ms("start_ms", "bar start (s, epoch ms)", nullable=False),
+        _ms("end_ms", "bar end (e, epoch ms)"),
+        _dec("open", "Polygon's open (o)"),
+        _dec("high", "Polygon's high (h)"),
+        _dec("low", "Polygon's low (l)"),
+        _dec("close", "Polygon's close (c)"),
+        _dec("volume", "Polygon's volume (v)"),
+        _dec("vwap", "Polygon's volume-weighted average price (vw)"),
+        _dec("avg_trade_size", "Polygon's average trade size (z)"),
         _received_ns(),
-        Column("revision", "int", nullable=False),
+        Column("revision", "int", nullable=False, doc="0 for the first version of the bar, +1 per re-sent revision"),
         *_lineage(),
     ),
     key=("pair", "channel", "start_ms"),
@@ -195,33 +201,33 @@ MINUTE_BARS = Table(
     snowflake="MINUTE_BARS",
     columns=(
         _pair(),
-        _ms("minute_ms", nullable=False),
-        _dec("open"),
-        _dec("high"),
-        _dec("low"),
-        _dec("close"),
-        _dec("volume"),
-        _dec("vwap"),
-        Column("trade_count", "int"),
-        _ms("first_trade_ms"),
-        _ms("last_trade_ms"),
-        _dec("xa_open"),
-        _dec("xa_high"),
-        _dec("xa_low"),
-        _dec("xa_close"),
-        _dec("xa_volume"),
-        _dec("xa_vwap"),
+        _ms("minute_ms", "start of the UTC minute (epoch ms)", nullable=False),
+        _dec("open", "price of the minute's first trade"),
+        _dec("high", "highest trade price in the minute"),
+        _dec("low", "lowest trade price in the minute"),
+        _dec("close", "price of the minute's last trade"),
+        _dec("volume", "sum of trade sizes"),
+        _dec("vwap", "volume-weighted average price, sum(price*size)/sum(size)"),
+        Column("trade_count", "int", doc="trades in the minute"),
+        _ms("first_trade_ms", "time of the first trade (epoch ms)"),
+        _ms("last_trade_ms", "time of the last trade (epoch ms)"),
+        _dec("xa_open", "open of Polygon's current XA bar for the minute"),
+        _dec("xa_high", "high of Polygon's XA bar"),
+        _dec("xa_low", "low of Polygon's XA bar"),
+        _dec("xa_close", "close of Polygon's XA bar; NULL when Polygon sent none"),
+        _dec("xa_volume", "volume of Polygon's XA bar"),
+        _dec("xa_vwap", "vwap of Polygon's XA bar"),
         # built minus Polygon's XA bar; NULL when either side is missing
-        _dec("open_diff"),
-        _dec("high_diff"),
-        _dec("low_diff"),
-        _dec("close_diff"),
-        _dec("volume_diff"),
-        Column("settled", "bool"),
-        Column("source", "str", 16),
-        Column("in_gap", "bool"),
+        _dec("open_diff", "open - xa_open; NULL when either is missing"),
+        _dec("high_diff", "high - xa_high"),
+        _dec("low_diff", "low - xa_low"),
+        _dec("close_diff", "close - xa_close"),
+        _dec("volume_diff", "volume - xa_volume"),
+        Column("settled", "bool", doc="the revision window (CRYPTO_BAR_REVISION_WINDOW_S) has passed"),
+        Column("source", "str", 16, doc="'ws' (built from streamed trades) or 'rest_repair'"),
+        Column("in_gap", "bool", doc="the minute overlaps a stream gap (no connection)"),
         # v2: the bar was rebuilt with trades fetched from REST after a stream gap
-        Column("repaired", "bool", added_in=2),
+        Column("repaired", "bool", added_in=2, doc="rebuilt from REST trades or bars after a gap"),
     ),
     key=("pair", "minute_ms"),
     indexes=(("minute_ms",),),
@@ -234,17 +240,17 @@ DAILY_OPEN_CLOSE = Table(
     snowflake="DAILY_OPEN_CLOSE",
     columns=(
         _pair(),
-        Column("day", "date", nullable=False),
-        _dec("open"),
-        _dec("close"),
-        _ms("open_trade_ms"),
-        _ms("close_trade_ms"),
-        Column("is_utc", "bool"),
-        Column("open_trades", "text"),
-        Column("closing_trades", "text"),
-        _ms("fetched_ms"),
+        Column("day", "date", nullable=False, doc="UTC day"),
+        _dec("open", "Polygon's daily open"),
+        _dec("close", "Polygon's daily close"),
+        _ms("open_trade_ms", "time of the opening trade (epoch ms)"),
+        _ms("close_trade_ms", "time of the closing trade (epoch ms)"),
+        Column("is_utc", "bool", doc="true: the day is a UTC day (always, for fetched days); NULL for no_data"),
+        Column("open_trades", "text", doc='opening trade as JSON [{"i": id, "x": exchange, "t": ms}]'),
+        Column("closing_trades", "text", doc="closing trade, same JSON shape"),
+        _ms("fetched_ms", "when the REST answer was fetched (epoch ms)"),
         # v3: 'ok', or 'no_data' when Polygon had nothing for the pair and day (a row, never a silent skip)
-        Column("status", "str", 16, added_in=3),
+        Column("status", "str", 16, added_in=3, doc="'ok', or 'no_data' when Polygon had nothing for the day"),
     ),
     key=("pair", "day"),
     indexes=(("day",),),
@@ -256,21 +262,21 @@ STREAM_SESSIONS = Table(
     name="crypto_stream_sessions",
     snowflake="STREAM_SESSIONS",
     columns=(
-        Column("session", "int", nullable=False),
-        Column("url", "str", 255),
-        _ms("connect_ms", nullable=False),
-        _ms("first_frame_ms"),
-        _ms("last_frame_ms"),
-        _ms("disconnect_ms"),
-        Column("close_code", "int"),
-        Column("close_reason", "str", 255),
-        Column("frames", "int"),
-        Column("events", "int"),
-        Column("topics", "text"),
+        Column("session", "int", nullable=False, doc="connection number, counting up per landing log"),
+        Column("url", "str", 255, doc="WebSocket URL connected to"),
+        _ms("connect_ms", "connection opened (epoch ms)", nullable=False),
+        _ms("first_frame_ms", "first data frame received"),
+        _ms("last_frame_ms", "last data frame received"),
+        _ms("disconnect_ms", "connection closed; NULL while open"),
+        Column("close_code", "int", doc="WebSocket close code"),
+        Column("close_reason", "str", 255, doc="WebSocket close reason"),
+        Column("frames", "int", doc="frames received; NULL while open"),
+        Column("events", "int", doc="events received; NULL while open"),
+        Column("topics", "text", doc="subscribed topics as a JSON array"),
         # the gap before this session: previous session's last frame -> this session's first frame
-        _ms("gap_start_ms"),
-        _ms("gap_end_ms"),
-        Column("gap_ms", "int"),
+        _ms("gap_start_ms", "start of the gap before this session: the previous session's last frame"),
+        _ms("gap_end_ms", "end of that gap: this session's first frame"),
+        Column("gap_ms", "int", doc="length of that gap in ms"),
     ),
     key=("session",),
     indexes=(("connect_ms",),),
@@ -282,13 +288,13 @@ ALERTS = Table(
     name="crypto_alerts",
     snowflake=None,
     columns=(
-        Column("rule", "str", 64, nullable=False),
+        Column("rule", "str", 64, nullable=False, doc="price_above, price_below, volume_spike or whale_trade"),
         _pair(),
-        _ms("ts_ms", nullable=False, human="ts_time"),
-        _dec("value"),
-        _dec("threshold"),
-        Column("muted", "bool", nullable=False),
-        Column("reason", "str", 500),
+        _ms("ts_ms", "time of the trade or minute that fired the rule (epoch ms)", nullable=False, human="ts_time"),
+        _dec("value", "what crossed: the price, the minute volume, or the trade notional"),
+        _dec("threshold", "the rule's threshold (volume_spike: factor x median volume)"),
+        Column("muted", "bool", nullable=False, doc="fired in a stream gap or on gap-repair data (kept)"),
+        Column("reason", "str", 500, doc="why it was muted, or what fired it"),
     ),
     key=("rule", "pair", "ts_ms"),
     indexes=(("pair", "ts_ms"), ("ts_ms",)),
@@ -301,13 +307,13 @@ LOAD_WATERMARKS = Table(
     name="crypto_load_watermarks",
     snowflake="LOAD_WATERMARKS",
     columns=(
-        Column("table_name", "str", 64, nullable=False),
-        Column("day", "date", nullable=False),
+        Column("table_name", "str", 64, nullable=False, doc="warehouse table (its MySQL name)"),
+        Column("day", "date", nullable=False, doc="UTC day (partition)"),
         # highest landing segment whose rows of this day are in the table (NULL: not segment-tracked)
-        Column("segment", "int"),
-        Column("mode", "str", 16, nullable=False),  # 'rebuild' (whole day replaced) or 'upsert'
-        Column("rows_loaded", "int", nullable=False),
-        _ms("loaded_ms", nullable=False),
+        Column("segment", "int", doc="highest landing segment whose rows of the day are in the table"),
+        Column("mode", "str", 16, nullable=False, doc="'rebuild' (whole day replaced) or 'upsert'"),
+        Column("rows_loaded", "int", nullable=False, doc="rows written by that load"),
+        _ms("loaded_ms", "when the load committed (epoch ms)", nullable=False),
     ),
     key=("table_name", "day"),
     indexes=(),
