@@ -184,11 +184,12 @@ def add_index_sql(t: Table, ix: Index, dialect: Dialect) -> list[str]:
     if dialect == "mysql":
         return [f"ALTER TABLE {name} ADD INDEX {ix.name} ({cols})"]
     if dialect == "sqlite":
-        return [f"CREATE INDEX IF NOT EXISTS ix_{name}_{'_'.join(ix.columns)} ON {name} ({cols})"]
+        return [f"CREATE INDEX IF NOT EXISTS {index_name(t, ix, dialect)} ON {name} ({cols})"]
     return []
 
 
-def _index_name(t: Table, ix: Index, dialect: Dialect) -> str:
+def index_name(t: Table, ix: Index, dialect: Dialect) -> str:
+    """The index's name in ``dialect`` (SQLite index names are per database, so they carry the table)."""
     return ix.name if dialect == "mysql" else f"ix_{t.name}_{'_'.join(ix.columns)}"
 
 
@@ -267,7 +268,7 @@ def apply_migrations(
                         db.execute_ddl(sql)
             elif isinstance(step, AddIndex):
                 ix = next(i for i in t.indexes_at(m.version) if i.columns == step.columns)
-                if db.dialect != "snowflake" and _index_name(t, ix, db.dialect) not in db.existing_indexes(name):
+                if db.dialect != "snowflake" and index_name(t, ix, db.dialect) not in db.existing_indexes(name):
                     for sql in add_index_sql(t, ix, db.dialect):
                         db.execute_ddl(sql)
             elif step.column.lower() not in db.existing_columns(name):
