@@ -29,7 +29,9 @@ import pytest
 
 from crypto_platform import definitions
 from crypto_platform.local_stack import SIMULATOR_CLI_MODULE, port_open
-from crypto_platform.settings import DEFAULT_PAIRS, child_environment
+from crypto_platform.resources.snowflake import build_snowflake_resource
+from crypto_platform.settings import DEFAULT_PAIRS, child_environment, load_settings
+from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -185,7 +187,51 @@ def check_ui_backfill_and_rebuild(base: str, state: Path, today: str, alive: Cal
     assert len({tuple(k.values()) for k in keys}) == rebuilt.num_rows
 
 
+def check_tables_as_an_analyst(env: dict[str, str], state: Path, day: str, alive: Callable[[], str | None]) -> None:
+    """The stream's runs reached the SQL stand-in, the local Snowflake and MLflow, and agree with the lake."""
+    settings = load_settings(env)
+    warehouse = SqlWarehouse(settings.mysql_url)
+
+    def loaded_trades() -> int:
+        try:
+            return int(warehouse.query("SELECT COUNT(*) FROM crypto_trades")[0][0])
+        except Exception:  # the table appears with the first load
+            return 0
+
+    poll(loaded_trades, BOOT_DEADLINE_S, "trades in the SQL tables (crypto_trades)", alive)
+    lake_keys = {
+        (r["pair"], r["exchange"], r["trade_id"])
+        for r in pq.read_table(settings.lake_dir / "raw_trades" / f"date={day}" / "part.parquet").to_pylist()
+    }
+    sql_keys = {
+        (p, int(x), str(i)) for p, x, i in warehouse.query("SELECT pair, exchange, trade_id FROM crypto_trades")
+    }
+    assert sql_keys and sql_keys <= lake_keys  # the lake runs ahead of the warehouse, never behind
+    bars = warehouse.query("SELECT COUNT(*), SUM(in_gap) FROM crypto_minute_bars")[0]
+    assert int(bars[0]) > 0
+    sessions = warehouse.query("SELECT session, connect_ms FROM crypto_stream_sessions")
+    assert sessions and all(int(ms) > 0 for _, ms in sessions)
+
+    with build_snowflake_resource(settings).get_connection() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT pair, exchange, trade_id FROM MARKET_DATA.POLYGON.TRADES")
+        snow_keys = {(p, int(x), str(i)) for p, x, i in cur.fetchall()}
+    assert snow_keys and snow_keys <= lake_keys
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+    def logged_loads() -> list[Any]:
+        found = [e.experiment_id for e in client.search_experiments() if e.name == "crypto-ingestion"]
+        return client.search_runs(found, filter_string="tags.`dagster.asset` = 'mysql_trades'") if found else []
+
+    loads = poll(logged_loads, BOOT_DEADLINE_S, "mlflow_sensor to log a mysql_trades load", alive)
+    assert {r.info.status for r in loads} == {"FINISHED"}
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # boots the whole stack and waits on several runs: bounded by the polls' deadlines
 def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, dev_env: dict[str, str]) -> None:
     marker = dev_env["CRYPTO_STATE_DIR"]
     port = int(dev_env["CRYPTO_DAGSTER_PORT"])
@@ -275,6 +321,7 @@ def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, de
             assert partition.is_file()
             assert (state / "data" / "ingester" / "heartbeat.json").is_file()
             check_ui_backfill_and_rebuild(base, state, tags["dagster/partition"], dev_alive)
+            check_tables_as_an_analyst(dev_env, state, tags["dagster/partition"], dev_alive)
 
         # Ctrl-C, as a terminal delivers it: SIGINT to the foreground process group.
         os.killpg(dev.pid, signal.SIGINT)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -36,6 +37,18 @@ INGESTION_EXPERIMENT = "crypto-ingestion"
 # MLflow's limits: a key is letters, digits and _ - . space / (max 250); a param value max 6000.
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 _MAX_PARAM = 6000
+# mlflow is imported on first use (it costs seconds, and most code-server loads never log), but two
+# sensors ticking on Dagster's sensor threads must not import it at once: its package imports itself
+# circularly, and the second thread sees a half-initialised ``mlflow.tracking`` (ImportError).
+_IMPORT_LOCK = threading.Lock()
+
+
+def _mlflow_client_class() -> type[MlflowClient]:
+    with _IMPORT_LOCK:
+        import mlflow.entities  # noqa: F401  (log_run needs it; imported here under the lock)
+        from mlflow.tracking import MlflowClient
+
+    return MlflowClient
 
 
 def metric_key(name: str) -> str:
@@ -75,9 +88,7 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     params: dict[str, str] = {}
 
     def client(self) -> MlflowClient:
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        return _mlflow_client_class()(tracking_uri=self.tracking_uri)
 
     def experiment_id(self, client: MlflowClient | None = None, name: str | None = None) -> str:
         """The experiment's id (default: ``experiment_name``), creating the experiment on first use."""
@@ -112,9 +123,9 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         An error while logging terminates the run as FAILED before it propagates, so no run is ever
         left RUNNING. Non-finite metrics (NaN, inf) are dropped: MLflow stores them but charts break.
         """
+        client = client or self.client()  # imports mlflow (under the lock) before the next line does
         from mlflow.entities import Metric, Param, RunTag
 
-        client = client or self.client()
         exp_id = self.experiment_id(client, experiment)
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags), start_time=timestamp_ms)
         run_id = run.info.run_id
