@@ -1,7 +1,11 @@
-"""Warehouse fixtures: the SQL targets (MariaDB, SQLite in tmp_path) and a connection to the suite's fakesnow."""
+"""Warehouse fixtures: the SQL targets (MariaDB, SQLite in tmp_path), a throwaway MariaDB of a test's own,
+and a connection to the suite's fakesnow."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,3 +52,31 @@ def sf_database(request: pytest.FixtureRequest) -> str:
     import uuid
 
     return f"MD_{uuid.uuid4().hex[:8].upper()}"
+
+
+@pytest.fixture
+def throwaway_mariadb() -> Iterator[Any]:
+    """A MariaDB server of this test's own on a free port (``mariadb_server.ThrowawayMariaDB``), running.
+
+    The test may stop and start it; it is stopped and its datadir removed afterwards whatever happens.
+    Without the MariaDB binaries the test skips, or fails when ``CRYPTO_REQUIRE_MYSQL=1`` (CI); a
+    server that is installed but does not start always fails.
+    """
+    from crypto_platform_tests.conftest import free_port
+    from crypto_platform_tests.warehouse.mariadb_server import ThrowawayMariaDB, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CRYPTO_REQUIRE_MYSQL") == "1":
+            pytest.fail(f"CRYPTO_REQUIRE_MYSQL=1 but no throwaway MariaDB: {reason}")
+        pytest.skip(f"no throwaway MariaDB: {reason}")
+    # Not tmp_path: the socket path must stay under the 107-byte limit of a Unix socket name.
+    base = Path(tempfile.mkdtemp(prefix="cp_mariadb_"))
+    server = ThrowawayMariaDB(base, free_port())
+    try:
+        server.install()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
