@@ -15,8 +15,9 @@ A build is :func:`decode` then :func:`merge`:
 2. Python fix-ups that need the original text, only for the rare rows that need them (a trade
    without an id gets the same ``h:<sha1>`` id as ever, computed from the exact wire text).
 3. De-duplication by natural key over the new rows plus, for an incremental run, the rows already
-   in the lake: the earliest ``(received_ns, segment)`` wins (``QUALIFY row_number()``), ties going
-   to the row already in the lake, then to the earlier event of the frame.
+   in the lake: the earliest ``(received_ns, segment)`` wins, ties going to the row already in the
+   lake, then to the earlier event of the frame; the rows are ranked by receipt and each key keeps
+   its lowest rank (Arrow sort and hash grouping), then sorted into the table's order.
 
 Limits, on purpose:
 
@@ -40,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from crypto_platform.stream.landing_log import iter_lines
 
@@ -136,7 +139,8 @@ def decode(
         con.register(
             "segment_files", pa.table({"seq": [s.seq for s in segments], "path": [str(s.path) for s in segments]})
         )
-        table = con.execute(_read_sql(shape, len(segments), max_object), params).to_arrow_table()
+        # con.sql, not con.execute: a DB-API result would copy every row once more on its way to Arrow.
+        table = con.sql(_read_sql(shape, len(segments), max_object), params=params).to_arrow_table()
         broken = table["received_ns"].null_count > 0
         missing = [c for c in shape.required if table[c].null_count]
         if not broken and not missing and shape.window:
@@ -167,29 +171,49 @@ def merge(
     The earliest ``(received_ns, segment)`` wins; on a tie the existing row, then the lower frame
     index. ``finish`` is SQL over ``merged`` run afterwards (bar revision numbering). Returns the
     table (with ``schema``) and the number of rows dropped as duplicates.
+
+    Done with Arrow's sort and hash grouping rather than a SQL window (``QUALIFY row_number()``),
+    which sorts every row by key: ranking the rows by receipt once and keeping each key's lowest
+    rank is the same rule at a quarter of the cost. NULLs sort last and group together, as in SQL.
     """
-    columns = ", ".join(f'"{c}"' for c in schema.names)
-    sources = [f"SELECT {columns}, idx FROM decoded"]
-    con = duckdb.connect()
-    try:
-        con.register("decoded", decoded)
-        if existing is not None and existing.num_rows:
-            con.register("existing", existing.select(schema.names).cast(schema))
-            sources.append(f"SELECT {columns}, -1 AS idx FROM existing")
-        merged = con.sql(
-            f"""
-            SELECT {columns} FROM ({" UNION ALL ".join(sources)})
-            QUALIFY row_number() OVER (PARTITION BY {", ".join(key)} ORDER BY received_ns, segment, idx) = 1
-            ORDER BY {", ".join(order)}
-            """
-        ).to_arrow_table()
-        if finish is not None:
+    with_idx = schema.append(pa.field("idx", pa.int64()))
+    parts = [decoded.select(with_idx.names).cast(with_idx)]
+    if existing is not None and existing.num_rows:
+        rows = existing.select(schema.names).cast(schema)
+        parts.append(rows.append_column("idx", pa.array(np.full(rows.num_rows, -1, np.int64))))
+    combined = pa.concat_tables(parts)
+    total = combined.num_rows
+    sort_keys = [(c, "ascending") for c in order]
+    keep = _earliest_per_key(combined, key)
+    if keep is None:  # no duplicates: every row stays
+        rows = pc.sort_indices(combined.select(order), sort_keys)
+    else:
+        rows = keep.take(pc.sort_indices(combined.select(order).take(keep), sort_keys))
+    merged = combined.select(schema.names).take(rows)
+    if finish is not None:
+        con = duckdb.connect()
+        try:
             con.register("merged", merged)
             merged = con.sql(finish).to_arrow_table()
-    finally:
-        con.close()
-    total = decoded.num_rows + (existing.num_rows if existing is not None else 0)
+        finally:
+            con.close()
     return merged.select(schema.names).cast(schema), total - merged.num_rows
+
+
+def _earliest_per_key(table: pa.Table, key: Sequence[str]) -> pa.Array | None:
+    """Row numbers of each key's earliest row by ``(received_ns, segment, idx)``; None when every key is unique."""
+    receipt = pc.sort_indices(
+        table.select(["received_ns", "segment", "idx"]),
+        [("received_ns", "ascending"), ("segment", "ascending"), ("idx", "ascending")],
+    ).to_numpy()
+    rank = np.empty(len(receipt), np.int64)
+    rank[receipt] = np.arange(len(receipt), dtype=np.int64)  # rank[row] = its place in receipt order
+    # One thread: Arrow's threaded grouping merges per-thread hash tables afterwards, slower here.
+    ranked = table.select(key).append_column("_rank", pa.array(rank))
+    firsts = ranked.group_by(list(key), use_threads=False).aggregate([("_rank", "min")])
+    if firsts.num_rows == table.num_rows:
+        return None
+    return pa.array(receipt[firsts["_rank_min"].to_numpy()])
 
 
 # -- exact slow paths, only for the rows or files that need them ------------------------------------

@@ -1,22 +1,29 @@
 """raw_quotes and raw_aggregates from a real landing log: exact values, de-duplication, bar revisions,
-and incremental runs (one per segment) ending in exactly what a rebuild gives."""
+and incremental runs (one per segment) ending in exactly what a rebuild gives; and the de-duplication
+(:func:`crypto_platform.lake_decode.merge`) against an exact Python statement of its rule."""
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from crypto_platform.assets.raw import raw_aggregates, raw_book, raw_quotes, raw_trades
+from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA, raw_aggregates, raw_book, raw_quotes, raw_trades
+from crypto_platform.lake_decode import merge
 from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
 
 DAY = "2025-11-24"
 MINUTE = DAY1_MS - DAY1_MS % 60_000
+IDX = pa.field("idx", pa.int64())  # decode's extra column: the event's index in its frame
 
 
 def quotes_frame(t: int, n: int) -> bytes:
@@ -155,3 +162,66 @@ def test_a_failed_runs_segments_are_taken_in_by_the_next_run(tmp_path: Path) -> 
     materialize(raw_trades, landing, lake, {SEGMENTS_TAG: "2-2"})
     again = lake.read_partition("raw_trades", DAY)
     assert again.equals(table) and segments_through(again) == last
+
+
+def _nulls_last(value: Any) -> tuple[bool, Any]:
+    return (value is None, 0 if value is None else value)
+
+
+def expected_merge(decoded: list[dict[str, Any]], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """merge's rule row by row: per key the earliest (received_ns, segment), then existing, then frame index;
+    NULLs sort last and NULL keys are one key, as in SQL."""
+    best: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    for row, idx in [(r, r["idx"]) for r in decoded] + [(r, -1) for r in existing]:
+        key = tuple(row[c] for c in TRADES.key)
+        rank = (_nulls_last(row["received_ns"]), _nulls_last(row["segment"]), idx)
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, {c: row[c] for c in TRADES_SCHEMA.names})
+    rows = [row for _, row in best.values()]
+    return sorted(rows, key=lambda r: tuple(_nulls_last(r[c]) for c in TRADES.order))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_merge_keeps_each_keys_earliest_receipt_like_an_exact_python_rule(seed: int) -> None:
+    # Few keys and few receive times, so duplicates, receipt ties (broken by segment, then by the
+    # existing row, then by frame index), NULL ids and NULL lineage (REST rows) are all common.
+    rng = random.Random(seed)
+
+    def row(i: int, rest: bool = False) -> dict[str, Any]:
+        return {
+            "pair": rng.choice(["BTC-USD", "ETH-USD"]),
+            "exchange": rng.choice([1, 2]),
+            "trade_id": rng.choice([None, "1", "2", "3", "10", "a"]),
+            "price": Decimal(rng.randrange(1, 10**6)).scaleb(-rng.randrange(0, 19)),
+            "size": Decimal(rng.randrange(1, 10**6)).scaleb(-18),
+            "conditions": "[]",
+            "event_ms": DAY1_MS + rng.randrange(4),
+            "polygon_received_ms": None,
+            "received_ns": None if rest and rng.random() < 0.5 else rng.randrange(3),
+            "session": None if rest else 1,
+            "segment": None if rest else rng.randrange(1, 3),
+            "source": "rest_repair" if rest else "ws",
+            "idx": i,  # unique, so no two decoded rows tie on the whole receipt order
+        }
+
+    decoded = [row(i) for i in range(300)]
+    existing_rows, _ = merge(
+        pa.Table.from_pylist([row(1000 + i, rest=True) for i in range(60)], schema=TRADES_SCHEMA.append(IDX)),
+        None,
+        TRADES_SCHEMA,
+        TRADES.key,
+        TRADES.order,
+    )
+    existing = existing_rows.to_pylist()
+    for previous in (None, existing):
+        got, dropped = merge(
+            pa.Table.from_pylist(decoded, schema=TRADES_SCHEMA.append(IDX)),
+            None if previous is None else pa.Table.from_pylist(previous, schema=TRADES_SCHEMA),
+            TRADES_SCHEMA,
+            TRADES.key,
+            TRADES.order,
+        )
+        want = expected_merge(decoded, previous or [])
+        assert got.schema == TRADES_SCHEMA
+        assert got.to_pylist() == want
+        assert dropped == len(decoded) + len(previous or []) - len(want) > 0
