@@ -83,6 +83,7 @@ _MAX_STMT_BYTES = 12 * 1024 * 1024
 _LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 3950, 4166}
 _CONNECT_ERRORS = {2002, 2003, 2005, 2006, 2013}
 _AT_ROW = re.compile(r"at row (\d+)")
+_FOR_COLUMN = re.compile(r"column '([^']+)'")
 
 
 @dataclass(frozen=True)
@@ -621,15 +622,20 @@ class SqlWarehouse:
         said = str(inner.args[-1]) if inner.args else str(inner)
         match = _AT_ROW.search(said)
         t = prepared.table
+        # "Data too long for column 'pair' at row 3", "Out of range value for column 'price' at row 1"
+        named = _FOR_COLUMN.search(said)
+        column = named.group(1) if named and named.group(1) in t.names else None
         if match:
             index = exc.offset + int(match.group(1)) - 1
             if 0 <= index < prepared.num_rows:
                 key = prepared.key_of(index)
+                where = f" in column {column}" if column else ""
                 return RowRejectedError(
-                    f"{describe_row(t, key, index)}: rejected by the database ({said}); the partition was rolled "
-                    "back, nothing written",
+                    f"{describe_row(t, key, index)}: rejected by the database{where} ({said}); the partition was "
+                    "rolled back, nothing written",
                     table=t.name,
                     row=key,
+                    column=column,
                 )
         return WarehouseLoadError(f"{t.name}: rejected by the database ({said}); rolled back, nothing written")
 

@@ -107,6 +107,7 @@ def test_database_error_mid_partition_rolls_back_everything(warehouse: SqlWareho
     assert "nothing written" in str(err.value)
     if warehouse.dialect == "mysql":
         assert isinstance(err.value, RowRejectedError) and err.value.row["trade_id"] == "107000"
+        assert err.value.column == "pair" and "in column pair" in str(err.value)
     assert _snapshot(warehouse) == before
 
 
