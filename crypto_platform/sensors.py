@@ -81,7 +81,7 @@ def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int 
 @dg.sensor(
     name="stream_sensor",
     job=stream_batch,
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=5,  # the daemon's loop is 5 s at best; every second here is freshness
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Keeps the ingester running (starts it when its lock is free) and launches one run per UTC day "

@@ -143,9 +143,11 @@ def test_every_trade_reaches_mysql_and_snowflake_once_exactly_and_bars_match(
                 executed.append(outcome.run_id)
             return len(result.run_requests or [])
 
-        # Micro-batches while the feed runs: the first tick starts the ingester.
+        # Micro-batches while the feed runs: for RUN_FOR_S and at least three runs (a loaded machine
+        # runs fewer batches in the same time).
         started = time.monotonic()
-        while time.monotonic() - started < RUN_FOR_S:
+        while time.monotonic() - started < RUN_FOR_S or len(executed) < 3:
+            assert time.monotonic() - started < DEADLINE_S, f"only {len(executed)} micro-batch runs"
             tick_and_run()
         assert "stopped" in supervision.stop_ingester(settings)  # seals the active segment
         # Drain what was sealed; the sensor must not start the ingester again meanwhile.
@@ -158,7 +160,6 @@ def test_every_trade_reaches_mysql_and_snowflake_once_exactly_and_bars_match(
         deadline = time.monotonic() + DEADLINE_S
         while tick_and_run():
             assert time.monotonic() < deadline, "the sensor kept finding new segments after the ingester stopped"
-        assert len(executed) >= 3, "expected several micro-batch runs"
 
         sent = sim.counters()
         sent_keys = [k for conn in sent["connections"].values() for k in conn["trade_keys"]]
@@ -238,8 +239,14 @@ def test_every_trade_reaches_mysql_and_snowflake_once_exactly_and_bars_match(
     loads = [r for r in runs if r.info.experiment_id == experiments["crypto-ingestion"]]
     trade_rows = sum(r.data.metrics["rows_loaded"] for r in loads if r.data.tags["dagster.asset"] == "mysql_trades")
     assert trade_rows >= len(sent_keys), "each per-batch MySQL load logged the rows it upserted"
+    # Latency by hop: event -> landed (lake checks), landed -> warehouse and event -> warehouse (loads).
+    timed = [r.data.metrics for r in loads if "landed_to_warehouse_s_p95" in r.data.metrics]
+    assert timed and all(0 < m["landed_to_warehouse_s_p50"] <= m["event_to_warehouse_s_p95"] for m in timed)
     checks = [r for r in runs if r.info.experiment_id == experiments["crypto-quality"]]
     assert {r.data.tags["dagster.check"] for r in checks} >= {"parity_with_lake", "unique_key"}
+    assert any(
+        "event_to_landed_s_p95" in r.data.metrics for r in checks if r.data.tags["dagster.check"] == "lake_freshness"
+    )
     assert all(r.data.metrics["passed"] == 1.0 for r in checks if r.data.tags["dagster.check"] == "parity_with_lake")
     logged = orjson.dumps([[r.data.params, r.data.tags] for r in runs])
     assert b"simulator-key" not in logged, "the API key never reaches MLflow"

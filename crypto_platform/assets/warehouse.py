@@ -18,11 +18,13 @@ with one connection per run.
 """
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from dagster_snowflake import SnowflakeResource
 
@@ -34,6 +36,7 @@ from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream_batches import SEGMENTS_TAG
+from crypto_platform.warehouse.frames import segment_mask
 from crypto_platform.warehouse.loads import DayLoad, SnowflakeTarget, SqlTarget, Target, load_day
 from crypto_platform.warehouse.snowflake import snowflake_connect_error
 from crypto_platform.warehouse.sources import (
@@ -170,7 +173,42 @@ def _parity_result(asset: str, loads: list[DayLoad]) -> dg.AssetCheckResult:
     )
 
 
-def _materialized(asset: str, loads: list[DayLoad], incremental: bool) -> dg.MaterializeResult:
+def freshness_metadata(frame: pd.DataFrame, before: int | None, after: int | None) -> dict[str, float]:
+    """Seconds from landing (and from event time) to queryable, for the streamed rows one load added.
+
+    Only the rows of the segments the load took in (``(before, after]``); REST repair rows have no
+    receive time of the stream and are left out. Event time is a trade's or quote's ``event_ms`` and
+    a bar's end, when Polygon can first send it.
+    """
+    if "received_ns" not in frame.columns or after is None or frame.empty:
+        return {}
+    rows = frame[segment_mask(frame, before, after) & frame["segment"].notna()]
+    if rows.empty:
+        return {}
+    now_ns = time.time_ns()
+    out: dict[str, float] = {}
+    landed = (now_ns - rows["received_ns"].to_numpy(dtype="int64")) / 1e9
+    out.update(_percentiles(landed, "landed_to_warehouse_s"))
+    event = "event_ms" if "event_ms" in rows.columns else "end_ms" if "end_ms" in rows.columns else None
+    if event is not None:
+        out.update(
+            _percentiles((now_ns // 1_000_000 - rows[event].to_numpy(dtype="int64")) / 1e3, "event_to_warehouse_s")
+        )
+    return out
+
+
+def _percentiles(values: np.ndarray, prefix: str) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        f"{prefix}_p50": round(float(p50), 3),
+        f"{prefix}_p95": round(float(p95), 3),
+        f"{prefix}_p99": round(float(p99), 3),
+    }
+
+
+def _materialized(
+    asset: str, loads: list[DayLoad], incremental: bool, freshness: dict[str, float] | None = None
+) -> dg.MaterializeResult:
     results = [d.result for d in loads]
     rows = sum(r.rows for r in results)
     metadata: dict[str, Any] = {
@@ -182,6 +220,7 @@ def _materialized(asset: str, loads: list[DayLoad], incremental: bool) -> dg.Mat
     marks = [r.watermark for r in results if r.watermark is not None]
     if marks:
         metadata["watermark_segment"] = max(marks)
+    metadata.update(freshness or {})
     return dg.MaterializeResult(metadata=metadata, check_results=[_parity_result(asset, loads)])
 
 
@@ -218,15 +257,19 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
     def run(context: dg.AssetExecutionContext, backend_resource: Any, resources: Sources) -> dg.MaterializeResult:
         incremental = SEGMENTS_TAG in context.run.tags
         loads = []
+        freshness: dict[str, float] = {}
         with _target(backend_resource) as target:
             for day in context.partition_keys:
                 rows = copy.read(resources, day)
                 loads.append(load_day(target, copy.table, day, rows, incremental=incremental, source=copy.source))
+                if incremental:
+                    result = loads[-1].result
+                    freshness = freshness_metadata(rows, result.watermark_before, result.watermark)
                 if incremental and copy.carry_over is not None:
                     earlier = copy.carry_over(resources, day)
                     if len(earlier):
                         target.upsert(copy.table, earlier)
-        return _materialized(name, loads, incremental)
+        return _materialized(name, loads, incremental, freshness)
 
     # Typed resource parameters: Dagster hands a ConfigurableResource over as itself only this way
     # (context.resources.snowflake is dagster-snowflake's connection wrapper, not the resource).

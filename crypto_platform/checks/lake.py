@@ -59,7 +59,7 @@ UNCROSSED = "uncrossed_quotes"
 ONE_CURRENT = "one_current_revision"
 
 # The lake may trail the landing log by this much before freshness warns: a segment is sealed
-# every 5 s and the stream sensor ticks every 10 s, so a healthy pipeline stays well below it.
+# every 5 s and the stream sensor ticks every 5 s, so a healthy pipeline stays well below it.
 LAKE_LAG_WARN_S = 300.0
 
 
