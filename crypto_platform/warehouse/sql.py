@@ -8,9 +8,10 @@ MySQL 8's ``AS new`` alias because MariaDB rejects the alias. SQLite gets ``ON C
 Two ways to write a partition (a DataFrame in the lake contract):
 
 - :meth:`SqlWarehouse.upsert`: micro-batches. Statements of ``batch_rows`` (default 5,000) rows.
-- :meth:`SqlWarehouse.rebuild_day`: backfills. Delete the day, then ``LOAD DATA LOCAL INFILE`` a
-  tab-separated file (about twice as fast); when either side refuses local infile, the same
-  transaction falls back to batched inserts and the reason is logged and returned.
+- :meth:`SqlWarehouse.rebuild_day`: backfills. ``LOAD DATA LOCAL INFILE … REPLACE`` of a
+  tab-separated file (about twice as fast as inserts) over the day, then delete the day's rows the
+  partition no longer has; when either side refuses local infile, the same transaction falls back
+  to batched upserts and the reason is logged and returned.
 - :meth:`SqlWarehouse.upsert_new_segments`: the stream sensor's per-batch loads. The day's load
   watermark (highest landing segment loaded, table ``crypto_load_watermarks``) is read under a row
   lock; every lake row of the day above it is upserted and the watermark raised, in one transaction.
@@ -43,6 +44,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,7 +58,7 @@ from crypto_platform.warehouse.errors import (
 )
 from crypto_platform.warehouse.frames import (
     Prepared,
-    decimal_text,
+    decimal_text_array,
     describe_row,
     max_segment,
     prepare,
@@ -67,6 +69,7 @@ from crypto_platform.warehouse.migrations import (
     VERSION_TABLE,
     Dialect,
     apply_migrations,
+    column_type,
 )
 from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
 from crypto_platform.warehouse.views import view_sql
@@ -84,6 +87,8 @@ _LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 3950, 4166}
 _CONNECT_ERRORS = {2002, 2003, 2005, 2006, 2013}
 _AT_ROW = re.compile(r"at row (\d+)")
 _FOR_COLUMN = re.compile(r"column '([^']+)'")
+# A rebuild's temporary table of the partition's keys (per connection, so no two loads share one).
+_KEEP = "crypto_rebuild_keys"
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class LoadResult:
     method: str  # "upsert" | "load_data" | "insert"
     seconds: float
     day: str | None = None
-    deleted: int = 0
+    deleted: int = 0  # a rebuild: rows of the day that the new partition no longer has
     dropped_duplicates: int = 0
     fallback_reason: str | None = None
     # load watermark (highest landing segment loaded) of the (table, day) before and after the load
@@ -396,6 +401,13 @@ class SqlWarehouse:
 
         ``method``: ``auto`` (MySQL: LOAD DATA LOCAL INFILE, falling back to inserts if refused),
         ``load_data`` (no fallback) or ``insert``. Every row must belong to ``day``.
+
+        How (decided, measured with benchmarks/warehouse_load.py): the partition is upserted over the day
+        (``LOAD DATA … REPLACE`` or batched upserts), then only the day's rows whose key is not in the
+        partition are deleted. A rebuild mostly re-loads rows that are already there, unchanged; deleting
+        the whole day first made InnoDB delete-mark and re-insert every row in four indexes, which was
+        half the time of a 1M-row rebuild. Whether anything is stale is one indexed count (the day's rows
+        vs the partition's); only then are the partition's keys put in a temporary table to find them.
         """
         t = table(name)
         started = time.perf_counter()
@@ -406,7 +418,7 @@ class SqlWarehouse:
         with self.connect() as conn, self._load_transaction(conn, prepared):
             # The watermark row first: the same lock order as upsert_new_segments (no deadlock).
             before = self._read_watermark(conn, t, day, lock=True)
-            deleted = self._delete_day(conn, t, day)
+            existing = self._count_day(conn, t, day)
             used = "insert"
             if use_load_data:
                 try:
@@ -420,9 +432,10 @@ class SqlWarehouse:
                     _rollback(conn)
                     self._begin(conn)
                     before = self._read_watermark(conn, t, day, lock=True)
-                    deleted = self._delete_day(conn, t, day)
+                    existing = self._count_day(conn, t, day)
             if used == "insert":
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
+            deleted = self._delete_stale(conn, prepared, day, load_data=used == "load_data") if existing else 0
             after = max_segment_of(prepared)
             self._write_watermark(conn, t, day, after, "rebuild", prepared.num_rows)
         return LoadResult(
@@ -523,10 +536,12 @@ class SqlWarehouse:
     def _placeholder(self) -> str:
         return "?" if self.dialect == "sqlite" else "%s"
 
-    def _upsert_sql(self, prepared: Prepared) -> str:
+    def _upsert_sql(self, prepared: Prepared, into: str | None = None, *, upsert: bool = True) -> str:
         t = prepared.table
         cols = prepared.columns
         ph = ", ".join([self._placeholder()] * len(cols))
+        if not upsert:
+            return f"INSERT INTO {into or t.name} ({', '.join(cols)}) VALUES ({ph})"
         values = [c for c in cols if c not in t.key]
         if self.dialect == "sqlite":
             update = ", ".join(f"{c} = excluded.{c}" for c in values) if values else None
@@ -535,10 +550,13 @@ class SqlWarehouse:
         update = ", ".join(f"{c} = VALUES({c})" for c in (values or list(t.key[:1])))
         return f"INSERT INTO {t.name} ({', '.join(cols)}) VALUES ({ph}) ON DUPLICATE KEY UPDATE {update}"
 
-    def _insert_batches(self, conn: Any, prepared: Prepared, batch_rows: int, *, upsert: bool) -> None:
+    def _insert_batches(
+        self, conn: Any, prepared: Prepared, batch_rows: int, *, upsert: bool, into: str | None = None
+    ) -> None:
+        """Batched INSERTs of ``prepared`` (upserts on the natural key with ``upsert``) into its table or ``into``."""
         if not prepared.num_rows:
             return
-        sql = self._upsert_sql(prepared)
+        sql = self._upsert_sql(prepared, into, upsert=upsert)
         columns = prepared.text_columns()
         n = prepared.num_rows
         cur = conn.cursor()
@@ -555,8 +573,8 @@ class SqlWarehouse:
         finally:
             cur.close()
 
-    def _load_data(self, conn: Any, prepared: Prepared) -> None:
-        """``LOAD DATA LOCAL INFILE … REPLACE`` of a tab-separated file built with Arrow kernels."""
+    def _load_data(self, conn: Any, prepared: Prepared, into: str | None = None) -> None:
+        """``LOAD DATA LOCAL INFILE … REPLACE`` of a tab-separated file built with Arrow kernels (into its table)."""
         if not prepared.num_rows:
             return
         t = prepared.table
@@ -565,7 +583,7 @@ class SqlWarehouse:
             with os.fdopen(fd, "wb") as fh:
                 _write_tsv(fh, prepared)
             sql = (
-                f"LOAD DATA LOCAL INFILE %s REPLACE INTO TABLE {t.name} CHARACTER SET utf8mb4 "
+                f"LOAD DATA LOCAL INFILE %s REPLACE INTO TABLE {into or t.name} CHARACTER SET utf8mb4 "
                 "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
                 f"({', '.join(prepared.columns)})"
             )
@@ -591,22 +609,59 @@ class SqlWarehouse:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _day_where(self, t: Table, day: date | str) -> tuple[str, tuple[Any, ...]]:
+    def _day_where(self, t: Table, day: date | str, alias: str = "") -> tuple[str, tuple[Any, ...]]:
         ph = self._placeholder()
+        col = f"{alias}.{t.partition}" if alias else t.partition
         if t.column(t.partition).kind == "date":
-            return f"{t.partition} = {ph}", (day_text(day),)
+            return f"{col} = {ph}", (day_text(day),)
         lo, hi = day_bounds_ms(day)
         if t.column(t.partition).unit == "ns":
             lo, hi = lo * 1_000_000, hi * 1_000_000
-        return f"{t.partition} >= {ph} AND {t.partition} < {ph}", (lo, hi)
+        return f"{col} >= {ph} AND {col} < {ph}", (lo, hi)
 
-    def _delete_day(self, conn: Any, t: Table, day: date | str) -> int:
+    def _count_day(self, conn: Any, t: Table, day: date | str) -> int:
         where, params = self._day_where(t, day)
         cur = conn.cursor()
         try:
-            cur.execute(f"DELETE FROM {t.name} WHERE {where}", params)
+            cur.execute(f"SELECT COUNT(*) FROM {t.name} WHERE {where}", params)
+            return int(cur.fetchone()[0])
+        finally:
+            cur.close()
+
+    def _delete_stale(self, conn: Any, prepared: Prepared, day: date | str, *, load_data: bool) -> int:
+        """After the partition was upserted over ``day``: delete the day's rows whose key it does not have.
+
+        Every partition row is in the day (``check_day``) with a distinct key, so the day holding exactly
+        as many rows as the partition means nothing is stale: one indexed count, the common case.
+        """
+        t = prepared.table
+        if self._count_day(conn, t, day) == prepared.num_rows:
+            return 0
+        keys = Prepared(t, prepared.data.select(list(t.key)))
+        cols = ", ".join(f"{k} {column_type(t.column(k), self.dialect)} NOT NULL" for k in t.key)
+        if self.dialect == "mysql":
+            # utf8mb4_bin like the tables, so keys compare as they do there
+            ddl = f"CREATE TEMPORARY TABLE {_KEEP} ({cols}, PRIMARY KEY ({', '.join(t.key)})) ENGINE=InnoDB "
+            ddl += "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            drop = f"DROP TEMPORARY TABLE IF EXISTS {_KEEP}"
+        else:
+            ddl = f"CREATE TEMP TABLE {_KEEP} ({cols}, PRIMARY KEY ({', '.join(t.key)}))"
+            drop = f"DROP TABLE IF EXISTS temp.{_KEEP}"
+        cur = conn.cursor()
+        try:
+            cur.execute(ddl)
+            if load_data:
+                self._load_data(conn, keys, into=_KEEP)
+            else:
+                self._insert_batches(conn, keys, DEFAULT_BATCH_ROWS, upsert=False, into=_KEEP)
+            where, params = self._day_where(t, day, alias="t")
+            match = " AND ".join(f"k.{c} = t.{c}" for c in t.key)
+            target = f"t FROM {t.name} AS t" if self.dialect == "mysql" else f"FROM {t.name} AS t"
+            cur.execute(f"DELETE {target} WHERE {where} AND NOT EXISTS (SELECT 1 FROM {_KEEP} k WHERE {match})", params)
             return int(cur.rowcount or 0)
         finally:
+            with contextlib.suppress(Exception):  # the connection's end drops it anyway
+                cur.execute(drop)
             cur.close()
 
     def _load_error(self, exc: BaseException, prepared: Prepared) -> BaseException:
@@ -699,29 +754,44 @@ def check_day(prepared: Prepared, day: date | str) -> None:
 
 
 _TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\x00", "\\0"))
+_NEEDS_ESCAPE = r"[\\\t\n\r\x00]"  # RE2 syntax
 
 
 def _tsv_column(prepared: Prepared, name: str) -> pa.Array:
     col = prepared.table.column(name)
     arr = prepared.data.column(name).combine_chunks()
     if col.kind == "dec":
-        return pa.array(decimal_text(arr), type=pa.string())
+        return decimal_text_array(arr)
     if col.kind == "bool":
         return pc.cast(pc.cast(arr, pa.int8()), pa.string())
     if col.kind in ("str", "text"):
-        for old, new in _TSV_ESCAPES:
-            arr = pc.replace_substring(arr, old, new)
+        # Escaping is five passes over the column; ids, pairs and JSON lists almost never need it.
+        if pc.any(pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE), False)).as_py():
+            for old, new in _TSV_ESCAPES:
+                arr = pc.replace_substring(arr, old, new)
         return arr
     return pc.cast(arr, pa.string())
 
 
 def _write_tsv(fh: Any, prepared: Prepared, chunk_rows: int = 200_000) -> None:
-    """MySQL's default LOAD DATA format: tab-separated, backslash escapes, ``\\N`` for NULL."""
+    """MySQL's default LOAD DATA format: tab-separated, backslash escapes, ``\\N`` for NULL.
+
+    Lines are joined by Arrow kernels and their bytes written straight from the string buffer, so no
+    Python object is made per row (it was ~4 s of a 1M-row day rebuild as ``to_pylist`` + join).
+    """
     cols = [_tsv_column(prepared, n) for n in prepared.columns]
-    lines = pc.binary_join_element_wise(*cols, "\t", null_handling="replace", null_replacement="\\N")
-    for start in range(0, len(lines), chunk_rows):
-        part = lines.slice(start, chunk_rows).to_pylist()
-        fh.write(("\n".join(part) + "\n").encode("utf-8"))
+    # The line end rides on the last field (a join of all the lines with "\n" would copy them again).
+    cols[-1] = pc.binary_join_element_wise(pc.fill_null(cols[-1], "\\N"), "", "\n")  # value + "\n" + ""
+    for start in range(0, prepared.num_rows, chunk_rows):
+        part = [c.slice(start, chunk_rows) for c in cols]
+        lines = pc.binary_join_element_wise(*part, "\t", null_handling="replace", null_replacement="\\N")
+        fh.write(_string_bytes(lines))
+
+
+def _string_bytes(arr: pa.Array) -> memoryview:
+    """The concatenated values of a (possibly sliced) string array, without copying."""
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    return memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
 class _SqlSchema:

@@ -62,20 +62,29 @@ def test_reruns_leave_tables_unchanged(warehouse: SqlWarehouse) -> None:
     warehouse.upsert("trades", df, batch_rows=5_000)
     assert _snapshot(warehouse) == snap
     rebuilt = warehouse.rebuild_day("trades", DAY, df)
-    assert rebuilt.deleted == 12_000
+    assert rebuilt.deleted == 0  # every row of the day is still in the partition
     warehouse.rebuild_day("trades", DAY, df)
     assert _snapshot(warehouse) == snap
     warehouse.migrate()  # migrating an up-to-date database is a no-op
     assert _snapshot(warehouse) == snap
 
 
-def test_rebuild_replaces_the_day_only(warehouse: SqlWarehouse) -> None:
+@pytest.mark.parametrize("method", ["auto", "insert"])
+def test_rebuild_replaces_the_day_only(warehouse: SqlWarehouse, method: str) -> None:
+    """Rows the new partition no longer has go, changed rows change, new rows come, other days stay."""
     warehouse.migrate()
-    warehouse.upsert("trades", samples.trades("2025-11-21", 10, first_id=5_000))
+    other = samples.trades("2025-11-21", 10, first_id=5_000)
+    warehouse.upsert("trades", other)
     warehouse.upsert("trades", samples.trades(DAY, 100))
-    warehouse.rebuild_day("trades", DAY, samples.trades(DAY, 40))
-    assert len(warehouse.read_partition("trades", DAY)) == 40
-    assert len(warehouse.read_partition("trades", "2025-11-21")) == 10
+    new = samples.trades(DAY, 40, seed=99)  # other prices and sizes for trade ids 0-39
+    new = pd.concat([new, samples.trades(DAY, 5, first_id=1_000)], ignore_index=True)  # and 5 new trades
+    result = warehouse.rebuild_day("trades", DAY, new, method=method)
+    assert result.deleted == 60 and result.rows == 45
+    assert result.method == ("load_data" if warehouse.dialect == "mysql" and method == "auto" else "insert")
+    assert compare_sql(warehouse, "trades", DAY, new).ok
+    assert compare_sql(warehouse, "trades", "2025-11-21", other).ok
+    assert warehouse.rebuild_day("trades", DAY, new, method=method).deleted == 0
+    assert compare_sql(warehouse, "trades", DAY, new).ok
 
 
 def test_too_wide_value_names_the_row_and_writes_nothing(warehouse: SqlWarehouse) -> None:
@@ -219,6 +228,10 @@ def test_load_data_refused_falls_back_to_inserts(mysql_server: dict[str, object]
     df = samples.trades(DAY, 2_000)
     result = wh.rebuild_day("trades", DAY, df)
     assert result.method == "insert" and result.fallback_reason and "local_infile" in result.fallback_reason
-    fast = SqlWarehouse(url).rebuild_day("trades", DAY, df)
-    assert fast.method == "load_data" and fast.deleted == 2_000
-    assert len(wh.read_partition("trades", DAY)) == 2_000
+    fast = SqlWarehouse(url).rebuild_day("trades", DAY, df.iloc[500:])
+    assert fast.method == "load_data" and fast.deleted == 500
+    assert len(wh.read_partition("trades", DAY)) == 1_500
+    # without local infile, the rows the partition no longer has are found all the same
+    slow = wh.rebuild_day("trades", DAY, df.iloc[:1_000])
+    assert slow.method == "insert" and slow.deleted == 1_000
+    assert compare_sql(wh, "trades", DAY, df.iloc[:1_000]).ok
