@@ -6,7 +6,10 @@ MariaDB/MySQL and into a fakesnow server started for the run, and prints rows/s 
 
 - MySQL upsert (pymysql executemany ODKU, one transaction per partition)        target >= 25,000
 - MySQL re-upsert of the same day (every row already exists)
-- MySQL whole-day rebuild (DELETE + LOAD DATA LOCAL INFILE)                     target >= 50,000
+- MySQL whole-day rebuild of the loaded day (LOAD DATA LOCAL INFILE REPLACE,
+  then delete what the partition no longer has: nothing here)                   target >= 50,000
+- for information: the rebuild into an empty table, and a rebuild whose partition lost 10 % of
+  the day's rows (the stale-row path: the partition's keys in a temporary table, anti-join delete)
 - baselines in the same run: pandas ``to_sql`` (default method) into a plain table, and a row-by-row
   INSERT + COMMIT on a sample, extrapolated (labelled as such)
 - Snowflake (fakesnow server) PUT -> COPY -> MERGE, first load and re-run        target >= 100,000
@@ -54,15 +57,28 @@ def bench_mysql(args: argparse.Namespace, df: object, results: dict[str, tuple[f
     try:
         wh = SqlWarehouse(url)
         wh.migrate()
-        upserts, reupserts, rebuilds = [], [], []
+        upserts, reupserts, rebuilds, fresh, stale = [], [], [], [], []
+        smaller = df.iloc[: rows - rows // 10]  # type: ignore[attr-defined]
+        truncate = f"TRUNCATE TABLE `{name}`.crypto_trades"
         for _ in range(args.repeats):
-            admin.cursor().execute(f"TRUNCATE TABLE `{name}`.crypto_trades")
+            admin.cursor().execute(truncate)
             upserts.append(_time(lambda: wh.upsert("trades", df)))
             reupserts.append(_time(lambda: wh.upsert("trades", df)))
             rebuilds.append(_time(lambda: wh.rebuild_day("trades", DAY, df)))
+            stale.append(_time(lambda: wh.rebuild_day("trades", DAY, smaller)))
+            admin.cursor().execute(truncate)
+            fresh.append(_time(lambda: wh.rebuild_day("trades", DAY, df)))
         results["mysql upsert"] = (_median_rate(rows, upserts), "new rows, executemany ODKU, 5k-row statements")
         results["mysql re-upsert"] = (_median_rate(rows, reupserts), "every row already exists")
-        results["mysql day rebuild (LOAD DATA)"] = (_median_rate(rows, rebuilds), "DELETE day + LOAD DATA REPLACE")
+        results["mysql day rebuild (LOAD DATA)"] = (
+            _median_rate(rows, rebuilds),
+            "the loaded day again: LOAD DATA REPLACE, no stale rows",
+        )
+        results["mysql day rebuild, empty table"] = (_median_rate(rows, fresh), "LOAD DATA into an empty day")
+        results["mysql day rebuild, 10 % of the day gone"] = (
+            _median_rate(len(smaller), stale),
+            "LOAD DATA REPLACE + keys table + anti-join delete",
+        )
 
         # baseline 1: pandas to_sql (default method = executemany) into a plain table, no upsert possible
         engine = sqlalchemy.create_engine(url)
