@@ -2,9 +2,11 @@
 
 - :mod:`.tables`      the table definitions, once, for MySQL/MariaDB, SQLite and Snowflake
 - :mod:`.migrations`  the migration list and the ``crypto_schema_version`` bookkeeping
-- :mod:`.sql`         MySQL 8 / MariaDB (pymysql) and the SQLite stand-in: upsert, day rebuild, views
+- :mod:`.sql`         MySQL 8 / MariaDB (pymysql) and the SQLite stand-in: upsert, day rebuild
 - :mod:`.snowflake`   MARKET_DATA.POLYGON through Parquet PUT -> COPY INTO staging -> MERGE
 - :mod:`.parity`      row count + order-independent checksum per partition, and the differing rows
+- :mod:`.views`       analyst views (latest price, flagged minute bars, daily summary) on all three
+- :mod:`.docs`        docs/tables.md, generated from the specs above
 """
 
 from crypto_platform.warehouse.errors import (
