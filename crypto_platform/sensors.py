@@ -6,6 +6,8 @@ the ingester if none holds the lock (never two: the lock decides), list at most
 the segment range (crypto_platform.stream_batches). The cursor lives in Dagster's storage, so
 restarts and reloads neither skip nor repeat a batch.
 
+While one of its runs is queued or running, the sensor requests no other (back-pressure: the next
+run takes every segment sealed meanwhile, so a slow run makes batches bigger, not the queue longer).
 The runs are of the ``stream_batch`` job: the raw tables of the channels the batch holds, the
 minute bars and alerts when it has trades or bars, and their MySQL and Snowflake copies, with
 every check of those assets. It runs in one process (no process per step: a step process costs a
@@ -57,6 +59,27 @@ stream_batch = dg.define_asset_job(
 )
 
 
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+# A run in flight longer than this no longer holds new batches back (it is stuck; run monitoring
+# will fail it): the stream must not stall behind it.
+STUCK_AFTER_S = 600.0
+
+
+def batch_in_flight(instance: dg.DagsterInstance, log_id: str) -> str | None:
+    """The id of a stream_batch run of this landing log that is queued or running, if any."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={LANDING_LOG_TAG: log_id}), limit=5
+    )
+    fresh = [r for r in records if time.time() - r.create_timestamp.timestamp() < STUCK_AFTER_S]
+    return fresh[0].dagster_run.run_id if fresh else None
+
+
 def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
     status = stream.status()
     beat = status.heartbeat or {}
@@ -102,6 +125,13 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
     if log is None:
         return dg.SensorResult(skip_reason=f"no landing log yet; ingester {action}", asset_events=[observation])
     start = cursor.seq if cursor.log_id == log else 0
+    busy = batch_in_flight(context.instance, log)
+    if busy is not None:
+        # Back-pressure: the next run takes every segment sealed meanwhile, so a slow run makes the
+        # next batch bigger instead of queueing one run per tick behind it.
+        waiting = f"segments after {start} wait for stream_batch run {busy} to finish"
+        context.log.info(waiting)
+        return dg.SensorResult(skip_reason=waiting, asset_events=[observation])
     batches, new_cursor = plan_batches(stream.sealed_after(start), cursor, log, stream.max_segments_per_tick)
     runs = [
         dg.RunRequest(

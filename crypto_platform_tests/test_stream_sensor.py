@@ -17,7 +17,7 @@ from crypto_platform.resources.stream import StreamResource
 from crypto_platform.sensors import stream_sensor
 from crypto_platform.stream import supervision
 from crypto_platform.stream.landing_log import LandingLog, log_id
-from crypto_platform.stream_batches import SEGMENTS_TAG, StreamCursor
+from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor
 from crypto_platform_tests.conftest import local_settings
 
 DAY1_MS = 1_764_028_800_000 - 3_600_000  # 2025-11-24T23:00Z
@@ -143,6 +143,33 @@ def test_work_per_tick_is_bounded(tmp_path: Path) -> None:
         "4-6",
         "7-7",
     ]
+
+
+def test_a_run_in_flight_holds_new_segments_back_and_its_successor_takes_them_all(tmp_path: Path) -> None:
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    lid = log_id(landing.settings.landing_dir)
+    with dg.instance_for_test() as instance:
+        first = tick(landing, instance, None)
+        (request,) = first.run_requests
+        running = instance.add_run(
+            DagsterRun(job_name="stream_batch", status=dg.DagsterRunStatus.STARTED, tags=dict(request.tags))
+        )
+        landing.segment(trades_frame(5, 5, DAY1_MS))
+        landing.segment(trades_frame(10, 5, DAY1_MS))
+        held = tick(landing, instance, first.cursor)
+        assert not held.run_requests and held.cursor is None  # the cursor stays where it was
+        assert running.run_id in (held.skip_reason.skip_message or "")
+        other_log = instance.add_run(  # a run of another landing log does not hold this one back
+            DagsterRun(job_name="stream_batch", status=dg.DagsterRunStatus.STARTED, tags={LANDING_LOG_TAG: "other"})
+        )
+        instance.report_run_failed(running)
+        after = tick(landing, instance, first.cursor)
+    assert other_log.status == dg.DagsterRunStatus.STARTED
+    assert [r.tags[SEGMENTS_TAG] for r in after.run_requests] == ["2-3"]
+    assert StreamCursor.decode(after.cursor) == StreamCursor(lid, 3)
 
 
 def test_a_replaced_data_directory_starts_over(tmp_path: Path) -> None:
