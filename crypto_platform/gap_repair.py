@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from crypto_platform.assets.raw import TRADES_SCHEMA
-from crypto_platform.minute_bars import DECIMAL, MINUTE_MS
+from crypto_platform.minute_bars import BARS_SCHEMA, MINUTE_MS
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.stream.session_ledger import gaps, sessions
 
@@ -153,19 +153,8 @@ def ranges(minutes: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-REST_BARS_SCHEMA = pa.schema(
-    [
-        ("pair", pa.string()),
-        ("minute_ms", pa.int64()),
-        ("open", DECIMAL),
-        ("high", DECIMAL),
-        ("low", DECIMAL),
-        ("close", DECIMAL),
-        ("volume", DECIMAL),
-        ("vwap", DECIMAL),
-        ("trade_count", pa.int64()),
-    ]
-)
+# What a REST minute aggregate gives: the built bars' columns without the first/last trade times.
+REST_BARS_SCHEMA = pa.schema([f for f in BARS_SCHEMA if f.name not in ("first_trade_ms", "last_trade_ms")])
 
 
 def _dec(value: Any) -> Decimal | None:
