@@ -3,17 +3,26 @@
 Append-only segments of NDJSON lines ``{"r":recv_ns,"n":session,"f":<frame verbatim>}`` (the
 contract is in docs/architecture.md). Why this shape:
 
-- **One write per frame, unbuffered.** A frame is in the OS page cache as soon as ``append``
-  returns, so killing the process (even SIGKILL) loses nothing received. ``fsync`` (against power
-  loss) is a policy: per frame, per seal (default), or never.
-- **Sealed segments are immutable and announced by the manifest.** Sealing renames the active file
-  into ``segments/`` and then appends a manifest line; readers (the stream sensor, the assets) only
-  ever look at sealed segments, so they never see a half-written file.
-- **Crash repair is local.** A torn last line is cut back to the last newline; a sealed segment
-  whose manifest line never got written has it rebuilt from the segment itself.
+- **Nothing on the read path but an append** (DESIGN §3.2). ``append`` formats one line and
+  writes it with one unbuffered ``write``: the frame is in the OS page cache when it returns, so
+  killing the process (even SIGKILL) loses nothing received. The frame is not parsed there:
+  parsing and statistics cost more than receiving and writing together, and the read path is what
+  limits how fast a feed can be landed. ``fsync`` (against power loss) is a policy: per frame, per
+  seal (default), or never.
+- **Validation and statistics happen at seal time.** A :class:`Sealer` reads a closed segment back,
+  checks every frame, sends the malformed ones (not a JSON array of objects with ``ev``) to
+  ``quarantine.ndjson`` with the reason, writes the sealed segment without them, and appends the
+  manifest line with the per-day, per-channel counts and event-time ranges. The ingester runs the
+  sealer in a separate, lower-priority process (``sealer="process"``): beside the reader, not in
+  its way (a thread would share the reader's GIL). Everyone else seals in their own process.
+- **Sealed segments are immutable and announced by the manifest.** Sealing renames the checked
+  file into ``segments/`` and then appends a manifest line; readers (the stream sensor, the
+  assets) only ever look at sealed segments, so they never see a half-written or unchecked file.
+- **Crash repair is local.** A torn last line is cut back to the last newline and every segment
+  left in ``active/`` is checked and sealed like any other; a sealed segment whose manifest line
+  never got written has it rebuilt from the segment itself.
 - **Lines stay valid JSON.** The frame is embedded verbatim (it is JSON already), with raw CR/LF
-  turned into spaces (they can only be whitespace in valid JSON). Frames that are not a JSON array
-  of objects with ``ev`` go to ``quarantine.ndjson`` with the reason, and are counted.
+  turned into spaces (they can only be whitespace in valid JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -33,6 +45,10 @@ import orjson
 
 DAY_MS = 86_400_000
 FSYNC_POLICIES = ("never", "seal", "frame")
+SEALERS = ("inline", "process")
+# The sealer process yields the CPU to the reader (and the feed's sender) when both want it; it
+# catches up whenever the reader waits for the network, which is most of the time on a real feed.
+SEALER_NICE = 10
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,7 +111,7 @@ def summarize(events: list[Any], recv_ms: int) -> FrameSummary:
 
 @dataclass
 class SegmentStats:
-    """What the manifest says about a segment; built while appending, or rebuilt by a scan."""
+    """What the manifest says about a segment; built by the sealer's pass over its lines."""
 
     frames: int = 0
     events: int = 0
@@ -105,7 +121,6 @@ class SegmentStats:
     sessions: set[int] = field(default_factory=set)
     # day -> channel -> [events, t_min, t_max]
     days: dict[str, dict[str, list[int]]] = field(default_factory=dict)
-    first_frame_monotonic: float | None = None
 
     def add(self, recv_ns: int, session: int, events: list[dict[str, Any]], nbytes: int) -> None:
         self.add_summary(recv_ns, session, events, nbytes, summarize(events, recv_ns // 1_000_000))
@@ -170,12 +185,122 @@ def _seq_name(seq: int) -> str:
     return f"{seq:012d}.ndjson"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass
+class Checked:
+    """One pass over a closed segment: the statistics of its good lines and what is wrong with the rest."""
+
+    stats: SegmentStats
+    # (line number, recv_ns, session, frame, reason) of each malformed frame
+    bad: list[tuple[int, int, int, bytes, str]]
+
+
+def check_segment(path: Path) -> Checked:
+    """Validate every line of a segment and build the statistics of the good ones (a streaming pass)."""
+    stats = SegmentStats()
+    bad: list[tuple[int, int, int, bytes, str]] = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f):
+            if not line.endswith(b"\n"):
+                break  # a torn tail is cut before a segment is checked; never count half a line
+            try:
+                recv_ns, session, frame = _split_line(line)
+            except ValueError:
+                bad.append((number, 0, 0, line.rstrip(b"\n"), "damaged landing line"))
+                continue
+            try:
+                events = orjson.loads(frame)
+                summary = summarize(events, recv_ns // 1_000_000) if type(events) is list else None
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                summary = None
+            if summary is None:
+                # The slow path names the exact reason; only malformed frames take it.
+                bad.append((number, recv_ns, session, frame, validate(frame)[1] or "malformed"))
+                continue
+            stats.add_summary(recv_ns, session, events, len(line), summary)
+    return Checked(stats, bad)
+
+
+def scan_segment(path: Path) -> SegmentStats:
+    """Rebuild a sealed segment's statistics from its lines (crash repair of a missing manifest line)."""
+    return check_segment(path).stats
+
+
+class Sealer:
+    """Turns closed segments in ``active/`` into sealed, announced ones; the only writer of the manifest.
+
+    ``seal`` is idempotent over a crash at any step, so it is also the repair: quarantine records
+    are written before the segment is renamed (a crash in between writes them again on the next
+    try, never loses them), and a segment already renamed only gets its missing manifest line.
+    """
+
+    def __init__(self, root: Path, fsync: str = "seal") -> None:
+        self.root = root
+        self.fsync = fsync
+        self.active_dir = root / "active"
+        self.segments_dir = root / "segments"
+        self._manifest_fd = os.open(root / "manifest.ndjson", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._quarantine_fd = os.open(root / "quarantine.ndjson", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Malformed frames of a segment that held nothing else are counted on the next sealed one.
+        self._carried_quarantined = 0
+
+    def close(self) -> None:
+        for fd in (self._manifest_fd, self._quarantine_fd):
+            os.close(fd)
+
+    def seal(self, seq: int) -> dict[str, Any] | None:
+        """Check, clean, rename and announce segment ``seq``; return its manifest entry (None: nothing to seal)."""
+        source = self.active_dir / f"{_seq_name(seq)}.open"
+        target = self.segments_dir / _seq_name(seq)
+        name = f"segments/{_seq_name(seq)}"
+        if target.exists():  # renamed, then a crash before its manifest line (its quarantine count is lost)
+            return self._announce(scan_segment(target).manifest_entry(seq, name, 0))
+        if not source.exists():
+            return None
+        checked = check_segment(source)
+        stats = checked.stats
+        for _, recv_ns, session, frame, reason in checked.bad:
+            record = {"r": recv_ns, "n": session, "reason": reason, "frame": frame.decode("utf-8", "replace")}
+            os.write(self._quarantine_fd, orjson.dumps(record) + b"\n")
+        quarantined = len(checked.bad) + self._carried_quarantined
+        if checked.bad and self.fsync != "never":
+            os.fsync(self._quarantine_fd)
+        if stats.frames == 0:  # only malformed frames (or none): empty segments are never sealed
+            source.unlink()
+            self._carried_quarantined = quarantined
+            return None
+        if checked.bad:
+            self._write_without(source, {b[0] for b in checked.bad})
+        elif self.fsync != "never":
+            _fsync_path(source)
+        os.replace(source, target)
+        if self.fsync != "never":
+            _fsync_path(self.segments_dir)
+        self._carried_quarantined = 0
+        return self._announce(stats.manifest_entry(seq, name, quarantined))
+
+    def _write_without(self, source: Path, drop: set[int]) -> None:
+        """Replace ``source`` by a copy without the malformed lines (renamed over it: never half-cleaned)."""
+        clean = source.with_name(source.name + ".clean")
+        with open(source, "rb") as src, open(clean, "wb") as out:
+            out.writelines(line for number, line in enumerate(src) if number not in drop and line.endswith(b"\n"))
+            out.flush()
+            if self.fsync != "never":
+                os.fsync(out.fileno())
+        os.replace(clean, source)
+
+    def _announce(self, entry: dict[str, Any]) -> dict[str, Any]:
+        os.write(self._manifest_fd, orjson.dumps(entry) + b"\n")
+        if self.fsync != "never":
+            os.fsync(self._manifest_fd)
+        return entry
 
 
 @dataclass
@@ -186,7 +311,13 @@ class RepairReport:
 
 
 class LandingLog:
-    """The writer. One per data directory at a time (the ingester's lock guarantees it)."""
+    """The writer. One per data directory at a time (the ingester's lock guarantees it).
+
+    ``sealer="inline"`` seals in the caller (``seal`` returns once the segment is announced);
+    ``sealer="process"`` hands closed segments to a sealer process and ``poll`` picks up what it
+    announced (``close`` waits for all of it). ``pass_fds`` are inherited by the sealer process: the
+    ingester passes its lock, so a new ingester cannot start while an old sealer is still finishing.
+    """
 
     def __init__(
         self,
@@ -195,14 +326,20 @@ class LandingLog:
         max_bytes: int = 64 * 1024 * 1024,
         max_age_s: float = 5.0,
         retention_days: int = 0,
+        sealer: str = "inline",
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy {fsync!r}: choose one of {', '.join(FSYNC_POLICIES)}")
+        if sealer not in SEALERS:
+            raise ValueError(f"sealer {sealer!r}: choose one of {', '.join(SEALERS)}")
         self.root = root
         self.fsync = fsync
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.retention_days = retention_days
+        self.sealer_mode = sealer
+        self.pass_fds = pass_fds
         self.active_dir = root / "active"
         self.segments_dir = root / "segments"
         self.manifest_path = root / "manifest.ndjson"
@@ -211,18 +348,21 @@ class LandingLog:
         self.segments_sealed = 0
         self.quarantined_total = 0
         self._fd: int | None = None
-        self._quarantine_fd: int | None = None
-        self._manifest_fd: int | None = None
-        self._stats = SegmentStats()
-        self._seg_quarantined = 0
-        self._active_path: Path | None = None
+        self._active_bytes = 0
+        self._active_frames = 0
+        self._active_opened: float | None = None
+        self._sealer: Sealer | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._restart_after = 0.0
+        self._handed: list[int] = []  # handed to the sealer process, not yet in the manifest
+        self._manifest_offset = 0
         self._sealed_channels: Counter[str] = Counter()
         self._sealed_last_event_ms: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def open(self) -> RepairReport:
-        """Create the layout, repair what a crash left, and get ready to append."""
+        """Create the layout, repair what a crash left (sealing it here), and get ready to append."""
         for d in (self.root, self.active_dir, self.segments_dir):
             d.mkdir(parents=True, exist_ok=True)
         log_id_path = self.root / "LOG_ID"
@@ -230,159 +370,197 @@ class LandingLog:
             tmp = log_id_path.with_suffix(".tmp")
             tmp.write_text(uuid.uuid4().hex)
             os.replace(tmp, log_id_path)
-        self._manifest_fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._quarantine_fd = os.open(self.quarantine_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sealer = Sealer(self.root, self.fsync)
         report = RepairReport()
         known = {int(e["seq"]) for e in iter_manifest(self.root)}
         sealed = sorted(int(p.name.split(".")[0]) for p in self.segments_dir.glob("*.ndjson"))
+        for leftover in self.active_dir.glob("*.ndjson.open.clean"):  # a cleaning cut short by a crash
+            leftover.unlink()
         active = sorted(int(p.name.split(".")[0]) for p in self.active_dir.glob("*.ndjson.open"))
         self.next_seq = max([0, *known, *sealed, *active]) + 1
         for seq in sealed:
             if seq not in known:
-                self._append_manifest(
-                    scan_segment(self.segments_dir / _seq_name(seq)).manifest_entry(
-                        seq, f"segments/{_seq_name(seq)}", 0
-                    )
-                )
+                sealer.seal(seq)
                 report.manifest_rebuilt.append(seq)
         for seq in active:
-            path = self.active_dir / f"{_seq_name(seq)}.open"
-            report.torn_bytes += _cut_torn_tail(path)
-            if path.stat().st_size == 0:
-                path.unlink()
-                continue
-            stats = scan_segment(path)
-            self._seal_file(seq, path, stats, 0)
-            report.sealed_on_open.append(seq)
+            report.torn_bytes += _cut_torn_tail(self.active_dir / f"{_seq_name(seq)}.open")
+            entry = sealer.seal(seq)
+            if entry is not None:
+                self._fold(entry)
+                report.sealed_on_open.append(seq)
+        self._manifest_offset = self.manifest_path.stat().st_size
+        if self.sealer_mode == "inline":
+            self._sealer = sealer
+        else:
+            sealer.close()
+            self._start_sealer()
         return report
 
     def close(self) -> None:
-        """Seal what is pending and release the files (a clean stop)."""
+        """Seal what is pending and release the files (a clean stop: waits for the sealer process)."""
         self.seal()
-        for fd in (self._quarantine_fd, self._manifest_fd):
-            if fd is not None:
-                os.close(fd)
-        self._quarantine_fd = self._manifest_fd = None
+        if self._sealer is not None:
+            self._sealer.close()
+            self._sealer = None
+        if self.sealer_mode == "process":
+            if self._proc is not None:
+                proc, self._proc = self._proc, None
+                assert proc.stdin is not None
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()  # end of work: the sealer finishes what it was given and exits
+                proc.wait()
+            self._read_manifest()
+            if self._handed:  # the sealer process died with work left: a clean stop still seals it all
+                sealer = Sealer(self.root, self.fsync)
+                try:
+                    for seq in self._handed:
+                        if (entry := sealer.seal(seq)) is not None:
+                            self._fold(entry)
+                finally:
+                    sealer.close()
+                self._handed.clear()
 
     # -- appending --------------------------------------------------------------------------------
 
-    def _open_segment(self) -> None:
-        self._active_path = self.active_dir / f"{_seq_name(self.next_seq)}.open"
-        self._fd = os.open(self._active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._stats = SegmentStats(first_frame_monotonic=time.monotonic())
-
-    def append(self, recv_ns: int, session: int, frame: bytes) -> list[dict[str, Any]] | None:
-        """Land one frame; return its events, or ``None`` when it was quarantined."""
-        try:
-            events = orjson.loads(frame)
-            summary = summarize(events, recv_ns // 1_000_000) if type(events) is list else None
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            summary = None
-        if summary is None:
-            # The slow path names the exact reason; only malformed frames take it.
-            self._quarantine(recv_ns, session, frame, validate(frame)[1] or "malformed")
-            return None
+    def append(self, recv_ns: int, session: int, frame: bytes) -> None:
+        """Land one frame: one line, one ``write``. Nothing else: the sealer checks it later."""
         if b"\n" in frame or b"\r" in frame:
             frame = frame.replace(b"\n", b" ").replace(b"\r", b" ")
         line = b'{"r":%d,"n":%d,"f":%b}\n' % (recv_ns, session, frame)
         if self._fd is None:
-            self._open_segment()
-        os.write(self._fd, line)  # type: ignore[arg-type]
+            path = self.active_dir / f"{_seq_name(self.next_seq)}.open"
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._active_opened = time.monotonic()
+        os.write(self._fd, line)
         if self.fsync == "frame":
-            os.fsync(self._fd)  # type: ignore[arg-type]
-        self._stats.add_summary(recv_ns, session, events, len(line), summary)
-        if self._stats.bytes >= self.max_bytes:
+            os.fsync(self._fd)
+        self._active_frames += 1
+        self._active_bytes += len(line)
+        if self._active_bytes >= self.max_bytes:
             self.seal()
-        return events
-
-    def _quarantine(self, recv_ns: int, session: int, frame: bytes, reason: str) -> None:
-        record = {"r": recv_ns, "n": session, "reason": reason, "frame": frame.decode("utf-8", "replace")}
-        os.write(self._quarantine_fd, orjson.dumps(record) + b"\n")  # type: ignore[arg-type]
-        if self.fsync != "never":
-            os.fsync(self._quarantine_fd)  # type: ignore[arg-type]
-        self.quarantined_total += 1
-        self._seg_quarantined += 1
 
     # -- sealing ----------------------------------------------------------------------------------
 
     def due(self) -> bool:
         """Whether the active segment is old enough to seal."""
-        first = self._stats.first_frame_monotonic
         return (
             self._fd is not None
-            and self._stats.frames > 0
-            and first is not None
-            and (time.monotonic() - first >= self.max_age_s)
+            and self._active_frames > 0
+            and self._active_opened is not None
+            and time.monotonic() - self._active_opened >= self.max_age_s
         )
 
     def seal(self) -> int | None:
-        """Seal the active segment if it holds anything; return its seq."""
+        """Close the active segment if it holds anything and seal it (inline) or hand it over; return its seq.
+
+        Inline, ``None`` also means the segment held only malformed frames (they are in quarantine).
+        """
         if self._fd is None:
             return None
-        fd, path, stats = self._fd, self._active_path, self._stats
+        fd, frames = self._fd, self._active_frames
         self._fd = None
-        if stats.frames == 0:
-            os.close(fd)
-            if path is not None:
-                path.unlink(missing_ok=True)
-            return None
-        if self.fsync != "never":
-            os.fsync(fd)
+        self._active_frames = self._active_bytes = 0
+        # fsync (if the policy asks) is the sealer's job: the reader never waits for the disk.
         os.close(fd)
-        assert path is not None
         seq = self.next_seq
-        self._seal_file(seq, path, stats, self._seg_quarantined)
-        self._seg_quarantined = 0
-        self._apply_retention()
+        if frames == 0:
+            (self.active_dir / f"{_seq_name(seq)}.open").unlink(missing_ok=True)
+            return None
+        self.next_seq += 1
+        if self._sealer is not None:
+            entry = self._sealer.seal(seq)
+            if entry is None:
+                return None
+            self._fold(entry)
+            self._apply_retention()
+            return seq
+        self._handed.append(seq)
+        self._send(seq)
         return seq
 
-    def _seal_file(self, seq: int, path: Path, stats: SegmentStats, quarantined: int) -> None:
-        target = self.segments_dir / _seq_name(seq)
-        os.replace(path, target)
-        if self.fsync != "never":
-            _fsync_dir(self.segments_dir)
-        self._append_manifest(stats.manifest_entry(seq, f"segments/{_seq_name(seq)}", quarantined))
-        self.next_seq = max(self.next_seq, seq + 1)
-        self.segments_sealed += 1
-        self._fold(stats, self._sealed_channels)
-        self._sealed_last_event_ms = _max_event_ms(stats, self._sealed_last_event_ms)
+    def poll(self) -> None:
+        """Take in what the sealer process announced; restart it if it died (raising to say so)."""
+        if self.sealer_mode != "process":
+            return
+        self._read_manifest()
+        if self._proc is None:
+            if time.monotonic() >= self._restart_after:
+                self._start_sealer()
+                for seq in self._handed:  # what it never announced (sealing is idempotent)
+                    self._send(seq)
+            return
+        code = self._proc.poll()
+        if code is not None:
+            self._proc = None
+            self._restart_after = time.monotonic() + 1.0  # never a hot loop of failing starts
+            raise RuntimeError(f"the landing log's sealer process exited with code {code}; restarting it")
 
-    @staticmethod
-    def _fold(stats: SegmentStats, into: Counter[str]) -> None:
-        for channels in stats.days.values():
+    @property
+    def pending(self) -> int:
+        """Segments handed to the sealer process and not yet announced."""
+        return len(self._handed)
+
+    @property
+    def sealer_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start_sealer(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), str(self.root), self.fsync, str(self.retention_days)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            bufsize=0,
+            pass_fds=self.pass_fds,
+        )
+
+    def _send(self, seq: int) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            return  # poll restarts the sealer and hands it everything not yet announced
+        # A dead sealer must not stop the reader: poll notices, restarts it and hands this over again.
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.write(b"%d\n" % seq)
+
+    def _read_manifest(self) -> None:
+        """Fold the manifest lines appended since the last look (only complete lines)."""
+        if self.manifest_path.stat().st_size <= self._manifest_offset:
+            return
+        with open(self.manifest_path, "rb") as f:
+            f.seek(self._manifest_offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self._manifest_offset += end
+        for line in data[:end].splitlines():
+            entry = orjson.loads(line)
+            self._fold(entry)
+            with contextlib.suppress(ValueError):
+                self._handed.remove(int(entry["seq"]))
+
+    def _fold(self, entry: dict[str, Any]) -> None:
+        self.segments_sealed += 1
+        self.quarantined_total += int(entry["quarantined"])
+        for channels in entry["days"].values():
             for channel, stat in channels.items():
-                into[channel] += stat[0]
+                self._sealed_channels[channel] += stat["events"]
+                last = self._sealed_last_event_ms
+                if channel != "status" and (last is None or stat["t_max"] > last):
+                    self._sealed_last_event_ms = stat["t_max"]
 
     def channel_counts(self) -> tuple[dict[str, int], int | None]:
-        """Events landed per channel since this writer opened, and the newest market event time."""
-        counts = Counter(self._sealed_channels)
-        last = self._sealed_last_event_ms
-        if self._fd is not None:
-            self._fold(self._stats, counts)
-            last = _max_event_ms(self._stats, last)
-        return dict(sorted(counts.items())), last
-
-    def _append_manifest(self, entry: dict[str, Any]) -> None:
-        os.write(self._manifest_fd, orjson.dumps(entry) + b"\n")  # type: ignore[arg-type]
-        if self.fsync != "never":
-            os.fsync(self._manifest_fd)  # type: ignore[arg-type]
+        """Events sealed per channel since this writer opened, and the newest market event time in them."""
+        return dict(sorted(self._sealed_channels.items())), self._sealed_last_event_ms
 
     def _apply_retention(self) -> None:
-        if self.retention_days <= 0:
-            return
-        cutoff = time.time() - self.retention_days * 86_400
-        for path in self.segments_dir.glob("*.ndjson"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
+        apply_retention(self.segments_dir, self.retention_days)
 
 
-def _max_event_ms(stats: SegmentStats, current: int | None) -> int | None:
-    for channels in stats.days.values():
-        for channel, stat in channels.items():
-            if channel != "status" and (current is None or stat[2] > current):
-                current = stat[2]
-    return current
+def apply_retention(segments_dir: Path, retention_days: int) -> None:
+    if retention_days <= 0:
+        return
+    cutoff = time.time() - retention_days * 86_400
+    for path in segments_dir.glob("*.ndjson"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 def _cut_torn_tail(path: Path) -> int:
@@ -411,14 +589,31 @@ def _cut_torn_tail(path: Path) -> int:
         return size - keep
 
 
-def scan_segment(path: Path) -> SegmentStats:
-    """Rebuild a segment's statistics from its lines (crash repair)."""
-    stats = SegmentStats()
-    for recv_ns, session, frame in iter_lines(path):
-        events, _ = validate(frame)
-        stats.add(recv_ns, session, events or [], 0)
-    stats.bytes = path.stat().st_size
-    return stats
+def _sealer_main(argv: list[str]) -> int:
+    """The sealer process: seal each seq read from stdin, in order, until stdin closes.
+
+    It runs at a lower priority than the reader; a failure is retried (a full disk must not lose a
+    segment), and whatever was handed over before the ingester died is still sealed before exit.
+    """
+    root, fsync, retention_days = Path(argv[0]), argv[1], int(argv[2])
+    os.nice(SEALER_NICE)
+    # Its life is the pipe from the ingester: a Ctrl-C or a service manager's SIGTERM to the whole
+    # group stops the ingester, which closes the pipe; the sealer then finishes and exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sealer = Sealer(root, fsync)
+    for raw in sys.stdin.buffer:
+        seq = int(raw)
+        while True:
+            try:
+                sealer.seal(seq)
+                apply_retention(root / "segments", retention_days)
+                break
+            except OSError as exc:
+                print(f"landing log sealer: segment {seq}: {type(exc).__name__}: {exc}; retrying", file=sys.stderr)
+                time.sleep(1.0)
+    sealer.close()
+    return 0
 
 
 # -- readers (the sensor and the assets) -----------------------------------------------------------
@@ -448,13 +643,21 @@ def segment_path(root: Path, entry: dict[str, Any]) -> Path:
     return root / entry["file"]
 
 
+def _split_line(line: bytes) -> tuple[int, int, bytes]:
+    # {"r":123,"n":4,"f":...}\n  -- parse the two integers by position, keep the frame's bytes.
+    r_end = line.index(b",", 5)
+    n_end = line.index(b",", r_end + 5)
+    return int(line[5:r_end]), int(line[r_end + 5 : n_end]), line[n_end + 5 : -2]
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
     """``(recv_ns, session, frame bytes)`` per line: the frame text exactly as landed."""
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 break
-            # {"r":123,"n":4,"f":...}\n  -- parse the two integers by position, keep the frame's bytes.
-            r_end = line.index(b",", 5)
-            n_end = line.index(b",", r_end + 5)
-            yield int(line[5:r_end]), int(line[r_end + 5 : n_end]), line[n_end + 5 : -2]
+            yield _split_line(line)
+
+
+if __name__ == "__main__":
+    sys.exit(_sealer_main(sys.argv[1:]))

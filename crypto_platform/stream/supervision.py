@@ -80,6 +80,11 @@ class IngesterLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    def fileno(self) -> int:
+        """The locked descriptor, for a helper process that must keep the lock while it lives."""
+        assert self._fd is not None, "the lock is not held"
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -14,7 +14,7 @@ import pytest
 from crypto_platform.polygon.simulator import Simulator
 from crypto_platform.settings import Settings
 from crypto_platform.stream.ingester import Ingester
-from crypto_platform.stream.landing_log import iter_lines, iter_manifest
+from crypto_platform.stream.landing_log import iter_lines, iter_manifest, validate
 from crypto_platform.stream.session_ledger import Session, sessions
 from crypto_platform_tests.conftest import local_settings
 from crypto_platform_tests.polygon.conftest import wait_for
@@ -65,12 +65,31 @@ async def run_ingester() -> AsyncIterator[Callable[[Settings], Running]]:
 
 
 def landed_events(settings: Settings, include_active: bool = True) -> list[dict[str, Any]]:
-    """Every data event in the landing log (sealed segments, plus the active one if asked)."""
+    """Every data event in the landing log: the sealed segments (the manifest's), or everything written.
+
+    With ``include_active`` it also counts segments not sealed yet (skipping the malformed frames the
+    sealer has not taken out yet), while the ingester's sealer process moves them from ``active/`` to
+    ``segments/``: a listing of ``active/`` that did not change while ``segments/`` was listed, and
+    whose files could all be read, holds every segment exactly once.
+    """
     root = settings.landing_dir
-    paths = [root / e["file"] for e in iter_manifest(root)]
-    if include_active:
-        paths += sorted((root / "active").glob("*.open"))
-    return [e for path in paths for _, _, f in iter_lines(path) for e in orjson.loads(f) if e["ev"] != "status"]
+    if not include_active:
+        return _data_events([root / e["file"] for e in iter_manifest(root)])
+    while True:
+        active = sorted((root / "active").glob("*.open"))
+        sealed = sorted((root / "segments").glob("*.ndjson"))
+        if sorted((root / "active").glob("*.open")) != active:
+            continue
+        try:
+            return _data_events(sealed) + _data_events(active, unchecked=True)
+        except FileNotFoundError:  # sealed while being read: look again
+            continue
+
+
+def _data_events(paths: list[Path], unchecked: bool = False) -> list[dict[str, Any]]:
+    frames = [f for path in paths for _, _, f in iter_lines(path)]
+    parsed = [validate(f)[0] or [] for f in frames] if unchecked else [orjson.loads(f) for f in frames]
+    return [e for events in parsed for e in events if e["ev"] != "status"]
 
 
 def counts(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

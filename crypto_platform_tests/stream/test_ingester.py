@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -192,6 +193,23 @@ def _start_stream(settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (the ingester's sealer), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_loses_nothing_received_and_restart_continues(tmp_path: Path) -> None:
     sim = Simulator(SimulatorConfig(rate=1500, pairs=("BTC-USD", "ETH-USD"), record_trades=True))
     with sim.running_in_thread():
@@ -209,8 +227,11 @@ def test_sigkill_loses_nothing_received_and_restart_continues(tmp_path: Path) ->
             )
             # Segments are 60 s long, so the kill lands in the middle of an unsealed segment.
             assert list((settings.landing_dir / "active").glob("*.open"))
+            (sealer,) = child_pids(first.pid)
             os.kill(first.pid, signal.SIGKILL)
             first.wait(10)
+            # Its sealer process sees the pipe close and exits (nothing was handed to it) ...
+            asyncio.run(wait_for(lambda: not alive(sealer), what="the sealer process gone"))
             sim.clear_faults()
             second = _start_stream(settings)
             asyncio.run(
