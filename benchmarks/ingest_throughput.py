@@ -3,13 +3,15 @@
 Three processes on loopback: the simulator (``crypto-platform simulate --rate 0 --prerender``: the N
 events, 10 a frame, the realistic XT/XQ/XA/XAS mix over 5 pairs, generated before it listens so
 generation does not pace the measurement), the ingester
-(``crypto-platform stream``, its own data directory), and this script, which watches the landing
-log and the ingester's memory. Then, on a fresh simulator with the same stream, the official
+(``crypto-platform stream``, its own data directory, with its sealer process), and this script,
+which watches the landing log and the ingester's memory. Then, on a fresh simulator with the same stream, the official
 ``polygon.WebSocketClient`` in parsed mode (the models built, nothing stored) in its own process.
 
-Reported per repeat and as medians: events/s landed (first to last receive time in the manifest),
+Reported per repeat and as medians: events/s landed (first to last receive time in the manifest;
+a run ends once every event is in a sealed segment, which may be after the last frame arrived),
 zero loss against the simulator's counters, the official client's rate and the ratio, and the
-ingester's RSS at 10%, 50% and 100% of the run (flat memory over a long run: ``--events 10000000``).
+ingester's RSS (with its sealer process) at 10%, 50% and 100% of the run (flat memory over a long
+run: ``--events 10000000``).
 
     python benchmarks/ingest_throughput.py [--events 2000000] [--repeats 3] [--check]
 
@@ -20,8 +22,10 @@ rate, RSS at the end within 1.25x (+32 MiB) of RSS at 10%.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,11 +52,28 @@ def simulator(port: int, events: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (the ingester's sealer), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """RSS of the ingester and its sealer process together."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def landed(landing: Path) -> tuple[int, int | None, int | None]:
@@ -115,6 +136,7 @@ def run_ingester(events: int) -> dict[str, object]:
                 if e["ev"] != "status":
                     by_channel[(e["ev"], e["pair"])] += 1
     sent_counts = Counter({(ch, p): k for ch, pairs in sent.items() for p, k in pairs.items()})
+    shutil.rmtree(state, ignore_errors=True)
     assert first is not None and last is not None
     return {"rate": n / ((last - first) / 1e9), "loss_free": by_channel == sent_counts, "landed": n, "rss": rss}
 
