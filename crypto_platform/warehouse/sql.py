@@ -89,6 +89,7 @@ _AT_ROW = re.compile(r"at row (\d+)")
 _FOR_COLUMN = re.compile(r"column '([^']+)'")
 # A rebuild's temporary table of the partition's keys (per connection, so no two loads share one).
 _KEEP = "crypto_rebuild_keys"
+_STALE = "crypto_rebuild_stale"  # MySQL: the day's keys the partition no longer has
 
 
 @dataclass(frozen=True)
@@ -656,12 +657,25 @@ class SqlWarehouse:
                 self._insert_batches(conn, keys, DEFAULT_BATCH_ROWS, upsert=False, into=_KEEP)
             where, params = self._day_where(t, day, alias="t")
             match = " AND ".join(f"k.{c} = t.{c}" for c in t.key)
-            target = f"t FROM {t.name} AS t" if self.dialect == "mysql" else f"FROM {t.name} AS t"
-            cur.execute(f"DELETE {target} WHERE {where} AND NOT EXISTS (SELECT 1 FROM {_KEEP} k WHERE {match})", params)
+            stale = f"{where} AND NOT EXISTS (SELECT 1 FROM {_KEEP} k WHERE {match})"
+            if self.dialect == "sqlite":
+                cur.execute(f"DELETE FROM {t.name} AS t WHERE {stale}", params)
+                return int(cur.rowcount or 0)
+            # InnoDB: find the stale keys with a plain (non-locking) read first, then delete them by primary
+            # key. One DELETE with the anti-join in its WHERE took twice as long (a locking scan of the day).
+            keys_of = ", ".join(f"t.{c}" for c in t.key)
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_STALE} ENGINE=InnoDB AS SELECT {keys_of} FROM {t.name} t WHERE {stale}",
+                params,
+            )
+            on = " AND ".join(f"s.{c} = t.{c}" for c in t.key)
+            cur.execute(f"DELETE t FROM {t.name} AS t JOIN {_STALE} s ON {on}")
             return int(cur.rowcount or 0)
         finally:
-            with contextlib.suppress(Exception):  # the connection's end drops it anyway
+            with contextlib.suppress(Exception):  # the connection's end drops them anyway
                 cur.execute(drop)
+                if self.dialect == "mysql":
+                    cur.execute(f"DROP TEMPORARY TABLE IF EXISTS {_STALE}")
             cur.close()
 
     def _load_error(self, exc: BaseException, prepared: Prepared) -> BaseException:
