@@ -179,16 +179,18 @@ def merge(
     with_idx = schema.append(pa.field("idx", pa.int64()))
     parts = [decoded.select(with_idx.names).cast(with_idx)]
     if existing is not None and existing.num_rows:
-        rows = existing.select(schema.names).cast(schema)
-        parts.append(rows.append_column("idx", pa.array(np.full(rows.num_rows, -1, np.int64))))
+        lake = existing.select(schema.names).cast(schema)
+        parts.append(lake.append_column("idx", pa.array(np.full(lake.num_rows, -1, np.int64))))
     combined = pa.concat_tables(parts)
     total = combined.num_rows
     sort_keys = [(c, "ascending") for c in order]
+    rows = pc.sort_indices(combined.select(order), sort_keys).to_numpy()
     keep = _earliest_per_key(combined, key)
-    if keep is None:  # no duplicates: every row stays
-        rows = pc.sort_indices(combined.select(order), sort_keys)
-    else:
-        rows = keep.take(pc.sort_indices(combined.select(order).take(keep), sort_keys))
+    if keep is not None:
+        # Sorting every row and dropping the losers afterwards spares a copy of the sort columns.
+        winner = np.zeros(total, np.bool_)
+        winner[keep] = True
+        rows = rows[winner[rows]]
     merged = combined.select(schema.names).take(rows)
     if finish is not None:
         con = duckdb.connect()
@@ -200,7 +202,7 @@ def merge(
     return merged.select(schema.names).cast(schema), total - merged.num_rows
 
 
-def _earliest_per_key(table: pa.Table, key: Sequence[str]) -> pa.Array | None:
+def _earliest_per_key(table: pa.Table, key: Sequence[str]) -> np.ndarray | None:
     """Row numbers of each key's earliest row by ``(received_ns, segment, idx)``; None when every key is unique."""
     receipt = pc.sort_indices(
         table.select(["received_ns", "segment", "idx"]),
@@ -213,7 +215,7 @@ def _earliest_per_key(table: pa.Table, key: Sequence[str]) -> pa.Array | None:
     firsts = ranked.group_by(list(key), use_threads=False).aggregate([("_rank", "min")])
     if firsts.num_rows == table.num_rows:
         return None
-    return pa.array(receipt[firsts["_rank_min"].to_numpy()])
+    return receipt[firsts["_rank_min"].to_numpy()]
 
 
 # -- exact slow paths, only for the rows or files that need them ------------------------------------
