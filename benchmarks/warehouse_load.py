@@ -9,7 +9,7 @@ MariaDB/MySQL and into a fakesnow server started for the run, and prints rows/s 
 - MySQL whole-day rebuild of the loaded day (LOAD DATA LOCAL INFILE REPLACE,
   then delete what the partition no longer has: nothing here)                   target >= 50,000
 - for information: the rebuild into an empty table, and a rebuild whose partition lost 10 % of
-  the day's rows (the stale-row path: the partition's keys in a temporary table, anti-join delete)
+  the day's rows (the stale-row path: the partition's keys in a temporary table, the missing ones deleted)
 - baselines in the same run: pandas ``to_sql`` (default method) into a plain table, and a row-by-row
   INSERT + COMMIT on a sample, extrapolated (labelled as such)
 - Snowflake (fakesnow server) PUT -> COPY -> MERGE, first load and re-run        target >= 100,000
@@ -77,7 +77,7 @@ def bench_mysql(args: argparse.Namespace, df: object, results: dict[str, tuple[f
         results["mysql day rebuild, empty table"] = (_median_rate(rows, fresh), "LOAD DATA into an empty day")
         results["mysql day rebuild, 10 % of the day gone"] = (
             _median_rate(len(smaller), stale),
-            "LOAD DATA REPLACE + keys table + anti-join delete",
+            "LOAD DATA REPLACE; stale keys found via a keys table, deleted by primary key",
         )
 
         # baseline 1: pandas to_sql (default method = executemany) into a plain table, no upsert possible
