@@ -29,8 +29,10 @@ import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -157,11 +159,47 @@ def snowflake_connect_error(exc: BaseException, resource: Any) -> WarehouseConne
     return WarehouseConnectionError(f"cannot reach {where} ({said}); {fix}")
 
 
+@dataclass
+class _SessionState:
+    """What this process already did on one open connection, so each load does not repeat it.
+
+    Every statement is a round trip (about 20 ms on the local fakesnow server, more to a real
+    account), and a per-batch load used to spend half of its ~28 statements re-selecting the
+    schema and re-reading column lists that cannot change outside a migration.
+    """
+
+    schema: tuple[str, str] | None = None
+    columns: dict[str, set[str]] = field(default_factory=dict)  # table -> lower-case column names
+    stage: bool = False
+
+
+_sessions: weakref.WeakKeyDictionary[Any, _SessionState] = weakref.WeakKeyDictionary()
+
+
+def _session(conn: Connection) -> _SessionState:
+    try:
+        return _sessions.setdefault(conn, _SessionState())
+    except TypeError:  # an object that cannot be weakly referenced: remember nothing
+        return _SessionState()
+
+
 def use_schema(conn: Connection, database: str = DATABASE, schema: str = SCHEMA) -> None:
-    """Create (if needed) and select the database and schema. fakesnow makes no PUBLIC schema."""
+    """Create (if needed) and select the database and schema, once per connection. fakesnow makes no PUBLIC schema."""
+    state = _session(conn)
+    if state.schema == (database, schema):
+        return
     _execute(conn, f"CREATE DATABASE IF NOT EXISTS {database}")
     _execute(conn, f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
     _execute(conn, f"USE SCHEMA {database}.{schema}")
+    state.schema, state.columns = (database, schema), {}
+
+
+def _table_columns(conn: Connection, database: str, schema: str, target: str) -> set[str]:
+    """A table's columns, read once per connection (migrations, which change them, clear the memo)."""
+    state = _session(conn)
+    if target not in state.columns:
+        state.columns[target] = _SnowflakeSchema(conn, database, schema).existing_columns(target)
+    return state.columns[target]
 
 
 def migrate_snowflake(
@@ -174,6 +212,7 @@ def migrate_snowflake(
     """
     with _connection(source) as conn:
         use_schema(conn, database, schema)
+        _session(conn).columns.clear()
         done = apply_migrations(_SnowflakeSchema(conn, database, schema), target)
         if (target or SCHEMA_VERSION) == SCHEMA_VERSION:
             for sql in view_sql("snowflake", database=database, schema=schema):
@@ -263,13 +302,15 @@ def load_snowflake(
     before = after = None
     with _connection(source) as conn:
         use_schema(conn, database, schema)
-        version_columns = _SnowflakeSchema(conn, database, schema).existing_columns(target)
+        version_columns = _table_columns(conn, database, schema, target)
         try:
             if prepared.num_rows:
                 data = prepared.data.rename_columns([c.upper() for c in prepared.columns])
                 path = os.path.join(workdir, f"{target.lower()}_{batch}.parquet")
                 pq.write_table(data, path)
-                _execute(conn, f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE}")
+                if not _session(conn).stage:
+                    _execute(conn, f"CREATE TEMPORARY STAGE IF NOT EXISTS {STAGE}")
+                    _session(conn).stage = True
                 _execute(conn, f"PUT 'file://{path}' @{STAGE}/{batch} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
                 _execute(conn, _stage_ddl(prepared, stage_table))
                 _execute(
@@ -427,7 +468,7 @@ def read_snowflake_partition(
     target = _sf_name(t)
     with _connection(source) as conn:
         use_schema(conn, database, schema)
-        present = _SnowflakeSchema(conn, database, schema).existing_columns(target)
+        present = _table_columns(conn, database, schema, target)
         cols = [c for c in t.names if c in present]
         if not cols:
             raise WarehouseLoadError(f"{database}.{schema}.{target} does not exist: run migrate_snowflake first")
