@@ -22,6 +22,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy crypto_platform
 
 stop: $(STAMP)
 	$(VENV)/bin/crypto-platform services stop

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from crypto_platform.settings import SettingsError
 
@@ -23,7 +24,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(module: str) -> object:
+def _load(module: str) -> Any:
     return importlib.import_module(module)
 
 

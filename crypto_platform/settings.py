@@ -351,7 +351,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
     sf_key = env.get("SNOWFLAKE_PRIVATE_KEY", "")
     sf_key_path = env.get("SNOWFLAKE_PRIVATE_KEY_PATH", "").strip() or None
     # Where the tables go, on an account and on the local fakesnow server alike.
-    sf_where = {
+    sf_where: dict[str, Any] = {
         "database": env.get("SNOWFLAKE_DATABASE", "").strip() or "MARKET_DATA",
         "schema": env.get("SNOWFLAKE_SCHEMA", "").strip() or "POLYGON",
     }

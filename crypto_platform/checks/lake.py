@@ -66,7 +66,7 @@ LAKE_LAG_WARN_S = 300.0
 def partition_days(context: dg.AssetCheckExecutionContext, lake: LakeResource, asset: str) -> list[str]:
     """The days the run covers; without a partition, the newest day present in the lake."""
     if context.has_partition_key_range:
-        return DAILY_PARTITIONS.get_partition_keys_in_range(context.partition_key_range)
+        return list(DAILY_PARTITIONS.get_partition_keys_in_range(context.partition_key_range))
     if context.has_partition_key:
         return [context.partition_key]
     days = sorted(p.name.removeprefix("date=") for p in (Path(lake.root) / asset).glob("date=*"))

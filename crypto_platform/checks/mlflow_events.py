@@ -120,18 +120,19 @@ def records_for_run(
     out: list[MlflowRecord] = []
     for rec in events:
         event = rec.event_log_entry.dagster_event
-        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-            loads.setdefault(event.asset_key.to_user_string(), []).append(rec)
-        elif event.event_type == DagsterEventType.ASSET_FAILED_TO_MATERIALIZE:
-            failed.setdefault(event.asset_key.to_user_string(), []).append(rec)
+        if event is None:  # the query asks for Dagster events only; a plain log line carries none
+            continue
+        if event.event_type in (DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_FAILED_TO_MATERIALIZE):
+            into = loads if event.event_type == DagsterEventType.ASSET_MATERIALIZATION else failed
+            into.setdefault(event.asset_key.to_user_string() if event.asset_key else "unknown", []).append(rec)
         elif event.event_type == DagsterEventType.STEP_FAILURE:
             # A step that raised: its asset (one asset per step here) did not materialize.
-            error = getattr(event.event_specific_data, "error", None)
+            error = event.step_failure_data.error
             cause = getattr(error, "cause", None) or error
             errors[event.step_key or "unknown"] = str(getattr(cause, "message", "") or "").strip()[:500]
             failed.setdefault(event.step_key or "unknown", []).append(rec)
         else:
-            evaluation = event.event_specific_data
+            evaluation = event.asset_check_evaluation_data
             asset = evaluation.asset_key.to_user_string()
             partition = partition_label(run.tags, [evaluation.partition] if evaluation.partition else [])
             metrics = numeric_metadata(evaluation.metadata)

@@ -128,8 +128,8 @@ class Renderer:
             tx.price(agg.close),
             tx.size(agg.volume),
             tx.scaled(vw, tx.price_dp + VWAP_EXTRA_DP),
-            tx.size(_round_div(agg.volume, agg.count)),
-            agg.count,
+            tx.size(_round_div(agg.volume, agg.trade_count)),
+            agg.trade_count,
         )
 
     def bar(self, channel: str, pair: str, agg: Agg, start_ms: int, end_ms: int) -> str:

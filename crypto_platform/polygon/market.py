@@ -133,7 +133,7 @@ class Agg(NamedTuple):
     close: int
     volume: int
     pv: int
-    count: int
+    trade_count: int
 
 
 def agg_of(trades: list[Trade]) -> Agg | None:
@@ -171,7 +171,7 @@ def merge(a: Agg | None, b: Agg | None) -> Agg | None:
         last.close,
         a.volume + b.volume,
         a.pv + b.pv,
-        a.count + b.count,
+        a.trade_count + b.trade_count,
     )
 
 

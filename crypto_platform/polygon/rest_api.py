@@ -215,7 +215,7 @@ class RestApi:
         live = self.now_ms() + 1
         hi = min(hi, live)
         starts = range(lo, hi, size) if sort == "asc" else range(lo + (hi - 1 - lo) // size * size, lo - 1, -size)
-        results = []
+        results: list[dict[str, Any]] = []
         nxt: int | None = None
         for bucket in starts:
             if len(results) >= limit:

@@ -168,7 +168,7 @@ def _to_string_array(series: pd.Series) -> pa.Array:
 
 
 def _to_date_array(series: pd.Series) -> pa.Array:
-    values = []
+    values: list[date | None] = []
     for v in series.tolist():
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
             values.append(None)

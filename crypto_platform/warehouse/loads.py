@@ -71,7 +71,7 @@ class SqlTarget:
 
     def __init__(self, warehouse: SqlWarehouse) -> None:
         self.warehouse = warehouse
-        self.label = warehouse.dialect
+        self.label: str = warehouse.dialect
 
     def migrate(self) -> None:
         self.warehouse.migrate()
@@ -102,7 +102,7 @@ class SnowflakeTarget:
 
     def __init__(self, conn: Any, database: str = DATABASE, schema: str = SCHEMA) -> None:
         self.conn = conn
-        self.where = {"database": database, "schema": schema}
+        self.where: dict[str, Any] = {"database": database, "schema": schema}
 
     def migrate(self) -> None:
         migrate_snowflake(self.conn, **self.where)

@@ -144,7 +144,7 @@ def compare_sql(warehouse: Any, name: str | Table, day: date | str, lake: pd.Dat
 
 
 def compare_snowflake(
-    source: Any, name: str | Table, day: date | str, lake: pd.DataFrame, **where: str
+    source: Any, name: str | Table, day: date | str, lake: pd.DataFrame, **where: Any
 ) -> ParityReport:
     """Lake partition vs the Snowflake table (a connection or ``SnowflakeResource.get_connection``).
 

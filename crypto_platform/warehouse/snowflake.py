@@ -41,7 +41,13 @@ import pyarrow.parquet as pq
 
 from crypto_platform.warehouse.errors import WarehouseAuthError, WarehouseConnectionError, WarehouseLoadError
 from crypto_platform.warehouse.frames import Prepared, max_segment, prepare, segment_mask
-from crypto_platform.warehouse.migrations import SCHEMA_VERSION, VERSION_TABLE, apply_migrations, human_expression
+from crypto_platform.warehouse.migrations import (
+    SCHEMA_VERSION,
+    VERSION_TABLE,
+    Dialect,
+    apply_migrations,
+    human_expression,
+)
 from crypto_platform.warehouse.sql import (
     LoadResult,
     check_day,
@@ -86,7 +92,7 @@ def _execute(conn: Connection, sql: str, params: Any = None) -> list[tuple[Any, 
 class _SnowflakeSchema:
     """:class:`~crypto_platform.warehouse.migrations.SchemaTarget` for MARKET_DATA.POLYGON."""
 
-    dialect = "snowflake"
+    dialect: Dialect = "snowflake"
 
     def __init__(self, conn: Connection, database: str, schema: str) -> None:
         self.conn = conn

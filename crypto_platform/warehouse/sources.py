@@ -48,7 +48,7 @@ def lake_row_count(name: str | Table, frame: pd.DataFrame) -> int:
 def _trade_json(trade_id: Any, exchange: Any, ms: Any) -> str | None:
     if all(pd.isna(v) for v in (trade_id, exchange, ms)):
         return None
-    trade = {"i": None if pd.isna(trade_id) else str(trade_id)}
+    trade: dict[str, Any] = {"i": None if pd.isna(trade_id) else str(trade_id)}
     trade["x"] = None if pd.isna(exchange) else int(exchange)
     trade["t"] = None if pd.isna(ms) else int(ms)
     return json.dumps([trade], separators=(",", ":"))
