@@ -17,8 +17,8 @@ A build is :func:`decode` then :func:`merge`:
    without an id gets the same ``h:<sha1>`` id as ever, computed from the exact wire text).
 3. De-duplication by natural key over the new rows plus, for an incremental run, the rows already
    in the lake: the earliest ``(received_ns, segment)`` wins, ties going to the row already in the
-   lake, then to the earlier event of the frame; the rows are ranked by receipt and each key keeps
-   its lowest rank (Arrow sort and hash grouping), then sorted into the table's order.
+   lake, then to the earlier event of the frame; the rows are sorted by key and receipt and each
+   key keeps its first row (Arrow sorts), then sorted into the table's order.
 
 Limits, on purpose:
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -99,17 +100,23 @@ def _read_sql(shape: EventShape, n_files: int, max_object: int) -> str:
     channels = ", ".join(f"'{c}'" for c in shape.channels)
     lenient = ", ignore_errors=true" if shape.lenient else ""
     t = f'e."{shape.time_field}"'
-    # A line that does not parse at all (only possible when lenient) becomes one row with a NULL
-    # received_ns, kept by the WHERE so that decode() can refuse it.
+    # A line without a frame (one that does not parse at all, when lenient, or a record without r
+    # and f) still gives one row, with a NULL received_ns that the WHERE keeps so that decode() can
+    # refuse it: unnest zips the lists of one SELECT, padding the shorter with NULLs, so a one-item
+    # list beside a NULL frame gives that row. Not coalesce(f, [NULL]): that copies every frame's
+    # events once more (about 10% of the read).
     return f"""
     WITH lines AS (
-        SELECT l.r AS received_ns, l.n AS session, s.seq AS segment, coalesce(l.f, [NULL]) AS f
+        SELECT l.r AS received_ns, l.n AS session, s.seq AS segment, l.f AS f,
+               CASE WHEN l.f IS NULL THEN [true] ELSE []::BOOLEAN[] END AS no_frame
         FROM read_ndjson([{files}], columns={{'r': 'BIGINT', 'n': 'BIGINT', 'f': '{frame_type}'}},
                          format='newline_delimited', filename=true,
                          maximum_object_size={max_object}{lenient}) l
         JOIN segment_files s ON s.path = l.filename
     ), events AS (
-        SELECT received_ns, session, segment, unnest(f) AS e, generate_subscripts(f, 1) - 1 AS idx FROM lines
+        SELECT received_ns, session, segment, unnest(f) AS e, generate_subscripts(f, 1) - 1 AS idx,
+               unnest(no_frame) AS no_frame
+        FROM lines
     )
     SELECT {shape.select}, idx
     FROM events
@@ -173,9 +180,12 @@ def merge(
     index. ``finish`` is SQL over ``merged`` run afterwards (bar revision numbering). Returns the
     table (with ``schema``) and the number of rows dropped as duplicates.
 
-    Done with Arrow's sort and hash grouping rather than a SQL window (``QUALIFY row_number()``),
-    which sorts every row by key: ranking the rows by receipt once and keeping each key's lowest
-    rank is the same rule at a quarter of the cost. NULLs sort last and group together, as in SQL.
+    Done with Arrow sorts rather than a SQL window (``QUALIFY row_number()``) or a hash grouping:
+    sorting by key and then receipt puts each key's rows next to each other, earliest first, so the
+    winners are where the key changes. When ``order`` holds exactly the key's columns (quotes, bars,
+    book) that one sort also gives the table's order; otherwise (trades: event time first) the
+    order is sorted in a second thread meanwhile (Arrow releases the GIL), as both cores are idle
+    once DuckDB is done. NULLs sort last and are one key, as in SQL.
     """
     with_idx = schema.append(pa.field("idx", pa.int64()))
     parts = [decoded.select(with_idx.names).cast(with_idx)]
@@ -184,14 +194,19 @@ def merge(
         parts.append(lake.append_column("idx", pa.array(np.full(lake.num_rows, -1, np.int64))))
     combined = pa.concat_tables(parts)
     total = combined.num_rows
-    sort_keys = [(c, "ascending") for c in order]
-    rows = pc.sort_indices(combined.select(order), sort_keys).to_numpy()
-    keep = _earliest_per_key(combined, key)
-    if keep is not None:
-        # Sorting every row and dropping the losers afterwards spares a copy of the sort columns.
-        winner = np.zeros(total, np.bool_)
-        winner[keep] = True
-        rows = rows[winner[rows]]
+    if set(order) == set(key):
+        by_order = _sort(combined, [*order, *(c for c in _RECEIPT if c not in order)])
+        rows = by_order[_first_of_each_key(combined, by_order, key)]
+    else:
+        with ThreadPoolExecutor(1) as pool:
+            ordering = pool.submit(_sort, combined, order)
+            keep = _earliest_per_key(combined, key)
+            rows = ordering.result()
+        if keep is not None:
+            # Sorting every row and dropping the losers afterwards spares a copy of the sort columns.
+            winner = np.zeros(total, np.bool_)
+            winner[keep] = True
+            rows = rows[winner[rows]]
     merged = combined.select(schema.names).take(rows)
     if finish is not None:
         con = duckdb.connect()
@@ -203,20 +218,39 @@ def merge(
     return merged.select(schema.names).cast(schema), total - merged.num_rows
 
 
+_RECEIPT = ("received_ns", "segment", "idx")  # the merge's receipt order, earliest first
+
+
+def _sort(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Row numbers in ascending ``columns`` order, NULLs last; stable, so full ties keep their table order."""
+    return pc.sort_indices(table.select(list(columns)), [(c, "ascending") for c in columns]).to_numpy()
+
+
+def _first_of_each_key(table: pa.Table, rows: np.ndarray, key: Sequence[str]) -> np.ndarray:
+    """Where, in ``rows`` (sorted so that equal keys are adjacent), a key starts: a mask over ``rows``."""
+    first = np.ones(len(rows), np.bool_)
+    if len(rows) < 2:
+        return first
+    taken = pa.array(rows)
+    same = np.ones(len(rows) - 1, np.bool_)  # rows[i + 1] has rows[i]'s key so far
+    for column in key:
+        values = table[column].take(taken)
+        later, earlier = values[1:], values[:-1]
+        equal = pc.equal(later, earlier)
+        if values.null_count:
+            equal = pc.or_kleene(equal, pc.and_(pc.is_null(later), pc.is_null(earlier)))
+        same &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
+    first[1:] = ~same
+    return first
+
+
 def _earliest_per_key(table: pa.Table, key: Sequence[str]) -> np.ndarray | None:
     """Row numbers of each key's earliest row by ``(received_ns, segment, idx)``; None when every key is unique."""
-    receipt = pc.sort_indices(
-        table.select(["received_ns", "segment", "idx"]),
-        [("received_ns", "ascending"), ("segment", "ascending"), ("idx", "ascending")],
-    ).to_numpy()
-    rank = np.empty(len(receipt), np.int64)
-    rank[receipt] = np.arange(len(receipt), dtype=np.int64)  # rank[row] = its place in receipt order
-    # One thread: Arrow's threaded grouping merges per-thread hash tables afterwards, slower here.
-    ranked = table.select(key).append_column("_rank", pa.array(rank))
-    firsts = ranked.group_by(list(key), use_threads=False).aggregate([("_rank", "min")])
-    if firsts.num_rows == table.num_rows:
-        return None
-    return receipt[firsts["_rank_min"].to_numpy()]
+    # String columns first: they tell most rows apart, so the sort rarely compares the others.
+    columns = sorted(key, key=lambda c: not pa.types.is_string(table.schema.field(c).type))
+    by_key = _sort(table, [*columns, *(c for c in _RECEIPT if c not in columns)])
+    first = _first_of_each_key(table, by_key, columns)
+    return None if first.all() else by_key[first]
 
 
 # -- exact slow paths, only for the rows or files that need them ------------------------------------

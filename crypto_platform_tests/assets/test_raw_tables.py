@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA, raw_aggregates, raw_book, raw_quotes, raw_trades
-from crypto_platform.lake_decode import merge
+from crypto_platform.lake_decode import LandingDecodeError, SegmentFile, decode, merge
 from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
@@ -168,21 +168,34 @@ def _nulls_last(value: Any) -> tuple[bool, Any]:
     return (value is None, 0 if value is None else value)
 
 
-def expected_merge(decoded: list[dict[str, Any]], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def expected_merge(
+    decoded: list[dict[str, Any]],
+    existing: list[dict[str, Any]],
+    key_columns: tuple[str, ...] = TRADES.key,
+    order: tuple[str, ...] = TRADES.order,
+) -> list[dict[str, Any]]:
     """merge's rule row by row: per key the earliest (received_ns, segment), then existing, then frame index;
     NULLs sort last and NULL keys are one key, as in SQL."""
     best: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
     for row, idx in [(r, r["idx"]) for r in decoded] + [(r, -1) for r in existing]:
-        key = tuple(row[c] for c in TRADES.key)
+        key = tuple(row[c] for c in key_columns)
         rank = (_nulls_last(row["received_ns"]), _nulls_last(row["segment"]), idx)
         if key not in best or rank < best[key][0]:
             best[key] = (rank, {c: row[c] for c in TRADES_SCHEMA.names})
     rows = [row for _, row in best.values()]
-    return sorted(rows, key=lambda r: tuple(_nulls_last(r[c]) for c in TRADES.order))
+    return sorted(rows, key=lambda r: tuple(_nulls_last(r[c]) for c in order))
 
 
+# The trades' key and order (event time first: merge sorts by key and by order separately), and an
+# order made of the key's own columns, as for quotes, bars and book (one sort does both).
+ORDERINGS = [(TRADES.key, TRADES.order), (("pair", "exchange", "trade_id"), ("exchange", "trade_id", "pair"))]
+
+
+@pytest.mark.parametrize(("key", "order"), ORDERINGS)
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_merge_keeps_each_keys_earliest_receipt_like_an_exact_python_rule(seed: int) -> None:
+def test_merge_keeps_each_keys_earliest_receipt_like_an_exact_python_rule(
+    seed: int, key: tuple[str, ...], order: tuple[str, ...]
+) -> None:
     # Few keys and few receive times, so duplicates, receipt ties (broken by segment, then by the
     # existing row, then by frame index), NULL ids and NULL lineage (REST rows) are all common.
     rng = random.Random(seed)
@@ -209,8 +222,8 @@ def test_merge_keeps_each_keys_earliest_receipt_like_an_exact_python_rule(seed: 
         pa.Table.from_pylist([row(1000 + i, rest=True) for i in range(60)], schema=TRADES_SCHEMA.append(IDX)),
         None,
         TRADES_SCHEMA,
-        TRADES.key,
-        TRADES.order,
+        key,
+        order,
     )
     existing = existing_rows.to_pylist()
     for previous in (None, existing):
@@ -218,10 +231,22 @@ def test_merge_keeps_each_keys_earliest_receipt_like_an_exact_python_rule(seed: 
             pa.Table.from_pylist(decoded, schema=TRADES_SCHEMA.append(IDX)),
             None if previous is None else pa.Table.from_pylist(previous, schema=TRADES_SCHEMA),
             TRADES_SCHEMA,
-            TRADES.key,
-            TRADES.order,
+            key,
+            order,
         )
-        want = expected_merge(decoded, previous or [])
+        want = expected_merge(decoded, previous or [], key, order)
         assert got.schema == TRADES_SCHEMA
         assert got.to_pylist() == want
         assert dropped == len(decoded) + len(previous or []) - len(want) > 0
+
+
+@pytest.mark.parametrize("line", [b"{}", b'{"n":1}', b'{"r":null,"f":null}'])
+def test_a_record_without_receive_time_or_frame_fails_the_decode_naming_file_and_line(
+    tmp_path: Path, line: bytes
+) -> None:
+    # decode reads such a line as one row without a frame (not as no rows), so it is refused, not skipped.
+    path = tmp_path / "000000000001.ndjson"
+    path.write_bytes(b'{"r":1,"n":1,"f":' + trades_frame(1, 2, DAY1_MS) + b"}\n" + line + b"\n")
+    segment = SegmentFile(1, path, path.stat().st_size)
+    with pytest.raises(LandingDecodeError, match=f"{path} line 2: not a landing record"):
+        decode(TRADES.shape, [segment], (DAY1_MS - DAY1_MS % 86_400_000, DAY1_MS + 86_400_000), TRADES_SCHEMA)
