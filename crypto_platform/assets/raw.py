@@ -22,6 +22,7 @@ Decoding, de-duplication and the exact decimal reading are in :mod:`crypto_platf
 without passing through a float.
 """
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from crypto_platform.lake_decode import (
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import DAY_MS, iter_manifest, segment_path
+from crypto_platform.stream.landing_log import DAY_MS, iter_manifest, last_manifest_entry, segment_path
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
 
 DECIMAL = pa.decimal128(38, 18)
@@ -313,6 +314,28 @@ BOOK = RawTable(
 )
 
 
+def segments_to_read(
+    root: Path, day: str, channels: frozenset[str], after: int, upto: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Manifest entries of the sealed segments after ``after`` up to ``upto`` with ``channels`` events of ``day``.
+
+    Returns the entries whose file is on disk and the seqs of those retention already removed.
+    Only the manifest's lines after ``after`` are parsed (see ``iter_manifest``): a stream run
+    reads what follows the partition's watermark, however long the log; a rebuild (``after`` 0)
+    parses only the lines of the day's segments.
+    """
+    entries: list[dict[str, Any]] = []
+    missing: list[int] = []
+    prefix = f"{root}{os.sep}"  # os.path, not pathlib: a day's rebuild checks 17k files
+    for entry in iter_manifest(root, after_seq=after, through_seq=upto, day=day):
+        if channels & entry["days"][day].keys():
+            if os.path.exists(prefix + entry["file"]):
+                entries.append(entry)
+            else:
+                missing.append(int(entry["seq"]))
+    return entries, missing
+
+
 def incremental_start(existing: pa.Table | None, tag: str) -> int:
     """The segment after which a stream-sensor run starts reading: the partition's watermark.
 
@@ -341,17 +364,21 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
     def build(context: dg.AssetExecutionContext, stream: StreamResource, lake: LakeResource) -> dg.MaterializeResult:
         tag = context.run.tags.get(SEGMENTS_TAG)
         root = stream.landing_dir
-        sealed = list(iter_manifest(root))
-        upto = parse_segment_range(tag)[1] if tag else max((int(e["seq"]) for e in sealed), default=0)
-        missing = [e["seq"] for e in sealed if int(e["seq"]) <= upto and not segment_path(root, e).exists()]
-        if missing:
-            context.log.warning(f"{len(missing)} segments removed by retention were not read, e.g. {missing[:10]}")
+        if tag:
+            upto = parse_segment_range(tag)[1]
+        else:
+            newest = last_manifest_entry(root)
+            upto = int(newest["seq"]) if newest else 0
         total_rows = total_new = total_dupes = total_read = 0
         for day in context.partition_keys:
             with lake.locked(spec.name, day):
                 existing = lake.read_partition(spec.name, day)
                 after = incremental_start(existing, tag) if tag else 0
-                entries = [e for e in sealed if after < int(e["seq"]) <= upto and e["seq"] not in missing]
+                entries, missing = segments_to_read(root, day, spec.channels, after, upto)
+                if missing:
+                    context.log.warning(
+                        f"{day}: {len(missing)} segments removed by retention were not read, e.g. {missing[:10]}"
+                    )
                 table, new, dupes = spec.build(root, entries, day, existing, incremental=bool(tag))
                 lake.write_partition(spec.name, day, table, through=max(upto, after))
             total_rows, total_new, total_dupes = total_rows + table.num_rows, total_new + new, total_dupes + dupes

@@ -170,9 +170,7 @@ def freshness_figures(
     """
     max_seg = int(pc.max(table["segment"]).as_py() or 0) if table.num_rows else 0
     max_recv = int(pc.max(table["received_ns"]).as_py() or 0) if table.num_rows else 0
-    pending = [
-        e for e in iter_manifest(landing, after_seq=max_seg) if spec.channels & set((e.get("days") or {}).get(day, {}))
-    ]
+    pending = [e for e in iter_manifest(landing, after_seq=max_seg, day=day) if spec.channels & e["days"][day].keys()]
     newest = max((int(e.get("recv_last_ns") or 0) for e in pending), default=0)
     lag_s = max(0.0, (newest - max_recv) / 1e9) if pending else 0.0
     extra: dict[str, float | int | str] = {"lake_lag_s": round(lag_s, 3), "segments_pending": len(pending)}

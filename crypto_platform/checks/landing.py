@@ -15,10 +15,8 @@ changes and at least every 15 minutes (not every tick, which would flood the eve
 each reported evaluation to MLflow, since no run exists for ``mlflow_sensor`` to pick it up from.
 """
 
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import orjson
@@ -28,23 +26,12 @@ from crypto_platform.checks.figures import Figures
 from crypto_platform.checks.mlflow_events import log_runless_check
 from crypto_platform.resources.mlflow import MlflowTrackingResource
 from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream.landing_log import last_manifest_entry
 from crypto_platform.stream.session_ledger import gaps, sessions
 
 CHECK_NAME = "landing_freshness"
 WINDOW_S = 86_400.0
 REPORT_EVERY_S = 900.0
-
-
-def last_manifest_entry(landing: Path, tail_bytes: int = 65_536) -> dict[str, Any] | None:
-    """The newest complete manifest line, read from the file's tail (the manifest only grows)."""
-    path = landing / "manifest.ndjson"
-    if not path.exists():
-        return None
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - tail_bytes))
-        lines = [line for line in f.read().split(b"\n")[1 if size > tail_bytes else 0 : -1] if line.strip()]
-    return orjson.loads(lines[-1]) if lines else None
 
 
 def gap_seconds(landing: Path, start_ns: int, end_ns: int) -> float:

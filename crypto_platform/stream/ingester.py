@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from crypto_platform.polygon import protocol as p
 from crypto_platform.settings import Settings, mask_url_password
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import LandingLog, iter_manifest, validate
+from crypto_platform.stream.landing_log import LandingLog, last_manifest_entry, validate
 from crypto_platform.stream.session_ledger import SessionLedger, sessions
 
 log = logging.getLogger("crypto_platform.ingester")
@@ -258,10 +258,10 @@ class Ingester:
         if not all_sessions or not all_sessions[-1].open:
             return
         last = all_sessions[-1]
-        last_frame = max(
-            (int(e["recv_last_ns"]) for e in iter_manifest(self.landing.root) if last.session in e["sessions"]),
-            default=None,
-        )
+        # Its segments are the newest (sessions and segments both go forward in time), so its last
+        # frame is in the manifest's last entry, if it landed any.
+        newest = last_manifest_entry(self.landing.root)
+        last_frame = int(newest["recv_last_ns"]) if newest and last.session in newest["sessions"] else None
         self.ledger.record(
             last.session,
             "disconnect",

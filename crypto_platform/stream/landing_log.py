@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -342,6 +343,7 @@ class LandingLog:
         self.pass_fds = pass_fds
         self.active_dir = root / "active"
         self.segments_dir = root / "segments"
+        self._retention = Retention(self.segments_dir, retention_days)
         self.manifest_path = root / "manifest.ndjson"
         self.quarantine_path = root / "quarantine.ndjson"
         self.next_seq = 1
@@ -372,14 +374,16 @@ class LandingLog:
             os.replace(tmp, log_id_path)
         sealer = Sealer(self.root, self.fsync)
         report = RepairReport()
-        known = {int(e["seq"]) for e in iter_manifest(self.root)}
+        newest = last_manifest_entry(self.root)
+        # The manifest is in seq order, so only segments after its last line can lack theirs.
+        announced = int(newest["seq"]) if newest else 0
         sealed = sorted(int(p.name.split(".")[0]) for p in self.segments_dir.glob("*.ndjson"))
         for leftover in self.active_dir.glob("*.ndjson.open.clean"):  # a cleaning cut short by a crash
             leftover.unlink()
         active = sorted(int(p.name.split(".")[0]) for p in self.active_dir.glob("*.ndjson.open"))
-        self.next_seq = max([0, *known, *sealed, *active]) + 1
+        self.next_seq = max([announced, *sealed, *active]) + 1
         for seq in sealed:
-            if seq not in known:
+            if seq > announced:
                 sealer.seal(seq)
                 report.manifest_rebuilt.append(seq)
         for seq in active:
@@ -472,7 +476,7 @@ class LandingLog:
             if entry is None:
                 return None
             self._fold(entry)
-            self._apply_retention()
+            self._retention.apply(seq)
             return seq
         self._handed.append(seq)
         self._send(seq)
@@ -549,18 +553,42 @@ class LandingLog:
         """Events sealed per channel since this writer opened, and the newest market event time in them."""
         return dict(sorted(self._sealed_channels.items())), self._sealed_last_event_ms
 
-    def _apply_retention(self) -> None:
-        apply_retention(self.segments_dir, self.retention_days)
 
+class Retention:
+    """Deletes sealed segments older than ``days`` days (0: keeps them all), oldest first.
 
-def apply_retention(segments_dir: Path, retention_days: int) -> None:
-    if retention_days <= 0:
-        return
-    cutoff = time.time() - retention_days * 86_400
-    for path in segments_dir.glob("*.ndjson"):
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < cutoff:
+    Segments are sealed in seq order, so their ages are in that order too: a pass starts at the
+    oldest segment still kept and stops at the first one young enough to keep. A pass after a seal
+    so costs a stat or two, not a stat of every file (half a million after 30 days of 5 s
+    segments). The directory is listed once, on the first pass, to find the oldest. A segment
+    touched after its seal holds back the younger ones until it expires itself.
+    """
+
+    def __init__(self, segments_dir: Path, days: int) -> None:
+        self.segments_dir = segments_dir
+        self.days = days
+        self._next: int | None = None  # the oldest seq that may still be on disk
+
+    def apply(self, newest_seq: int, now: float | None = None) -> int:
+        """Delete the expired segments up to ``newest_seq``; return how many."""
+        if self.days <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.days * 86_400
+        if self._next is None:
+            names = (n.split(".")[0] for n in os.listdir(self.segments_dir) if n.endswith(".ndjson"))
+            self._next = min((int(n) for n in names if n.isdigit()), default=newest_seq + 1)
+        removed = 0
+        while self._next <= newest_seq:
+            path = self.segments_dir / _seq_name(self._next)
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    break
                 path.unlink()
+                removed += 1
+            except FileNotFoundError:  # a seq with only malformed frames, or removed by hand
+                pass
+            self._next += 1
+        return removed
 
 
 def _cut_torn_tail(path: Path) -> int:
@@ -602,12 +630,13 @@ def _sealer_main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sealer = Sealer(root, fsync)
+    retention = Retention(root / "segments", retention_days)
     for raw in sys.stdin.buffer:
         seq = int(raw)
         while True:
             try:
                 sealer.seal(seq)
-                apply_retention(root / "segments", retention_days)
+                retention.apply(seq)
                 break
             except OSError as exc:
                 print(f"landing log sealer: segment {seq}: {type(exc).__name__}: {exc}; retrying", file=sys.stderr)
@@ -625,18 +654,116 @@ def log_id(root: Path) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def iter_manifest(root: Path, after_seq: int = 0) -> Iterator[dict[str, Any]]:
-    """Manifest entries with ``seq > after_seq`` in order; a torn last line is ignored."""
+def iter_manifest(
+    root: Path, after_seq: int = 0, through_seq: int | None = None, day: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Manifest entries with ``after_seq < seq <= through_seq``, in order; a torn last line is ignored.
+
+    ``day``: only the entries of segments holding events of that UTC day. The manifest is in seq
+    order (one sealer appends it, sealing in order), so the first entry after ``after_seq`` is
+    found by bisection over the file's bytes and only the lines from there on are read: what a
+    sensor tick or a stream run costs does not grow with the log (a 30-day log at 5 s segments is
+    half a million lines). With ``day``, the lines naming it are found by a byte search over the
+    mapped file, so the other days' lines are never looked at one by one.
+    """
     path = root / "manifest.ndjson"
     if not path.exists():
         return
+    marker = orjson.dumps(day) + b":" if day is not None else None
     with open(path, "rb") as f:
-        for line in f:
+        f.seek(_offset_after(f, after_seq))
+        for line in f if marker is None else _lines_with(f, marker):
             if not line.endswith(b"\n"):
                 break
+            seq = _line_seq(line)
+            if through_seq is not None and seq > through_seq:
+                break
+            if seq <= after_seq:
+                continue
             entry = orjson.loads(line)
-            if int(entry["seq"]) > after_seq:
+            if day is None or day in (entry.get("days") or {}):
                 yield entry
+
+
+def _lines_with(f: BinaryIO, marker: bytes) -> Iterator[bytes]:
+    """The complete lines from ``f``'s position on that contain ``marker`` (a torn last line is not one)."""
+    start = f.tell()
+    if f.seek(0, os.SEEK_END) == 0:
+        return
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        end = data.rfind(b"\n") + 1  # what follows is a torn line
+        pos = data.find(marker, start, end)
+        while pos >= 0:
+            stop = data.find(b"\n", pos) + 1
+            yield data[data.rfind(b"\n", start, pos) + 1 or start : stop]  # -1 + 1: the line at start
+            pos = data.find(marker, stop, end)
+
+
+def last_manifest_entry(root: Path) -> dict[str, Any] | None:
+    """The newest complete manifest line, read from the file's tail (the manifest only grows)."""
+    path = root / "manifest.ndjson"
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)  # the text considered ends here
+        window = _PROBE_BYTES
+        while end > 0:
+            start = max(0, end - window)
+            f.seek(start)
+            data = f.read(end - start)
+            last = data.rfind(b"\n")  # after it: a torn line, or nothing
+            before = data.rfind(b"\n", 0, max(last, 0))
+            if last < 0 or (before < 0 and start > 0):
+                if start == 0:
+                    return None
+                window *= 2  # a line longer than the window: look further back
+                continue
+            line = data[before + 1 : last]
+            if line.strip():
+                return orjson.loads(line)
+            end = start + last  # a blank line (never written, but harmless): the one before it
+    return None
+
+
+def count_manifest(root: Path) -> int:
+    """How many segments the manifest announces (its complete lines), without parsing them."""
+    path = root / "manifest.ndjson"
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(functools.partial(f.read, 1 << 20), b""))
+
+
+_PROBE_BYTES = 65_536  # below this much, reading on beats bisecting
+
+
+def _line_seq(line: bytes) -> int:
+    # Entries are written with "seq" first ({"seq":12,...}); anything else is parsed in full.
+    if line.startswith(b'{"seq":'):
+        end = line.find(b",", 7)
+        if end > 7 and line[7:end].isdigit():
+            return int(line[7:end])
+    return int(orjson.loads(line)["seq"])
+
+
+def _offset_after(f: BinaryIO, after_seq: int) -> int:
+    """A line start before which every manifest line has ``seq <= after_seq`` (bisection over bytes)."""
+    lo, hi = 0, f.seek(0, os.SEEK_END)
+    if after_seq <= 0:
+        return 0
+    while hi - lo > _PROBE_BYTES:
+        mid = (lo + hi) // 2
+        f.seek(mid)
+        f.readline()  # to the next line start
+        start = f.tell()
+        line = f.readline()
+        if start >= hi or not line.endswith(b"\n"):
+            hi = mid
+        elif _line_seq(line) <= after_seq:
+            lo = start + len(line)
+        else:
+            hi = mid
+    return lo
 
 
 def segment_path(root: Path, entry: dict[str, Any]) -> Path:

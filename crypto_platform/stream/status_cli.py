@@ -13,7 +13,7 @@ import orjson
 
 from crypto_platform.settings import load_settings
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import iter_manifest
+from crypto_platform.stream.landing_log import count_manifest
 from crypto_platform.stream.session_ledger import gaps, sessions
 
 
@@ -26,7 +26,6 @@ def collect() -> dict[str, Any]:
     status = supervision.read_status(settings)
     beat = status.heartbeat or {}
     all_gaps = gaps(sessions(settings.landing_dir / "sessions.ndjson"))
-    sealed = sum(1 for _ in iter_manifest(settings.landing_dir))
     return {
         "running": status.running,
         "healthy": status.healthy,
@@ -35,7 +34,7 @@ def collect() -> dict[str, Any]:
         "state": beat.get("state"),
         "session": beat.get("session"),
         "url": beat.get("url"),
-        "segments_sealed": sealed,
+        "segments_sealed": count_manifest(settings.landing_dir),
         "events_by_channel": beat.get("events_by_channel", {}),
         "events_per_s": beat.get("events_per_s"),
         "last_event_ms": beat.get("last_event_ms"),

@@ -15,11 +15,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA, raw_aggregates, raw_book, raw_quotes, raw_trades
+from crypto_platform.assets.raw import (
+    TRADES,
+    TRADES_SCHEMA,
+    raw_aggregates,
+    raw_book,
+    raw_quotes,
+    raw_trades,
+    segments_to_read,
+)
 from crypto_platform.lake_decode import LandingDecodeError, SegmentFile, decode, merge
 from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.stream_batches import SEGMENTS_TAG
-from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
+from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame
 
 DAY = "2025-11-24"
 MINUTE = DAY1_MS - DAY1_MS % 60_000
@@ -162,6 +170,28 @@ def test_a_failed_runs_segments_are_taken_in_by_the_next_run(tmp_path: Path) -> 
     materialize(raw_trades, landing, lake, {SEGMENTS_TAG: "2-2"})
     again = lake.read_partition("raw_trades", DAY)
     assert again.equals(table) and segments_through(again) == last
+
+
+def test_a_rebuild_after_retention_reads_what_is_left_and_names_only_the_days_lost_segments(
+    tmp_path: Path,
+) -> None:
+    landing = Landing(tmp_path)
+    gone = landing.segment(trades_frame(0, 5, DAY1_MS))
+    other_day = landing.segment(trades_frame(100, 5, DAY2_MS))
+    landing.segment(trades_frame(5, 5, DAY1_MS))
+    root = landing.resource().landing_dir
+    for seq in (gone, other_day):  # as CRYPTO_RETENTION_DAYS removes them
+        (root / "segments" / f"{seq:012d}.ndjson").unlink()
+    entries, missing = segments_to_read(root, DAY, frozenset({"XT"}), 0, other_day + 1)
+    assert ([e["seq"] for e in entries], missing) == ([other_day + 1], [gone])
+    instance = dg.DagsterInstance.ephemeral()
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    resources = {"stream": landing.resource(), "lake": lake}
+    result = dg.materialize([raw_trades], partition_key=DAY, resources=resources, instance=instance)
+    assert result.success
+    assert lake.read_partition("raw_trades", DAY)["trade_id"].to_pylist() == [str(i) for i in range(5, 10)]
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if "retention" in e.user_message]
+    assert warnings == [f"{DAY}: 1 segments removed by retention were not read, e.g. [{gone}]"]
 
 
 def _nulls_last(value: Any) -> tuple[bool, Any]:

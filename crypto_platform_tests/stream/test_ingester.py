@@ -20,6 +20,7 @@ from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 from crypto_platform.settings import Settings, child_environment
 from crypto_platform.stream import supervision
 from crypto_platform.stream.ingester import Backoff
+from crypto_platform.stream.landing_log import iter_lines, iter_manifest
 from crypto_platform.stream.session_ledger import gaps
 from crypto_platform_tests.polygon.conftest import wait_for
 from crypto_platform_tests.stream.conftest import Running, counts, landed_events, settings_for, wait_landed
@@ -267,7 +268,10 @@ def test_sigkill_loses_nothing_received_and_restart_continues(tmp_path: Path) ->
         settings.landing_dir / "sessions.ndjson"
     )
     assert [s.reason for s in ledger] == ["ingester stopped without closing (crash or kill)", "stopped"]
-    assert ledger[0].last_frame_ns is not None
+    # The killed session is closed at its last landed frame (taken from the manifest's last entry).
+    root = settings.landing_dir
+    frames = [(recv, n) for e in iter_manifest(root) for recv, n, _ in iter_lines(root / e["file"])]
+    assert ledger[0].last_frame_ns == max(recv for recv, n in frames if n == 1)
 
 
 def test_a_second_ingester_is_refused(tmp_path: Path) -> None:
