@@ -4,14 +4,16 @@ A known limit, measured so that a change to it can be judged: a stream run upser
 Parquet partition by reading, merging and rewriting the whole day (and its checks evaluate the
 whole day), so the lake part of a batch grows with the rows the day already holds.
 
-The landing log is ``partition_build.py``'s (simulator events over 5 pairs, 5 s segments). The lake
-part of the ``stream_batch`` job (``raw_trades``, ``raw_quotes``, ``raw_aggregates``,
-``minute_bars`` and their checks) is run through ``dagster.materialize`` with the segment tag, as
-the sensor's runs are: for each of the first ``--batches`` segments (early: the day nearly empty),
-then, after one run takes in everything up to the last ``--batches`` segments, for each of those
-(late). The warehouse copies, Dagster's run launch and the event log are not in the figures.
+The landing log is ``partition_build.py``'s (simulator events over 5 pairs, 5 s segments). What a
+``stream_batch`` run of a segment with trades, quotes and bars builds (``batch_selection``: the raw
+tables, ``minute_bars``, ``crypto_alerts``, the MySQL and Snowflake copies, with every check) is
+run in this process through ``dagster.materialize`` with the segment tag, as the sensor's runs
+are, against the zero-setup stand-ins (SQLite for MySQL, the local fakesnow server): for each of
+the first ``--batches`` segments (early: the day nearly empty), then, after one run takes in
+everything up to the last ``--batches`` segments, for each of those (late). Figures per step come
+from the run's step timings. Dagster's run launch (a process per run) is not in them.
 
-    python benchmarks/late_day_batch.py [--events 2000000] [--batches 3]
+    python benchmarks/late_day_batch.py [--events 2000000] [--batches 3] [--lake-only]
 
 No target: the figure to watch is late/early (1.0 would be a batch cost independent of the day).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -32,46 +35,50 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.partition_build import DAY, land  # noqa: E402
+from crypto_platform import local_stack  # noqa: E402
 from crypto_platform.assets.bars import minute_bars  # noqa: E402
 from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades  # noqa: E402
 from crypto_platform.definitions import defs  # noqa: E402
-from crypto_platform.resources.lake import LakeResource  # noqa: E402
-from crypto_platform.resources.polygon import PolygonRestResource  # noqa: E402
-from crypto_platform.resources.stream import StreamResource  # noqa: E402
-from crypto_platform.settings import load_settings  # noqa: E402
+from crypto_platform.resources import build_resources  # noqa: E402
+from crypto_platform.sensors import batch_selection  # noqa: E402
+from crypto_platform.settings import child_environment, load_settings  # noqa: E402
 from crypto_platform.stream_batches import SEGMENTS_TAG  # noqa: E402
 
-ASSETS = [raw_trades, raw_quotes, raw_aggregates, minute_bars]
+LAKE = [raw_trades, raw_quotes, raw_aggregates, minute_bars]
+
+
+def loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--lake-only", action="store_true", help="only the raw tables and minute_bars (no servers)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="late-day-batch-"))
+    env = {"CRYPTO_PROJECT_DIR": str(ROOT), "CRYPTO_STATE_DIR": str(work), "CRYPTO_FAKESNOW_PORT": str(loopback_port())}
+    settings = load_settings(env)
+    fakesnow = None if args.lake_only else local_stack.fakesnow_service(settings)
+    paths = local_stack.stack_paths(settings)
     try:
-        settings = load_settings({"CRYPTO_PROJECT_DIR": str(ROOT), "CRYPTO_STATE_DIR": str(work)})
+        if fakesnow is not None:
+            local_stack.start_service(fakesnow, paths, child_environment(), ready_timeout=120)
         day = land(settings.data_dir, args.events, trades_per_second=250)
-        keys = {a.key for a in ASSETS}
+        keys = {a.key for a in LAKE} if args.lake_only else set(batch_selection({"XT", "XQ", "XA", "XAS"}))
+        assets = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition) and a.keys & keys]
         checks = [c for c in defs.asset_checks or () if any(k.asset_key in keys for k in c.check_keys)]
-        resources = {
-            "stream": StreamResource(
-                project_dir=str(settings.project_dir),
-                state_dir=str(settings.state_dir),
-                data_dir=str(settings.data_dir),
-                autostart=False,
-            ),
-            "lake": LakeResource(root=str(settings.lake_dir)),
-            # The landing log's session stays open: no gap, so nothing is fetched from REST.
-            "polygon_rest": PolygonRestResource(base_url="http://127.0.0.1:9", api_key="unused", pairs=["BTC-USD"]),
-        }
+        # The landing log's session stays open: no gap, so nothing is fetched from REST.
+        resources = build_resources(settings)
         instance = dg.DagsterInstance.ephemeral()
 
-        def batch(first: int, last: int) -> float:
+        def batch(first: int, last: int) -> tuple[float, dict[str, float]]:
             started = time.perf_counter()
             result = dg.materialize(
-                [*ASSETS, *checks],
+                [*assets, *checks],
                 selection=list(keys),
                 partition_key=DAY,
                 tags={SEGMENTS_TAG: f"{first}-{last}"},
@@ -80,24 +87,33 @@ def main() -> int:
             )
             if not result.success:
                 raise SystemExit(f"the batch {first}-{last} failed")
-            return time.perf_counter() - started
+            steps = {
+                s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(result.run_id)
+            }
+            return time.perf_counter() - started, steps
 
         seqs = [int(e["seq"]) for e in day.entries]
         n = args.batches
-        early = [round(batch(s, s), 2) for s in seqs[:n]]
+        early = [batch(s, s) for s in seqs[:n]]
         batch(seqs[n], seqs[-n - 1])
-        lake = resources["lake"]
-        assert isinstance(lake, LakeResource)
-        table = lake.read_partition("raw_trades", DAY)
+        table = resources["lake"].read_partition("raw_trades", DAY)
         rows = table.num_rows if table is not None else 0
-        late = [round(batch(s, s), 2) for s in seqs[-n:]]
-        per_segment = day.events // len(seqs)
-        print(f"landed {day.events:,} events in {len(seqs)} segments (~{per_segment:,} events a segment)")
-        print(f"early batches (day nearly empty): median {statistics.median(early):.2f} s; runs {early}")
-        print(f"late batches ({rows:,} trades in the day): median {statistics.median(late):.2f} s; runs {late}")
-        print(f"late / early: {statistics.median(late) / statistics.median(early):.1f}x")
+        late = [batch(s, s) for s in seqs[-n:]]
+        print(f"landed {day.events:,} events in {len(seqs)} segments (~{day.events // len(seqs):,} events a segment)")
+        print(f"{len(keys)} assets and {len(checks)} check steps per batch")
+        for name, runs in (("early (day nearly empty)", early), (f"late ({rows:,} trades in the day)", late)):
+            print(
+                f"{name}: median {statistics.median(r[0] for r in runs):.2f} s; runs {[round(r[0], 2) for r in runs]}"
+            )
+        ratio = statistics.median(r[0] for r in late) / statistics.median(r[0] for r in early)
+        print(f"late / early: {ratio:.1f}x; steps, median seconds early -> late:")
+        for step in sorted(late[0][1], key=lambda k: -statistics.median(r[1].get(k, 0) for r in late)):
+            e, l_ = (statistics.median(r[1].get(step, 0) for r in runs) for runs in (early, late))
+            print(f"  {step:32s} {e:6.2f} -> {l_:6.2f}")
         return 0
     finally:
+        if fakesnow is not None:
+            local_stack.stop_service(fakesnow, paths)
         shutil.rmtree(work, ignore_errors=True)
 
 
