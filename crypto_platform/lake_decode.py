@@ -173,6 +173,7 @@ def merge(
     key: Sequence[str],
     order: Sequence[str],
     finish: str | None = None,
+    fast: bool = True,
 ) -> tuple[pa.Table, int]:
     """One row per ``key`` of the decoded rows and ``existing`` (rows already in the lake), sorted by ``order``.
 
@@ -186,8 +187,16 @@ def merge(
     book) that one sort also gives the table's order; otherwise (trades: event time first) the
     order is sorted in a second thread meanwhile (Arrow releases the GIL), as both cores are idle
     once DuckDB is done. NULLs sort last and are one key, as in SQL.
+
+    A stream run adds a few thousand rows to a day that may hold millions: when ``existing`` is a
+    table this function made (sorted by ``order``, one row per key) and the shape allows it
+    (:func:`can_merge_into`), only the existing rows that share a key with a new row and those
+    from the new rows' first ``order`` value on are merged and sorted; the rest is kept as it is
+    (``fast=False`` merges everything, the same result).
     """
     with_idx = schema.append(pa.field("idx", pa.int64()))
+    if existing is not None and fast and can_merge_into(decoded, existing, key, order, finish):
+        return _merge_into(decoded.select(with_idx.names).cast(with_idx), existing, schema, key, order)
     parts = [decoded.select(with_idx.names).cast(with_idx)]
     if existing is not None and existing.num_rows:
         lake = existing.select(schema.names).cast(schema)
@@ -219,6 +228,55 @@ def merge(
 
 
 _RECEIPT = ("received_ns", "segment", "idx")  # the merge's receipt order, earliest first
+
+
+def can_merge_into(
+    decoded: pa.Table, existing: pa.Table, key: Sequence[str], order: Sequence[str], finish: str | None
+) -> bool:
+    """Whether :func:`merge` may merge ``decoded`` into ``existing`` without sorting all of it.
+
+    It may when ``order`` holds the whole key (so the merged rows are totally ordered: no tie for
+    a sort to break), nothing is renumbered afterwards (``finish``), no key or leading ``order``
+    value is NULL (joins would not match NULLs as merge does) and ``existing`` is in ``order`` by
+    its leading, integer column: which a table made by merge always is.
+    """
+    lead = order[0] if order else None
+    if finish is not None or not existing.num_rows or not decoded.num_rows or not set(key) <= set(order):
+        return False
+    if lead not in existing.column_names or not pa.types.is_integer(existing.schema.field(lead).type):
+        return False
+    if any(t[c].null_count for t in (decoded, existing) for c in {*key, lead}):
+        return False
+    values = existing[lead].to_numpy()
+    return bool(np.all(values[1:] >= values[:-1]))
+
+
+def _merge_into(
+    decoded: pa.Table, existing: pa.Table, schema: pa.Schema, key: Sequence[str], order: Sequence[str]
+) -> tuple[pa.Table, int]:
+    """:func:`merge` of a few new rows into a large, merged and ordered ``existing`` table.
+
+    The existing rows sharing a key with a new row are merged with the new rows by the general
+    rule; the winners and the existing rows from the smallest leading ``order`` value among them
+    on are sorted; the existing rows before that value stay where they are.
+    """
+    lake = existing.select(schema.names).cast(schema)
+    row = "__row"
+    keys = lake.select(list(key)).append_column(row, pa.array(np.arange(lake.num_rows, dtype=np.int64)))
+    shared = keys.join(decoded.select(list(key)).group_by(list(key)).aggregate([]), list(key), join_type="left semi")
+    hit = np.sort(shared[row].to_numpy())
+    winners, dupes = merge(decoded, lake.take(pa.array(hit)), schema, key, order, fast=False)
+    lead = order[0]
+    start = int(np.searchsorted(lake[lead].to_numpy(), pc.min(winners[lead]).as_py(), side="left"))
+    untouched = np.ones(lake.num_rows, np.bool_)
+    untouched[hit] = False
+    head = lake.slice(0, start)
+    if not untouched[:start].all():  # a shared key earlier in the order (rare): leave its row out
+        head = head.filter(pa.array(untouched[:start]))
+    tail = lake.slice(start).filter(pa.array(untouched[start:]))
+    rest = pa.concat_tables([tail, winners])
+    merged = pa.concat_tables([head, rest.take(pa.array(_sort(rest, order)))])
+    return merged, dupes
 
 
 def _sort(table: pa.Table, columns: Sequence[str]) -> np.ndarray:

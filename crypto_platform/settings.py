@@ -30,6 +30,9 @@ DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_DAGSTER_PORT = 3000
 # First daily partition of every date-partitioned asset (REST history reaches further back).
 DEFAULT_START_DATE = "2025-01-01"
+# Partitions a run keeps in memory between its steps: about three of 2M rows (a stream
+# run reads the day's trades, quotes and bars, and the day before's for the alerts).
+DEFAULT_LAKE_CACHE_MB = 768
 
 # The key the simulator accepts by default; it is not a secret.
 SIMULATOR_API_KEY = "simulator-key"
@@ -257,6 +260,7 @@ class Settings:
     segment_max_bytes: int
     segment_max_age_s: float
     retention_days: int
+    lake_cache_mb: int
     dagster_port: int
     start_date: str
     reconnect_initial_s: float
@@ -428,6 +432,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         segment_max_bytes=_parse_int(env, "CRYPTO_SEGMENT_MAX_BYTES", 64 * 1024 * 1024, minimum=4096),
         segment_max_age_s=_parse_float(env, "CRYPTO_SEGMENT_MAX_AGE_S", 5.0, minimum=0.05),
         retention_days=_parse_int(env, "CRYPTO_RETENTION_DAYS", 0),
+        lake_cache_mb=_parse_int(env, "CRYPTO_LAKE_CACHE_MB", DEFAULT_LAKE_CACHE_MB),
         dagster_port=_parse_int(env, "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, minimum=1),
         start_date=_parse_date(env, "CRYPTO_START_DATE", DEFAULT_START_DATE),
         reconnect_initial_s=_parse_float(env, "CRYPTO_RECONNECT_INITIAL_S", 0.5, minimum=0.01),

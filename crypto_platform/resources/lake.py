@@ -14,6 +14,11 @@ Two things make incremental builds safe across runs:
 - **the partition lock**: read-modify-write of a partition happens under an exclusive ``flock`` on
   ``<asset>/date=<day>/.lock``, so a manual rebuild and a sensor run of the same day cannot
   interleave and drop each other's rows.
+
+Reads are remembered per process (:class:`RecentPartitions`): a ``stream_batch`` run reads the same
+day of ``raw_trades`` in six steps (its merge, its checks, ``minute_bars``, the alerts, two warehouse
+copies), all in one process, and late in a busy day each read costs as much as a small batch's
+whole work.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,9 +36,73 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crypto_platform.settings import Settings
+from crypto_platform.settings import DEFAULT_LAKE_CACHE_MB, Settings
 
 _THROUGH = b"crypto.segments_through"
+_WRITE_ID = b"crypto.write_id"
+
+
+class RecentPartitions:
+    """Tables this process read, kept while their file is unchanged, the least recently used dropped first.
+
+    A partition file is only ever replaced by a rename, never rewritten in place, and every write
+    stamps a new id into the file's metadata: a file is taken to be the one read when its (device,
+    inode, size, mtime) are unchanged and its footer still carries the same id (a freed inode can
+    be reused within one mtime tick; the id cannot). Files without an id are read every time.
+    Arrow tables are immutable, so one table can be handed to every reader.
+    """
+
+    def __init__(self) -> None:
+        self._tables: OrderedDict[Path, tuple[tuple[int, ...], pa.Table]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def read(self, path: Path, budget_bytes: int) -> pa.Table | None:
+        """The partition at ``path`` (None if there is none), from memory when the file is unchanged.
+
+        ``budget_bytes``: what the tables kept may hold in all (0: keep nothing).
+        """
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            known = self._tables.get(path)
+        if known is not None and known[0] == signature and _same_write(path, known[1]):
+            with self._lock:
+                if path in self._tables:
+                    self._tables.move_to_end(path)
+            return known[1]
+        table = pq.read_table(path)
+        with self._lock:
+            self._forget(path)
+            if _write_id(table.schema) is not None and table.nbytes <= budget_bytes:
+                self._tables[path] = (signature, table)
+                self._bytes += table.nbytes
+            while self._bytes > budget_bytes:
+                self._forget(next(iter(self._tables)))
+        return table
+
+    def _forget(self, path: Path) -> None:
+        known = self._tables.pop(path, None)
+        if known is not None:
+            self._bytes -= known[1].nbytes
+
+
+def _write_id(schema: pa.Schema) -> bytes | None:
+    return (schema.metadata or {}).get(_WRITE_ID)
+
+
+def _same_write(path: Path, table: pa.Table) -> bool:
+    """Whether the file at ``path`` is still the write ``table`` was read from (its footer's id)."""
+    try:
+        return _write_id(pq.read_schema(path)) == _write_id(table.schema)
+    except (FileNotFoundError, pa.ArrowInvalid):  # replaced meanwhile
+        return False
+
+
+RECENT = RecentPartitions()
 
 
 def segments_through(table: pa.Table | None) -> int | None:
@@ -45,6 +117,8 @@ class LakeResource(dg.ConfigurableResource):
     """Where partitions live, and the one way they are written."""
 
     root: str
+    # CRYPTO_LAKE_CACHE_MB: partitions kept in memory between the steps of a run (0: none)
+    cache_mb: int = DEFAULT_LAKE_CACHE_MB
 
     def partition_path(self, asset: str, day: str) -> Path:
         return Path(self.root) / asset / f"date={day}" / "part.parquet"
@@ -53,18 +127,18 @@ class LakeResource(dg.ConfigurableResource):
         """Replace the partition with ``table``; ``through`` records its landing-segment watermark."""
         path = self.partition_path(asset, day)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != _THROUGH}
+        meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in (_THROUGH, _WRITE_ID)}
+        meta[_WRITE_ID] = uuid.uuid4().hex.encode()
         if through is not None:
             meta[_THROUGH] = str(int(through)).encode()
-        table = table.replace_schema_metadata(meta or None)
+        table = table.replace_schema_metadata(meta)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return path
 
     def read_partition(self, asset: str, day: str) -> pa.Table | None:
-        path = self.partition_path(asset, day)
-        return pq.read_table(path) if path.exists() else None
+        return RECENT.read(self.partition_path(asset, day), self.cache_mb * 1024 * 1024)
 
     @contextlib.contextmanager
     def locked(self, asset: str, day: str) -> Iterator[None]:
@@ -80,4 +154,4 @@ class LakeResource(dg.ConfigurableResource):
 
 
 def build_lake_resource(settings: Settings) -> LakeResource:
-    return LakeResource(root=str(settings.lake_dir))
+    return LakeResource(root=str(settings.lake_dir), cache_mb=settings.lake_cache_mb)

@@ -24,7 +24,7 @@ from crypto_platform.assets.raw import (
     raw_trades,
     segments_to_read,
 )
-from crypto_platform.lake_decode import LandingDecodeError, SegmentFile, decode, merge
+from crypto_platform.lake_decode import LandingDecodeError, SegmentFile, can_merge_into, decode, merge
 from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame
@@ -280,3 +280,55 @@ def test_a_record_without_receive_time_or_frame_fails_the_decode_naming_file_and
     segment = SegmentFile(1, path, path.stat().st_size)
     with pytest.raises(LandingDecodeError, match=f"{path} line 2: not a landing record"):
         decode(TRADES.shape, [segment], (DAY1_MS - DAY1_MS % 86_400_000, DAY1_MS + 86_400_000), TRADES_SCHEMA)
+
+
+@pytest.mark.parametrize(("key", "order"), ORDERINGS)
+@pytest.mark.parametrize("seed", [5, 6, 7, 8, 9])
+def test_merging_a_batch_into_a_large_ordered_day_equals_the_full_merge_and_the_exact_rule(
+    seed: int, key: tuple[str, ...], order: tuple[str, ...]
+) -> None:
+    # A day of merged rows, then batches that re-send some of its trades (later, or earlier: a REST
+    # row's receipt can be later than the stream's), reach back before its newest rows, and add new ones.
+    rng = random.Random(seed)
+
+    def row(i: int, t: int, received: int, trade_id: str, source: str = "ws") -> dict[str, Any]:
+        return {
+            "pair": rng.choice(["BTC-USD", "ETH-USD"]),
+            "exchange": 1 + int(trade_id) % 3,
+            "trade_id": trade_id,
+            "price": Decimal(rng.randrange(1, 10**6)).scaleb(-rng.randrange(0, 19)),
+            "size": Decimal(rng.randrange(1, 10**6)).scaleb(-18),
+            "conditions": "[]",
+            "event_ms": t,
+            "polygon_received_ms": None,
+            "received_ns": received,
+            "session": 1,
+            "segment": 1 + received // 100,
+            "source": source,
+            "idx": i,
+        }
+
+    def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    day = [row(i, DAY1_MS + i // 3, 10 * i, str(i)) for i in range(2_000)]
+    lake, _ = merge(table(day, TRADES_SCHEMA.append(IDX)), None, TRADES_SCHEMA, key, order)
+    taken_fast = 0
+    for batch in range(4):
+        resent = [
+            dict(r, idx=j, received_ns=r["received_ns"] + rng.choice([-5, 7, 30_000]))
+            for j, r in enumerate(rng.sample(day, 15))
+        ]
+        new = [
+            row(100 + j, DAY1_MS + rng.randrange(600, 800), 40_000 + batch * 100 + j, str(5_000 + batch * 50 + j))
+            for j in range(40)
+        ]
+        decoded = table(resent + new + [dict(new[0], idx=999)], TRADES_SCHEMA.append(IDX))  # and a duplicate within
+        taken_fast += can_merge_into(decoded, lake, key, order, None)
+        fast, dropped = merge(decoded, lake, TRADES_SCHEMA, key, order)
+        full, full_dropped = merge(decoded, lake, TRADES_SCHEMA, key, order, fast=False)
+        want = expected_merge(decoded.to_pylist(), lake.to_pylist(), key, order)
+        assert fast.schema == TRADES_SCHEMA and fast.equals(full) and dropped == full_dropped
+        assert fast.to_pylist() == want
+        lake = fast
+    assert taken_fast == 4
