@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,3 +91,24 @@ def test_the_budget_keeps_the_most_recently_read(tmp_path: Path) -> None:
     assert lake.read_partition("t", "2025-11-01") is read["2025-11-01"]
     kept = [t for _, t in RECENT._tables.values()]
     assert sum(t.nbytes for t in kept) <= 5 << 20
+
+
+def test_a_written_table_is_kept_as_a_read_from_disk_would_give_it(lake: LakeResource) -> None:
+    # Every type the lake's tables use: what is kept is what a read from disk would give.
+    decimal = pa.decimal128(38, 18)
+    level = pa.struct([("price", decimal), ("size", decimal)])
+    table = pa.table(
+        {
+            "pair": pa.array(["BTC-USD", None], pa.string()),
+            "exchange": pa.array([1, 2], pa.int32()),
+            "event_ms": pa.array([1, 2], pa.int64()),
+            "price": pa.array([Decimal("97000.123456789012345678"), Decimal("0.000000000000000001")], decimal),
+            "settled": pa.array([True, None], pa.bool_()),
+            "bids": pa.array([[{"price": Decimal("1.5"), "size": Decimal("2")}], []], pa.list_(level)),
+        }
+    )
+    lake.write_partition("t", "2025-11-24", table, through=3)
+    kept = lake.read_partition("t", "2025-11-24")
+    from_disk = pq.read_table(lake.partition_path("t", "2025-11-24"))
+    assert kept is not None and kept.equals(from_disk, check_metadata=True)
+    assert lake.read_partition("t", "2025-11-24") is kept  # from memory

@@ -15,10 +15,10 @@ Two things make incremental builds safe across runs:
   ``<asset>/date=<day>/.lock``, so a manual rebuild and a sensor run of the same day cannot
   interleave and drop each other's rows.
 
-Reads are remembered per process (:class:`RecentPartitions`): a ``stream_batch`` run reads the same
-day of ``raw_trades`` in six steps (its merge, its checks, ``minute_bars``, the alerts, two warehouse
-copies), all in one process, and late in a busy day each read costs as much as a small batch's
-whole work.
+Partitions read or written are remembered per process (:class:`RecentPartitions`): a
+``stream_batch`` run reads the same day of ``raw_trades`` in six steps (its merge, its checks,
+``minute_bars``, the alerts, two warehouse copies), all in one process, and late in a busy day
+each read costs as much as a small batch's whole work.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ _WRITE_ID = b"crypto.write_id"
 
 
 class RecentPartitions:
-    """Tables this process read, kept while their file is unchanged, the least recently used dropped first.
+    """Tables this process read or wrote, kept while their file is unchanged, the least recently used dropped first.
 
     A partition file is only ever replaced by a rename, never rewritten in place, and every write
     stamps a new id into the file's metadata: a file is taken to be the one read when its (device,
     inode, size, mtime) are unchanged and its footer still carries the same id (a freed inode can
     be reused within one mtime tick; the id cannot). Files without an id are read every time.
-    Arrow tables are immutable, so one table can be handed to every reader.
+    Arrow tables are immutable, so one table can be handed to every reader. A table written is kept
+    as written when the file's schema is exactly its own (it may differ from a read in chunks only).
     """
 
     def __init__(self) -> None:
@@ -75,6 +76,21 @@ class RecentPartitions:
                     self._tables.move_to_end(path)
             return known[1]
         table = pq.read_table(path)
+        self._keep(path, signature, table, budget_bytes)
+        return table
+
+    def remember(self, path: Path, table: pa.Table, budget_bytes: int) -> None:
+        """Keep ``table``, just written to ``path``: the next step reads it from memory, not from disk.
+
+        Only when the file reads back with exactly this schema (types and metadata), as every type
+        the lake uses does (tested); should one not round-trip, its table is read from disk instead.
+        """
+        st = os.stat(path)
+        if not pq.read_schema(path).equals(table.schema, check_metadata=True):
+            return
+        self._keep(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), table, budget_bytes)
+
+    def _keep(self, path: Path, signature: tuple[int, ...], table: pa.Table, budget_bytes: int) -> None:
         with self._lock:
             self._forget(path)
             if _write_id(table.schema) is not None and table.nbytes <= budget_bytes:
@@ -82,7 +98,6 @@ class RecentPartitions:
                 self._bytes += table.nbytes
             while self._bytes > budget_bytes:
                 self._forget(next(iter(self._tables)))
-        return table
 
     def _forget(self, path: Path) -> None:
         known = self._tables.pop(path, None)
@@ -135,6 +150,7 @@ class LakeResource(dg.ConfigurableResource):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+        RECENT.remember(path, table, self.cache_mb * 1024 * 1024)
         return path
 
     def read_partition(self, asset: str, day: str) -> pa.Table | None:
