@@ -468,14 +468,17 @@ class SqlWarehouse:
         t = table(name)
         cols = columns or [c for c in t.names if c in self.columns(t.name)]
         where, params = self._day_where(t, day)
+        sql = f"SELECT {', '.join(cols)} FROM {t.name} WHERE {where}"
         if segments is not None and t.has_segments:
             ph = self._placeholder()
             after, upto = segments
             bounds = [f"segment > {ph}"] * (after is not None) + [f"segment <= {ph}"] * (upto is not None)
             if bounds:
-                where += f" AND (segment IS NULL OR ({' AND '.join(bounds)}))"
-                params = (*params, *(b for b in (after, upto) if b is not None))
-        sql = f"SELECT {', '.join(cols)} FROM {t.name} WHERE {where}"
+                # Two selects, not "segment IS NULL OR (...)": each one can use the segment index, so
+                # a batch's rows are found without scanning the whole day.
+                batch = (*params, *(b for b in (after, upto) if b is not None))
+                sql = f"{sql} AND {' AND '.join(bounds)} UNION ALL {sql} AND segment IS NULL"
+                params = (*batch, *params)
         with self.connect() as conn:
             cur = conn.cursor()
             try:
