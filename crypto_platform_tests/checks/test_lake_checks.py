@@ -201,3 +201,18 @@ def test_a_blocking_failure_stops_downstream_assets_in_the_run(tmp_path: Path) -
         )
     assert not result.success and ran == []
     assert not evaluations(result)[("raw_trades", "valid_values")].passed
+
+
+def test_duplicate_examples_come_in_key_order_and_the_counts_are_exact() -> None:
+    from collections import Counter
+
+    from crypto_platform.checks.figures import MAX_EXAMPLES, duplicate_figures
+
+    ids = [f"{i % 500:03d}" for i in range(20_000)]  # every id 40 times, over many threads' chunks
+    pairs = ["ETH-USD" if i % 2 else "BTC-USD" for i in range(20_000)]
+    table = pa.table({"pair": pairs, "trade_id": ids})
+    figures = duplicate_figures(table, ("pair", "trade_id"))
+    counts = Counter(zip(pairs, ids, strict=True))
+    groups = sorted(counts)
+    assert figures.violations == 20_000 - len(groups) and figures.extra["duplicate_keys"] == len(groups)
+    assert figures.examples == [f"pair={p}, trade_id={i} ({counts[p, i]} rows)" for p, i in groups[:MAX_EXAMPLES]]
