@@ -228,6 +228,7 @@ def merge(
 
 
 _RECEIPT = ("received_ns", "segment", "idx")  # the merge's receipt order, earliest first
+_MAX_CHUNKS = 32  # a merged table with more is made contiguous again (one copy)
 
 
 def can_merge_into(
@@ -276,6 +277,10 @@ def _merge_into(
     tail = lake.slice(start).filter(pa.array(untouched[start:]))
     rest = pa.concat_tables([tail, winners])
     merged = pa.concat_tables([head, rest.take(pa.array(_sort(rest, order)))])
+    if merged.column(0).num_chunks > _MAX_CHUNKS:
+        # Each merge adds a chunk; a process merging batch after batch into the table it keeps
+        # (RecentPartitions hands the written table back) would otherwise pile up thousands.
+        merged = merged.combine_chunks()
     return merged, dupes
 
 

@@ -332,3 +332,21 @@ def test_merging_a_batch_into_a_large_ordered_day_equals_the_full_merge_and_the_
         assert fast.to_pylist() == want
         lake = fast
     assert taken_fast == 4
+
+
+def test_merging_batch_after_batch_into_the_same_table_keeps_its_chunks_few() -> None:
+    # As a process does that keeps the table it wrote: every merge would otherwise add a chunk.
+    def trades(first: int, n: int) -> pa.Table:
+        rows = [
+            {"pair": "BTC-USD", "exchange": 1, "trade_id": str(first + i), "price": Decimal("1.5"), "size": Decimal(1)}
+            | {"conditions": "[]", "event_ms": DAY1_MS + first + i, "polygon_received_ms": None}
+            | {"received_ns": first + i, "session": 1, "segment": 1 + first // 10, "source": "ws", "idx": i}
+            for i in range(n)
+        ]
+        return pa.Table.from_pylist(rows, schema=TRADES_SCHEMA.append(IDX))
+
+    lake, _ = merge(trades(0, 1_000), None, TRADES_SCHEMA, TRADES.key, TRADES.order)
+    for batch in range(100):
+        lake, _ = merge(trades(1_000 + batch * 10, 10), lake, TRADES_SCHEMA, TRADES.key, TRADES.order)
+        assert lake.column(0).num_chunks <= 33
+    assert lake["trade_id"].to_pylist() == [str(i) for i in range(2_000)]
