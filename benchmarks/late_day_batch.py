@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.partition_build import DAY, land  # noqa: E402
+from benchmarks.simulator_rate import free_port  # noqa: E402
 from crypto_platform import local_stack  # noqa: E402
 from crypto_platform.assets.bars import minute_bars  # noqa: E402
 from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades  # noqa: E402
@@ -47,12 +47,6 @@ from crypto_platform.stream_batches import SEGMENTS_TAG  # noqa: E402
 LAKE = [raw_trades, raw_quotes, raw_aggregates, minute_bars]
 
 
-def loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
@@ -60,7 +54,7 @@ def main() -> int:
     parser.add_argument("--lake-only", action="store_true", help="only the raw tables and minute_bars (no servers)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="late-day-batch-"))
-    env = {"CRYPTO_PROJECT_DIR": str(ROOT), "CRYPTO_STATE_DIR": str(work), "CRYPTO_FAKESNOW_PORT": str(loopback_port())}
+    env = {"CRYPTO_PROJECT_DIR": str(ROOT), "CRYPTO_STATE_DIR": str(work), "CRYPTO_FAKESNOW_PORT": str(free_port())}
     settings = load_settings(env)
     fakesnow = None if args.lake_only else local_stack.fakesnow_service(settings)
     paths = local_stack.stack_paths(settings)

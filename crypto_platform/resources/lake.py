@@ -64,10 +64,9 @@ class RecentPartitions:
         ``budget_bytes``: what the tables kept may hold in all (0: keep nothing).
         """
         try:
-            st = os.stat(path)
+            signature = _signature(path)
         except FileNotFoundError:
             return None
-        signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
             known = self._tables.get(path)
         if known is not None and known[0] == signature and _same_write(path, known[1]):
@@ -85,10 +84,10 @@ class RecentPartitions:
         Only when the file reads back with exactly this schema (types and metadata), as every type
         the lake uses does (tested); should one not round-trip, its table is read from disk instead.
         """
-        st = os.stat(path)
+        signature = _signature(path)
         if not pq.read_schema(path).equals(table.schema, check_metadata=True):
             return
-        self._keep(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), table, budget_bytes)
+        self._keep(path, signature, table, budget_bytes)
 
     def _keep(self, path: Path, signature: tuple[int, ...], table: pa.Table, budget_bytes: int) -> None:
         with self._lock:
@@ -103,6 +102,12 @@ class RecentPartitions:
         known = self._tables.pop(path, None)
         if known is not None:
             self._bytes -= known[1].nbytes
+
+
+def _signature(path: Path) -> tuple[int, ...]:
+    """What tells one file at ``path`` from its replacement, short of the write id."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _write_id(schema: pa.Schema) -> bytes | None:
