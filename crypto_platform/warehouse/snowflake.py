@@ -176,7 +176,7 @@ class _SessionState:
 
     schema: tuple[str, str] | None = None
     columns: dict[str, set[str]] = field(default_factory=dict)  # table -> lower-case column names
-    stage: bool = False
+    stage: bool = False  # made in ``schema`` (a temporary stage lives in the schema it was made in)
 
 
 _sessions: weakref.WeakKeyDictionary[Any, _SessionState] = weakref.WeakKeyDictionary()
@@ -197,7 +197,7 @@ def use_schema(conn: Connection, database: str = DATABASE, schema: str = SCHEMA)
     _execute(conn, f"CREATE DATABASE IF NOT EXISTS {database}")
     _execute(conn, f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
     _execute(conn, f"USE SCHEMA {database}.{schema}")
-    state.schema, state.columns = (database, schema), {}
+    state.schema, state.columns, state.stage = (database, schema), {}, False
 
 
 def _table_columns(conn: Connection, database: str, schema: str, target: str) -> set[str]:

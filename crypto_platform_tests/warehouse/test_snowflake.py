@@ -109,3 +109,14 @@ def test_through_dagster_snowflake_resource(fakesnow_server: Settings, sf_databa
     assert result.rows == len(bars)
     back = read_snowflake_partition(resource.get_connection, "minute_bars", DAY, database=sf_database)
     assert len(back) == len(bars) and set(back["repaired"].dropna()) == {True, False}
+
+
+def test_one_connection_loads_into_two_databases_in_turn(snowflake_conn: Any, sf_database: str) -> None:
+    # The connection remembers its schema, columns and stage; a temporary stage lives in the schema
+    # it was made in, so a load into another database needs one there too.
+    other = f"{sf_database}_B"
+    lake = samples.trades(DAY, 50, arrow_decimals=True)
+    for db in (sf_database, other, sf_database):
+        migrate_snowflake(snowflake_conn, database=db)
+        load_snowflake(snowflake_conn, "trades", lake, day=DAY, database=db)
+    assert len(_rows(snowflake_conn, sf_database)) == len(_rows(snowflake_conn, other)) == 50
