@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.partition_build import DAY, land  # noqa: E402
 from benchmarks.simulator_rate import free_port  # noqa: E402
-from crypto_platform import local_stack  # noqa: E402
 from crypto_platform.assets.bars import minute_bars  # noqa: E402
 from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades  # noqa: E402
 from crypto_platform.definitions import defs  # noqa: E402
+from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.resources import build_resources  # noqa: E402
 from crypto_platform.sensors import batch_selection  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402

@@ -60,10 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.simulator_rate import PAIRS, START_MS  # noqa: E402
 from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA  # noqa: E402
-from crypto_platform.minute_bars import BARS_SCHEMA, MINUTE_MS, compute_minute_bars  # noqa: E402
-from crypto_platform.polygon.feed import Renderer, Schedule  # noqa: E402
-from crypto_platform.polygon.market import Market  # noqa: E402
-from crypto_platform.polygon.simulator import _FLOOD_TRADES_PER_PAIR_S  # noqa: E402
+from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS, compute_minute_bars  # noqa: E402
+from crypto_platform.simulator.feed import Renderer, Schedule  # noqa: E402
+from crypto_platform.simulator.market import Market  # noqa: E402
+from crypto_platform.simulator.server import _FLOOD_TRADES_PER_PAIR_S  # noqa: E402
 from crypto_platform.stream.landing_log import DAY_MS, LandingLog, iter_manifest, segment_path  # noqa: E402
 from crypto_platform.stream.session_ledger import SessionLedger  # noqa: E402
 

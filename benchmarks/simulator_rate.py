@@ -80,8 +80,8 @@ async def serve_baseline(port: int) -> None:
     """A bare websockets server that sends one pre-built 10-event frame over and over."""
     from websockets.asyncio.server import serve
 
-    from crypto_platform.polygon.feed import Renderer, Schedule
-    from crypto_platform.polygon.market import Market
+    from crypto_platform.simulator.feed import Renderer, Schedule
+    from crypto_platform.simulator.market import Market
 
     market = Market(7, tuple(PAIRS.split(",")), trades_per_second=400)
     schedule = Schedule(Renderer(market), START_MS)

@@ -123,7 +123,7 @@ def bench_snowflake(args: argparse.Namespace, df: object, results: dict[str, tup
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
     from benchmarks.simulator_rate import free_port
-    from crypto_platform.local_stack import fakesnow_service, stack_paths, start_service, stop_service
+    from crypto_platform.local.stack import fakesnow_service, stack_paths, start_service, stop_service
     from crypto_platform.resources.snowflake import local_connection_args
     from crypto_platform.settings import child_environment, load_settings
     from crypto_platform.warehouse.snowflake import load_snowflake, migrate_snowflake

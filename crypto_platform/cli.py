@@ -16,11 +16,11 @@ from crypto_platform.settings import SettingsError
 
 # name -> (module, function that adds arguments, function that runs); the module is imported lazily.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("crypto_platform.polygon.simulator_cli", "Run the Polygon-protocol market simulator."),
+    "simulate": ("crypto_platform.simulator.cli", "Run the Polygon-protocol market simulator."),
     "stream": ("crypto_platform.stream.stream_cli", "Run the ingester in the foreground (--stop stops it)."),
     "status": ("crypto_platform.stream.status_cli", "Show the ingester's health (--json for machines)."),
-    "dev": ("crypto_platform.local_stack_cli", "Start the zero-setup local stack and `dagster dev`."),
-    "services": ("crypto_platform.local_stack_cli", "Start, stop or show the background local services."),
+    "dev": ("crypto_platform.local.cli", "Start the zero-setup local stack and `dagster dev`."),
+    "services": ("crypto_platform.local.cli", "Start, stop or show the background local services."),
 }
 
 

@@ -85,7 +85,7 @@ def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
     Yields :class:`~crypto_platform.settings.Settings` whose ``snowflake`` points at it, so
     ``build_snowflake_resource(settings)`` talks to it through the real Snowflake connector.
     """
-    from crypto_platform import local_stack
+    from crypto_platform.local import stack as local_stack
     from crypto_platform.settings import child_environment
 
     settings = local_settings(tmp_path_factory.mktemp("fakesnow_state"), CRYPTO_FAKESNOW_PORT=str(free_port()))

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform import definitions
-from crypto_platform.local_stack import SIMULATOR_CLI_MODULE, port_open
+from crypto_platform.local.stack import SIMULATOR_CLI_MODULE, port_open
 from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.settings import DEFAULT_PAIRS, child_environment, load_settings
 from crypto_platform.warehouse.sql import SqlWarehouse

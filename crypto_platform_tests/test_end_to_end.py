@@ -23,10 +23,10 @@ import orjson
 import pytest
 
 from crypto_platform.definitions import build_definitions
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.landing_log import iter_lines, iter_manifest
 from crypto_platform.warehouse.sql import SqlWarehouse

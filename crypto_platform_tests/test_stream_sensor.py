@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.sensors import stream_sensor
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.landing_log import LandingLog, log_id
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor

@@ -1,10 +1,10 @@
 """``minute_bars``: per pair and UTC minute, OHLCV and VWAP built from trades, beside Polygon's XA bar.
 
-Built from the lake's ``raw_trades`` with :func:`~crypto_platform.minute_bars.compute_minute_bars`
+Built from the lake's ``raw_trades`` with :func:`~crypto_platform.lake.bars.compute_minute_bars`
 (exact decimals), joined with the current XA revision from ``raw_aggregates`` and the differences
 (built minus XA). Minutes without trades have no bar, as at Polygon.
 
-Gaps (:mod:`crypto_platform.gap_repair`): minutes whose data could have arrived while the stream
+Gaps (:mod:`crypto_platform.lake.gap_repair`): minutes whose data could have arrived while the stream
 was down are flagged ``in_gap`` and repaired from REST: the minute bar from ``/v2/aggs`` replaces
 the stream's (missing or partial) one, or, with ``CRYPTO_REPAIR_TRADES=true``, the gap's trades from
 ``/v3/trades`` are added to ``raw_trades`` (``source='rest_repair'``) and the bar is rebuilt from the
@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_platform.assets.raw import TRADES, incremental_start, raw_aggregates, raw_trades
-from crypto_platform.gap_repair import (
+from crypto_platform.lake.bars import DECIMAL, MINUTE_MS, compute_minute_bars
+from crypto_platform.lake.gap_repair import (
     REST_BARS_SCHEMA,
     GapWindow,
     ledger_windows,
@@ -40,7 +41,6 @@ from crypto_platform.gap_repair import (
     rest_trades,
     session_clock,
 )
-from crypto_platform.minute_bars import DECIMAL, MINUTE_MS, compute_minute_bars
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.resources.lake import LakeResource, segments_through

@@ -17,7 +17,7 @@ earliest receipt, so any sequence of incremental runs ends in exactly the table 
 - book (XL2 snapshots; Polygon deprecated the channel, it is off by default): key (pair,
   exchange, event time, seq) like quotes; each side is a list of ``{price, size}`` structs.
 
-Decoding, de-duplication and the exact decimal reading are in :mod:`crypto_platform.lake_decode`
+Decoding, de-duplication and the exact decimal reading are in :mod:`crypto_platform.lake.decode`
 (DuckDB over the segment files). Prices and sizes go from the wire text to ``decimal128(38, 18)``
 without passing through a float.
 """
@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_platform.assets.landing_log import landing_log
-from crypto_platform.lake_decode import (
+from crypto_platform.lake.decode import (
     DECIMAL_SQL,
     LEVELS_SQL,
     EventShape,

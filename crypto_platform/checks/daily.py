@@ -13,7 +13,7 @@ sides where both exist and the stream was connected at the REST trade's time:
   must be within ``RECONCILE_TOLERANCE`` (1 %) of the REST figure.
 
 Why 1 % and not 0: the simulator's REST open/close *is* the first and last trade of the day
-(``polygon/rest_api.py`` ``open_close`` takes ``market.first_trade``/``last_trade``), so against it
+(``simulator/rest_api.py`` ``open_close`` takes ``market.first_trade``/``last_trade``), so against it
 the trade-identity rule always applies and any difference is a real error. Real Polygon computes the
 daily open/close across exchanges with its own rules (which prints count, which exchange opens), so
 its opening trade can differ from the first print the stream saw, seconds apart; crypto rarely moves

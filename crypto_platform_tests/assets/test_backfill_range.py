@@ -17,9 +17,9 @@ import pytest
 
 from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.raw import raw_aggregates, raw_trades
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream.landing_log import iter_manifest
 from crypto_platform.stream.session_ledger import SessionLedger
 from crypto_platform.stream_batches import SEGMENTS_TAG

@@ -12,10 +12,10 @@ import pytest
 
 from crypto_platform.assets.daily import daily_open_close
 from crypto_platform.polygon.rest_client import PolygonRest
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.settings import SIMULATOR_API_KEY
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 
 PAIRS = ["BTC-USD", "SHIB-USD"]
 

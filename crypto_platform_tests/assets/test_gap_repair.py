@@ -22,16 +22,16 @@ import pytest
 
 from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.raw import raw_aggregates, raw_trades
-from crypto_platform.minute_bars import compute_minute_bars
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
+from crypto_platform.lake.bars import compute_minute_bars
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream.landing_log import iter_manifest
 from crypto_platform.stream.session_ledger import gaps, sessions
 from crypto_platform.stream_batches import SEGMENTS_TAG
-from crypto_platform_tests.polygon.conftest import HISTORY_START_MS, KEY, wait_for
+from crypto_platform_tests.simulator.conftest import HISTORY_START_MS, KEY, wait_for
 from crypto_platform_tests.stream.conftest import Running, settings_for
 
 PAIRS = ("BTC-USD", "ETH-USD")

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from crypto_platform.assets.raw import TRADES_SCHEMA
-from crypto_platform.minute_bars import BARS_SCHEMA, compute_minute_bars
+from crypto_platform.lake.bars import BARS_SCHEMA, compute_minute_bars
 
 DAY_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
 

@@ -1,6 +1,6 @@
 """raw_quotes and raw_aggregates from a real landing log: exact values, de-duplication, bar revisions,
 and incremental runs (one per segment) ending in exactly what a rebuild gives; and the de-duplication
-(:func:`crypto_platform.lake_decode.merge`) against an exact Python statement of its rule."""
+(:func:`crypto_platform.lake.decode.merge`) against an exact Python statement of its rule."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from crypto_platform.assets.raw import (
     raw_trades,
     segments_to_read,
 )
-from crypto_platform.lake_decode import LandingDecodeError, SegmentFile, can_merge_into, decode, merge
+from crypto_platform.lake.decode import LandingDecodeError, SegmentFile, can_merge_into, decode, merge
 from crypto_platform.resources.lake import LakeResource, segments_through
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame

@@ -16,13 +16,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
 from crypto_platform.settings import Settings, child_environment
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.ingester import Backoff
 from crypto_platform.stream.landing_log import iter_lines, iter_manifest
 from crypto_platform.stream.session_ledger import gaps
-from crypto_platform_tests.polygon.conftest import wait_for
+from crypto_platform_tests.simulator.conftest import wait_for
 from crypto_platform_tests.stream.conftest import Running, counts, landed_events, settings_for, wait_landed
 
 RunIngester = Callable[[Settings], Running]
@@ -119,7 +119,7 @@ async def test_a_refused_key_stops_retrying_and_says_so(tmp_path: Path, run_inge
 
 async def test_max_connections_cools_down_and_names_the_cause(tmp_path: Path, run_ingester: RunIngester) -> None:
     async with Simulator(SimulatorConfig(rate=300)) as sim:
-        from crypto_platform_tests.polygon.conftest import RawClient
+        from crypto_platform_tests.simulator.conftest import RawClient
 
         other = await RawClient.open(sim)  # someone else is using the key
         await other.login("XT.*")

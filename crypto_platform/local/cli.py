@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from crypto_platform import local_stack as ls
+from crypto_platform.local import stack as ls
 from crypto_platform.settings import Settings, child_environment, load_settings
 
 DAGSTER_STOP_TIMEOUT_S = 60.0
@@ -214,8 +214,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crypto_platform.local_stack_cli dev|services ...`` without the full CLI."""
-    parser = argparse.ArgumentParser(prog="crypto_platform.local_stack_cli")
+    """``python -m crypto_platform.local.cli dev|services ...`` without the full CLI."""
+    parser = argparse.ArgumentParser(prog="crypto_platform.local.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("dev", "services"):
         add_arguments(name, sub.add_parser(name))

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
 
 KEY = "simulator-key"
 # A fixed past minute, so history-based tests are reproducible.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import NamedTuple
 
-from crypto_platform.polygon.market import Agg, Market, PairSpec, Quote, Trade
+from crypto_platform.simulator.market import Agg, Market, PairSpec, Quote, Trade
 
 XAS_DELAY_MS = 1_200
 XA_DELAY_MS = 300

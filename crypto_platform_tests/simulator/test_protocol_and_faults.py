@@ -14,8 +14,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crypto_platform.polygon.rest_client import PolygonRest, PolygonUnavailableError, RestPolicy
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
-from crypto_platform_tests.polygon.conftest import HISTORY_START_MS, KEY, RawClient, wait_for
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
+from crypto_platform_tests.simulator.conftest import HISTORY_START_MS, KEY, RawClient, wait_for
 
 
 async def test_handshake_acks_each_topic_and_reports_errors(simulator: Simulator) -> None:

@@ -12,8 +12,8 @@ from polygon import RESTClient, WebSocketClient
 from polygon.exceptions import AuthError
 from polygon.websocket.models import CryptoQuote, CryptoTrade, CurrencyAgg, Level2Book
 
-from crypto_platform.polygon.simulator import Simulator, SimulatorConfig
-from crypto_platform_tests.polygon.conftest import KEY, wait_for
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
+from crypto_platform_tests.simulator.conftest import KEY, wait_for
 
 
 async def collect(client: WebSocketClient, until: Any, timeout: float = 20.0) -> list[Any]:

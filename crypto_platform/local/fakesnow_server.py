@@ -13,7 +13,7 @@ After a restart the database files exist but are not attached; a session would t
 needs no special step. On shutdown (SIGINT/SIGTERM, handled by uvicorn) each database is
 checkpointed so its write-ahead log is folded into the file.
 
-Run as ``python -m crypto_platform.fakesnow_server --host 127.0.0.1 --port 8766 --db-dir var/fakesnow/db``;
+Run as ``python -m crypto_platform.local.fakesnow_server --host 127.0.0.1 --port 8766 --db-dir var/fakesnow/db``;
 the local stack (``crypto-platform dev`` / ``services start``) and the test fixtures do exactly that.
 """
 
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("crypto_platform.fakesnow_server")
+log = logging.getLogger("crypto_platform.local.fakesnow_server")
 
 
 def _database_files(db_dir: Path) -> list[Path]:

@@ -16,7 +16,7 @@ Rules that keep it safe to run from several terminals at once:
   that exits early is reported with the tail of its log.
 - Everything binds 127.0.0.1. Secrets reach children only through their environment.
 
-Nothing here runs at import; ``crypto_platform.local_stack_cli`` drives it.
+Nothing here runs at import; ``crypto_platform.local.cli`` drives it.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from pathlib import Path
 from crypto_platform.settings import Settings
 
 LOOPBACK = "127.0.0.1"
-FAKESNOW_MODULE = "crypto_platform.fakesnow_server"
-SIMULATOR_CLI_MODULE = "crypto_platform.polygon.simulator_cli"
+FAKESNOW_MODULE = "crypto_platform.local.fakesnow_server"
+SIMULATOR_CLI_MODULE = "crypto_platform.simulator.cli"
 # First line of the repo's dagster.yaml; marks a DAGSTER_HOME copy as ours to refresh.
 LOCAL_INSTANCE_MARKER = "# crypto_platform local Dagster instance"
 

@@ -15,13 +15,13 @@ import dagster as dg
 import pytest
 from dagster_snowflake import SnowflakeResource
 
-from crypto_platform import local_stack as ls
-from crypto_platform import local_stack_cli
+from crypto_platform.local import cli as local_stack_cli
+from crypto_platform.local import stack as ls
 from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.settings import Settings, child_environment
 from crypto_platform_tests.conftest import free_port, local_settings
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -274,7 +274,7 @@ def test_workspace_and_pyproject_point_dagster_at_definitions() -> None:
 def test_cli_routes_dev_and_services_here() -> None:
     from crypto_platform.cli import _COMMANDS
 
-    assert _COMMANDS["dev"][0] == _COMMANDS["services"][0] == "crypto_platform.local_stack_cli"
+    assert _COMMANDS["dev"][0] == _COMMANDS["services"][0] == "crypto_platform.local.cli"
     with contextlib.suppress(SystemExit):
         local_stack_cli.main(["services", "--help"])
 

@@ -10,14 +10,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from crypto_platform.polygon.simulator import (
+from crypto_platform.settings import DEFAULT_PAIRS, SIMULATOR_API_KEY, SettingsError, load_settings
+from crypto_platform.simulator.server import (
     MALFORMED_KINDS,
     ONE_SHOT_FAULTS,
     PERSISTENT_FAULTS,
     Simulator,
     SimulatorConfig,
 )
-from crypto_platform.settings import DEFAULT_PAIRS, SIMULATOR_API_KEY, SettingsError, load_settings
 
 
 def _fault(text: str) -> tuple[str, dict[str, Any]]:

@@ -33,9 +33,9 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from crypto_platform.polygon import protocol as p
-from crypto_platform.polygon.feed import Event, Renderer, Schedule
-from crypto_platform.polygon.market import Market
-from crypto_platform.polygon.rest_api import RestApi, RestResponse
+from crypto_platform.simulator.feed import Event, Renderer, Schedule
+from crypto_platform.simulator.market import Market
+from crypto_platform.simulator.rest_api import RestApi, RestResponse
 
 # Faults that act once on every open connection, versus switches that stay on until cleared.
 ONE_SHOT_FAULTS = frozenset(

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from crypto_platform.polygon.feed import Renderer
-from crypto_platform.polygon.market import Agg, Market, Trade
+from crypto_platform.simulator.feed import Renderer
+from crypto_platform.simulator.market import Agg, Market, Trade
 
 DAY_MS = 86_400_000
 TIMESPAN_MS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000, "day": DAY_MS, "week": 7 * DAY_MS}
