@@ -116,9 +116,7 @@ def maintain_table(
     table = DeltaTable(uri, storage_options=options)
     table.create_checkpoint()
     report.checkpoint_version = table.version()
-    vacuumed = table.vacuum(
-        retention_hours=policy.vacuum_retention_h, dry_run=False, enforce_retention_duration=False
-    )
+    vacuumed = table.vacuum(retention_hours=policy.vacuum_retention_h, dry_run=False, enforce_retention_duration=False)
     report.files_vacuumed = len(vacuumed)
     table.cleanup_metadata()
     report.seconds = round(time.monotonic() - started, 3)

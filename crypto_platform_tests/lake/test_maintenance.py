@@ -58,7 +58,7 @@ def test_compaction_of_a_closed_day_races_the_writer_on_today_and_loses_nothing(
             batch = _rows(TODAY, 7, 1_000 + n * 7)
             try:
                 _append(uri, batch)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
                 return
             appended.append(batch)
