@@ -25,7 +25,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.summary import Summary, median, runs  # noqa: E402
+from benchmarks.summary import Summary, median, runs
 
 TARGET_EVENTS_PER_S = 200_000
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +145,7 @@ def main() -> int:
     summary.line(f"ratio simulator / baseline: {sim_med / base_med:.2f}")
     summary.target(f">= {TARGET_EVENTS_PER_S:,} events/s", sim_med >= TARGET_EVENTS_PER_S, f"{sim_med:,.0f}")
     return summary.finish(args.check)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,7 +62,9 @@ class Summary:
         return [what for what, met, _ in self.targets if not met]
 
     def finish(self, check: bool) -> int:
-        command = " ".join(["python", *map(shlex.quote, ["benchmarks/" + os.path.basename(sys.argv[0]), *sys.argv[1:]])])
+        command = " ".join(
+            ["python", *map(shlex.quote, ["benchmarks/" + os.path.basename(sys.argv[0]), *sys.argv[1:]])]
+        )
         print(f"\n===== {self.name}: summary =====")
         print(f"command: {command}")
         print(
