@@ -260,6 +260,7 @@ class Settings:
     segment_max_bytes: int
     segment_max_age_s: float
     retention_days: int
+    run_retention_days: int
     lake_cache_mb: int
     dagster_port: int
     start_date: str
@@ -432,6 +433,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         segment_max_bytes=_parse_int(env, "CRYPTO_SEGMENT_MAX_BYTES", 64 * 1024 * 1024, minimum=4096),
         segment_max_age_s=_parse_float(env, "CRYPTO_SEGMENT_MAX_AGE_S", 5.0, minimum=0.05),
         retention_days=_parse_int(env, "CRYPTO_RETENTION_DAYS", 0),
+        run_retention_days=_parse_int(env, "CRYPTO_RUN_RETENTION_DAYS", 7),
         lake_cache_mb=_parse_int(env, "CRYPTO_LAKE_CACHE_MB", DEFAULT_LAKE_CACHE_MB),
         dagster_port=_parse_int(env, "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, minimum=1),
         start_date=_parse_date(env, "CRYPTO_START_DATE", DEFAULT_START_DATE),
