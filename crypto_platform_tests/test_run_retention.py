@@ -207,3 +207,49 @@ def test_retention_days_zero_keeps_every_run(instance: dg.DagsterInstance) -> No
     run(instance, DAY1, {**SENSOR_TAGS, SEGMENTS_TAG: "2-2"})
     assert DagsterStorageResource(run_retention_days=0).prune(instance) is None
     assert len(instance.get_run_records()) == 2
+
+
+def test_dagster_yaml_purges_sensor_ticks_by_status(instance: dg.DagsterInstance) -> None:
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickData, TickStatus
+    from dagster_shared.error import SerializableErrorInfo
+
+    sensor = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+    assert sensor == {TickStatus.SKIPPED: 1, TickStatus.STARTED: 7, TickStatus.SUCCESS: 7, TickStatus.FAILURE: 30}
+    assert instance.get_tick_retention_settings(InstigatorType.AUTO_MATERIALIZE) == sensor
+    assert set(instance.get_tick_retention_settings(InstigatorType.SCHEDULE).values()) == {90}
+
+    # Ticks 2, 10 and 40 days old of each status, in the instance's schedule storage; then the purge
+    # the sensor daemon runs after each tick, with the windows it reads from the instance.
+    now = datetime.now(UTC).timestamp()
+    for status in sensor:
+        for age_days in (2, 10, 40):
+            instance.create_tick(
+                TickData(
+                    instigator_origin_id="origin",
+                    instigator_name="stream_sensor",
+                    instigator_type=InstigatorType.SENSOR,
+                    status=status,
+                    timestamp=now - age_days * 86400,
+                    selector_id="selector",
+                    run_ids=[],
+                    error=SerializableErrorInfo("boom", [], "RuntimeError") if status == TickStatus.FAILURE else None,
+                )
+            )
+    for status, days in sensor.items():
+        instance.purge_ticks("origin", "selector", before=now - days * 86400, tick_statuses=[status])
+    left = {(t.status, round((now - t.timestamp) / 86400)) for t in instance.get_ticks("origin", "selector")}
+    assert left == {
+        (TickStatus.STARTED, 2),
+        (TickStatus.SUCCESS, 2),
+        (TickStatus.FAILURE, 2),
+        (TickStatus.FAILURE, 10),
+    }
+
+
+def test_the_production_instance_config_has_the_same_retention() -> None:
+    import yaml
+
+    local = yaml.safe_load((PROJECT_DIR / "dagster.yaml").read_text())
+    production = yaml.safe_load((PROJECT_DIR / "deploy" / "dagster.mysql.yaml").read_text())
+    assert local["retention"] == production["retention"]
