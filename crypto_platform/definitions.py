@@ -20,7 +20,7 @@ import dagster as dg
 # define_asset_job returns this type; dagster does not export it at top level.
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from crypto_platform import checks, sensors
+from crypto_platform import checks, schedules, sensors
 from crypto_platform.assets import alerts, bars, daily, landing_log, raw, warehouse
 from crypto_platform.resources import build_resources
 from crypto_platform.settings import Settings, load_settings
@@ -35,6 +35,7 @@ DEFINITION_MODULES: list[ModuleType] = [
     alerts,
     checks,
     sensors,
+    schedules,
 ]
 
 

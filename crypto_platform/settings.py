@@ -178,6 +178,13 @@ class Settings(BaseSettings):
         "days of landing segments to keep",
         ge=0,
     )
+    run_retention_days: int = setting(
+        "CRYPTO_RUN_RETENTION_DAYS",
+        7,
+        "`7` (`stream_run_retention` deletes older `stream_batch` runs daily, keeping what the UI needs; "
+        "`0`: keep every run)",
+        ge=0,
+    )
     lake_cache_mb: int = setting(
         "CRYPTO_LAKE_CACHE_MB",
         DEFAULT_LAKE_CACHE_MB,

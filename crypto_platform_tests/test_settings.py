@@ -54,6 +54,7 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"CRYPTO_SEGMENT_MAX_BYTES": "10"}, "CRYPTO_SEGMENT_MAX_BYTES"),
         ({"CRYPTO_SEGMENT_MAX_AGE_S": "soon"}, "CRYPTO_SEGMENT_MAX_AGE_S"),
         ({"CRYPTO_RETENTION_DAYS": "1.5"}, "CRYPTO_RETENTION_DAYS"),
+        ({"CRYPTO_RUN_RETENTION_DAYS": "-1"}, "CRYPTO_RUN_RETENTION_DAYS"),
         ({"CRYPTO_LAKE_CACHE_MB": "-1"}, "CRYPTO_LAKE_CACHE_MB"),
         ({"CRYPTO_START_DATE": "2025-13-01"}, "CRYPTO_START_DATE"),
         ({"CRYPTO_REPAIR_TRADES": "sometimes"}, "CRYPTO_REPAIR_TRADES"),
