@@ -28,6 +28,7 @@ DEFAULT_PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
 DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_DAGSTER_PORT = 3000
+DEFAULT_DASHBOARD_PORT = 8501
 # First daily partition of every date-partitioned asset (REST history reaches further back).
 DEFAULT_START_DATE = "2025-01-01"
 # Partitions a run keeps in memory between its steps: about three of 2M rows (a stream
@@ -279,6 +280,8 @@ class Settings:
     alert_volume_spike_factor: float = 5.0
     alert_volume_window_min: int = 30
     alert_whale_notional: Decimal = Decimal(1_000_000)
+    # The live market page (crypto-platform dashboard).
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT
 
     @property
     def uses_mysql_server(self) -> bool:
@@ -450,6 +453,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         alert_volume_spike_factor=_parse_spike_factor(env),
         alert_volume_window_min=_parse_int(env, "CRYPTO_ALERT_VOLUME_WINDOW_MIN", 30, minimum=3),
         alert_whale_notional=_parse_decimal(env, "CRYPTO_ALERT_WHALE_NOTIONAL", "1000000"),
+        dashboard_port=_parse_int(env, "CRYPTO_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT, minimum=1),
     )
 
 
