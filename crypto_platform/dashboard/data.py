@@ -111,35 +111,34 @@ def _utc_day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
-def _pair_trades(src: Sources, pairs: tuple[str, ...], today: str) -> dict[str, tuple[np.ndarray, pa.Array]]:
-    """Per pair: event times and prices of yesterday's and today's trades (yesterday first)."""
+def _pair_trades(src: Sources, pairs: tuple[str, ...], today: str) -> dict[str, pa.Table]:
+    """Per pair: yesterday's and today's trades (event time, trade id, exchange, price)."""
     yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
-    out: dict[str, list[tuple[np.ndarray, pa.Array]]] = {p: [] for p in pairs}
+    out: dict[str, list[pa.Table]] = {p: [] for p in pairs}
     for day in (yesterday, today):
         table = lake_trades(src.lake, day)
         if table is None or table.num_rows == 0:
             continue
-        table = table.select(["pair", "event_ms", "price"])
+        table = table.select(["pair", "event_ms", "trade_id", "exchange", "price"])
         for pair in pairs:
             rows = table.filter(pc.equal(table["pair"], pair))
             if rows.num_rows:
-                out[pair].append((rows["event_ms"].to_numpy(), rows["price"].combine_chunks()))
-    merged = {}
-    for pair, parts in out.items():
-        if parts:
-            times = np.concatenate([t for t, _ in parts])
-            prices = pa.concat_arrays([p for _, p in parts])
-            merged[pair] = (times, prices)
-    return merged
+                out[pair].append(rows)
+    return {pair: pa.concat_tables(parts) for pair, parts in out.items() if parts}
 
 
-def _price_at_or_before(times: np.ndarray, prices: pa.Array, at_ms: int) -> Decimal | None:
-    """The price of the last trade at or before ``at_ms`` (None when there is none)."""
-    before = np.flatnonzero(times <= at_ms)
-    if before.size == 0:
+def _last_at_or_before(trades: pa.Table, times: np.ndarray, at_ms: int) -> Decimal | None:
+    """The price of the last trade at or before ``at_ms``, None when there is none.
+
+    "Last" as in the warehouse's ``crypto_latest_price`` view: the highest event time, ties broken
+    by the highest trade id, then the highest exchange, so the page and the view agree.
+    """
+    before = times <= at_ms
+    if not before.any():
         return None
-    i = int(before[np.argmax(times[before])])
-    return prices[i].as_py()
+    tied = np.flatnonzero(times == times[before].max())
+    best = max(tied.tolist(), key=lambda i: (trades["trade_id"][i].as_py(), trades["exchange"][i].as_py()))
+    return trades["price"][best].as_py()
 
 
 def latest_prices(src: Sources, pairs: tuple[str, ...], now_ms: int | None = None) -> Panel:
@@ -155,9 +154,10 @@ def latest_prices(src: Sources, pairs: tuple[str, ...], now_ms: int | None = Non
         if pair not in by_pair:
             records.append({"pair": pair, "price": None, "event_ms": None, "age_s": None})
             continue
-        times, prices = by_pair[pair]
+        trades = by_pair[pair]
+        times = trades["event_ms"].to_numpy()
         latest_ms = int(times.max())
-        price = _price_at_or_before(times, prices, latest_ms)
+        price = _last_at_or_before(trades, times, latest_ms)
         row: dict[str, Any] = {
             "pair": pair,
             "price": price,
@@ -165,7 +165,7 @@ def latest_prices(src: Sources, pairs: tuple[str, ...], now_ms: int | None = Non
             "age_s": round(max(0, now_ms - latest_ms) / 1000, 1),
         }
         for label, window in CHANGE_WINDOWS_MS.items():
-            ref = _price_at_or_before(times, prices, latest_ms - window)
+            ref = _last_at_or_before(trades, times, latest_ms - window)
             row[f"change_{label}"] = None if ref is None or price is None else price - ref
             row[f"pct_{label}"] = None if not ref or price is None else round((price - ref) / ref * 100, 2)
         records.append(row)
