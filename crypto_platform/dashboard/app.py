@@ -20,7 +20,7 @@ RANGES_MIN = {"Last hour": 60, "Last 6 hours": 360, "Last 24 hours": 1440, "Last
 
 
 def _clock(ms: int | None) -> str:
-    return "" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S UTC")
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3] + " UTC"
 
 
 def _since_ms(range_min: int) -> int:

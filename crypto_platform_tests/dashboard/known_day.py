@@ -85,13 +85,15 @@ def write_trades(lake: LakeResource, rows: list[dict]) -> None:
         lake.write_partition("raw_trades", day, table)
 
 
-def bars_frame(pair: str, first_ms: int, base: Decimal, known: dict[str, object]) -> pd.DataFrame:
+def bars_frame(
+    pair: str, first_ms: int, base: Decimal, known: dict[str, object], minutes: int = BAR_MINUTES
+) -> pd.DataFrame:
     records = []
-    for m in range(BAR_MINUTES):
+    for m in range(minutes):
         minute_ms = first_ms + m * MINUTE
         if m == 50:
             continue  # a minute without trades
-        px = base + Decimal(m)
+        px = base + Decimal(m % 180)
         xa_close = px + Decimal("0.5")
         if minute_ms == known["differing"]:
             xa_close = px + Decimal("3")
@@ -124,19 +126,23 @@ def bars_frame(pair: str, first_ms: int, base: Decimal, known: dict[str, object]
     return pd.DataFrame.from_records(records)
 
 
-def load_known_day(lake: LakeResource, warehouse: SqlWarehouse, now_ms: int | None = None) -> KnownDay:
+def load_known_day(
+    lake: LakeResource, warehouse: SqlWarehouse, now_ms: int | None = None, minutes: int = BAR_MINUTES
+) -> KnownDay:
+    """Trades, ``minutes`` minute bars per pair up to now (gap, repair, XA difference and hole in the
+    first 90) and two alerts; ``minutes=1440`` gives a day of bars (the benchmark's page)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     latest = now_ms - 20_000
     write_trades(lake, trade_rows("BTC-USD", latest, BTC_TRADES) + trade_rows("ETH-USD", latest, ETH_TRADES, 100))
-    first_bar = (now_ms // MINUTE) * MINUTE - (BAR_MINUTES - 1) * MINUTE
+    first_bar = (now_ms // MINUTE) * MINUTE - (minutes - 1) * MINUTE
     known_minutes = {
         "differing": first_bar + 20 * MINUTE,
         "gap": (first_bar + 40 * MINUTE, first_bar + 41 * MINUTE, first_bar + 42 * MINUTE),
         "repaired": (first_bar + 41 * MINUTE, first_bar + 42 * MINUTE),
     }
     warehouse.migrate()
-    warehouse.upsert("crypto_minute_bars", bars_frame("BTC-USD", first_bar, Decimal(96000), known_minutes))
-    warehouse.upsert("crypto_minute_bars", bars_frame("ETH-USD", first_bar, Decimal(3500), known_minutes))
+    warehouse.upsert("crypto_minute_bars", bars_frame("BTC-USD", first_bar, Decimal(96000), known_minutes, minutes))
+    warehouse.upsert("crypto_minute_bars", bars_frame("ETH-USD", first_bar, Decimal(3500), known_minutes, minutes))
     alerts = pd.DataFrame.from_records(
         [
             {
