@@ -16,16 +16,16 @@ REPAIRED_COLOUR = "rgba(52, 152, 219, 0.20)"
 
 def spans(minutes: pd.Series) -> Iterator[tuple[int, int]]:
     """Runs of consecutive minutes (epoch ms) as [start, end) spans, so a long gap is one shape."""
-    start = prev = None
-    for m in sorted(int(x) for x in minutes):
-        if prev is not None and m == prev + MINUTE_MS:
-            prev = m
-            continue
-        if start is not None:
+    ordered = sorted(int(x) for x in minutes)
+    if not ordered:
+        return
+    start = prev = ordered[0]
+    for m in ordered[1:]:
+        if m != prev + MINUTE_MS:
             yield start, prev + MINUTE_MS
-        start = prev = m
-    if start is not None:
-        yield start, prev + MINUTE_MS
+            start = m
+        prev = m
+    yield start, prev + MINUTE_MS
 
 
 def candlestick(bars: pd.DataFrame, pair: str) -> go.Figure:

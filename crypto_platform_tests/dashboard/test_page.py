@@ -302,3 +302,11 @@ def test_many_viewers_share_one_set_of_queries(known: tuple[Settings, KnownDay])
     lifetimes = int((time.monotonic() - started) / cached.TTL_S) + 1
     assert data.COUNTS["warehouse_queries"] <= one["warehouse_queries"] * lifetimes, (dict(data.COUNTS), lifetimes)
     assert data.COUNTS["lake_reads"] <= one["lake_reads"] * lifetimes
+
+
+def test_shaded_minutes_are_merged_into_runs() -> None:
+    from crypto_platform.dashboard.charts import spans
+
+    minutes = pd.Series([5 * MINUTE, 0, MINUTE, 2 * MINUTE, 6 * MINUTE, 9 * MINUTE])
+    assert list(spans(minutes)) == [(0, 3 * MINUTE), (5 * MINUTE, 7 * MINUTE), (9 * MINUTE, 10 * MINUTE)]
+    assert list(spans(pd.Series([], dtype="int64"))) == []
