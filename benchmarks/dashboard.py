@@ -46,12 +46,13 @@ from benchmarks.simulator_rate import free_port  # noqa: E402
 from crypto_platform.dashboard.cached import REFRESH_S  # noqa: E402
 from crypto_platform.resources.lake import build_lake_resource  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
+from crypto_platform.stream import supervision  # noqa: E402
 
 TARGET_PAGE_P95_S = 20.0
 TARGET_VIEWER_RATIO = 2.0
 CHROMIUM = "/usr/bin/chromium"
 _COLUMN = re.compile(
-    r"^(?P<pair>[A-Z0-9]+-[A-Z0-9]+)\n(?P<price>[0-9.]+)\n.*?last trade (?P<clock>\d\d:\d\d:\d\d\.\d{3}) UTC", re.S
+    r"^(?P<pair>[A-Z0-9]+-[A-Z0-9]+)\s+(?P<price>[0-9.]+)\s.*?last trade (?P<clock>\d\d:\d\d:\d\d\.\d{3}) UTC", re.S
 )
 
 
@@ -169,6 +170,7 @@ def event_to_page(args: argparse.Namespace) -> tuple[list[float], list[float]]:
                 dev.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(dev.pid, signal.SIGKILL)
+            supervision.stop_ingester(settings)  # in case dev left it running (it is detached)
     after = (started or 0) + args.warmup_s
     page_lat = [seen - ms / 1000 for (_, ms), seen in page_seen.items() if ms / 1000 >= after]
     lake_lat = [seen - ms / 1000 for (_, ms), seen in lake_seen.items() if ms / 1000 >= after]
