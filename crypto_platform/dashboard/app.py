@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -29,7 +30,7 @@ def _since_ms(range_min: int) -> int:
     return now_minute - range_min * data.MINUTE_MS
 
 
-def _change(row: pd.Series, label: str) -> str:
+def _change(row: dict[str, Any], label: str) -> str:
     change = row.get(f"change_{label}")
     if change is None or pd.isna(change):
         return "n/a"
@@ -43,8 +44,8 @@ def show_prices(panel: data.Panel) -> None:
         return
     if not panel.ok:
         st.info(panel.problem)
-    rows = list(panel.frame.itertuples(index=False))
-    for column, row in zip(st.columns(max(1, len(rows))), panel.frame.to_dict("records"), strict=False):
+    rows = panel.frame.to_dict("records")
+    for column, row in zip(st.columns(max(1, len(rows))), rows, strict=False):
         with column:
             if row["price"] is None or pd.isna(row["price"]):
                 st.metric(row["pair"], "no data")

@@ -59,7 +59,7 @@ class Panel:
 
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     problem: str | None = None
-    # ok | db_down | no_tables | empty | no_pair_data
+    # ok | db_down | no_tables | empty | no_pair_data | feed_down
     kind: str = "ok"
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -314,8 +314,7 @@ def _decimal_text(value: object) -> str:
     """An exact decimal (Decimal from MySQL, text from SQLite) without trailing zeros."""
     if value is None:
         return ""
-    text = format(Decimal(str(value)).normalize(), "f")
-    return text
+    return format(Decimal(str(value)).normalize(), "f")
 
 
 def price_text(value: Decimal | None) -> str:
