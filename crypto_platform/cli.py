@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("crypto_platform.stream.status_cli", "Show the ingester's health (--json for machines)."),
     "dev": ("crypto_platform.local.cli", "Start the zero-setup local stack and `dagster dev`."),
     "services": ("crypto_platform.local.cli", "Start, stop or show the background local services."),
+    "dashboard": ("crypto_platform.dashboard.cli", "Serve the live market page (Streamlit) in the foreground."),
 }
 
 

@@ -40,6 +40,7 @@ DEFAULT_PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
 DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_DAGSTER_PORT = 3000
+DEFAULT_DASHBOARD_PORT = 8501
 # First daily partition of every date-partitioned asset (REST history reaches further back).
 DEFAULT_START_DATE = "2025-01-01"
 # Partitions a run keeps in memory between its steps: about three of 2M rows (a stream
@@ -134,6 +135,9 @@ class Settings(BaseSettings):
     )
     dagster_port: int = setting(
         "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, "`3000`", "as you like (`dagster dev` / webserver port)", ge=1
+    )
+    dashboard_port: int = setting(
+        "CRYPTO_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT, "`8501` (the live market page)", "as you like", ge=1
     )
     simulator_host: str = setting("CRYPTO_SIMULATOR_HOST", "127.0.0.1", "`127.0.0.1`", "not used")
     simulator_port: int = setting("CRYPTO_SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT, "`8765`", "not used", ge=1)
@@ -555,7 +559,7 @@ def _error_message(exc: ValidationError) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind in ("greater_than_equal", "greater_than"):
-        return f"{variable}={value!r} is below the minimum {ctx.get('ge', ctx.get('gt'))}{default}"
+        return f"{variable}={value} is below the minimum {ctx.get('ge', ctx.get('gt'))}{default}"
     if kind in ("int_parsing", "int_from_float"):
         return f"{variable}={value!r} is not a whole number{default}"
     if kind in ("float_parsing", "decimal_parsing", "finite_number"):

@@ -140,6 +140,7 @@ def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
             "CRYPTO_DAGSTER_PORT": str(free_port()),
             "CRYPTO_FAKESNOW_PORT": str(free_port()),
             "CRYPTO_SIMULATOR_PORT": str(free_port()),
+            "CRYPTO_DASHBOARD_PORT": str(free_port()),
             "CRYPTO_SEGMENT_MAX_AGE_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -298,6 +299,10 @@ def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, de
         assert port_open("127.0.0.1", int(dev_env["CRYPTO_FAKESNOW_PORT"]))
         assert (state / "run" / "fakesnow.pid").is_file()
         assert port_open("127.0.0.1", int(dev_env["CRYPTO_SIMULATOR_PORT"])) is simulator_expected
+        # The market page is served beside Dagster (its own tests check what it shows).
+        assert (state / "run" / "dashboard.pid").is_file()
+        with urllib.request.urlopen(f"http://127.0.0.1:{dev_env['CRYPTO_DASHBOARD_PORT']}/_stcore/health") as page:
+            assert page.read() == b"ok"
         # The instance is the project-local one: config installed, SQLite storage inside DAGSTER_HOME.
         home = Path(dev_env["DAGSTER_HOME"])
         assert (home / "dagster.yaml").read_text() == (PROJECT_DIR / "dagster.yaml").read_text()
@@ -337,7 +342,7 @@ def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, de
             "every started process to exit",
             lambda: None,
         )
-        for key in ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT"):
+        for key in ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT", "CRYPTO_DASHBOARD_PORT"):
             assert not port_open("127.0.0.1", int(dev_env[key])), key
         assert not list((state / "run").glob("*.pid"))
         # Runs, cursors and sensor state stay for the next start.

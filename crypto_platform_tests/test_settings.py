@@ -47,6 +47,7 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"CRYPTO_FAKESNOW_PORT": "snow"}, "CRYPTO_FAKESNOW_PORT"),
         ({"CRYPTO_SIMULATOR_PORT": "0"}, "CRYPTO_SIMULATOR_PORT"),
         ({"CRYPTO_DAGSTER_PORT": "-1"}, "CRYPTO_DAGSTER_PORT"),
+        ({"CRYPTO_DASHBOARD_PORT": "web"}, "CRYPTO_DASHBOARD_PORT"),
         ({"CRYPTO_PAIRS": "BTCUSD"}, "CRYPTO_PAIRS"),
         ({"CRYPTO_PAIRS": " , "}, "CRYPTO_PAIRS"),
         ({"CRYPTO_CHANNELS": "XT,ZZ"}, "CRYPTO_CHANNELS"),

@@ -167,19 +167,36 @@ def simulator_service(settings: Settings, python: str = sys.executable) -> Servi
     )
 
 
+def dashboard_service(settings: Settings, python: str = sys.executable) -> Service:
+    """The live market page (``crypto-platform dashboard``), beside Dagster under every setting."""
+    port = settings.dashboard_port
+    return Service(
+        name="dashboard",
+        port=port,
+        port_setting="CRYPTO_DASHBOARD_PORT",
+        argv=(python, "-m", "crypto_platform.cli", "dashboard", "--host", LOOPBACK, "--port", str(port)),
+        identity=("crypto_platform.cli", "\x00dashboard\x00"),
+    )
+
+
 def required_services(settings: Settings, python: str = sys.executable) -> list[Service]:
-    """The services the current settings need: the simulator and/or fakesnow, in start order."""
+    """The services the current settings need: the simulator and/or fakesnow, then the dashboard."""
     services = []
     if settings.uses_simulator:
         services.append(simulator_service(settings, python))
     if settings.snowflake.local:
         services.append(fakesnow_service(settings, python))
+    services.append(dashboard_service(settings, python))
     return services
 
 
 def all_services(settings: Settings, python: str = sys.executable) -> list[Service]:
     """Every service this stack can run, whether or not the settings need it (for stop/status)."""
-    return [simulator_service(settings, python), fakesnow_service(settings, python)]
+    return [
+        simulator_service(settings, python),
+        fakesnow_service(settings, python),
+        dashboard_service(settings, python),
+    ]
 
 
 def stack_environment(settings: Settings) -> dict[str, str]:
@@ -196,6 +213,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "CRYPTO_SIMULATOR_PORT": str(settings.simulator_port),
         "CRYPTO_FAKESNOW_PORT": str(settings.snowflake.port),
         "CRYPTO_DAGSTER_PORT": str(settings.dagster_port),
+        "CRYPTO_DASHBOARD_PORT": str(settings.dashboard_port),
     }
 
 

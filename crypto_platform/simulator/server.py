@@ -39,7 +39,7 @@ from crypto_platform.simulator.rest_api import RestApi, RestResponse
 
 # Faults that act once on every open connection, versus switches that stay on until cleared.
 ONE_SHOT_FAULTS = frozenset(
-    {"drop", "close", "slow_consumer", "force_disconnect", "malformed", "oversize", "delay_pongs"}
+    {"drop", "close", "slow_consumer", "force_disconnect", "malformed", "oversize", "delay_pongs", "trade"}
 )
 PERSISTENT_FAULTS = frozenset(
     {"withhold_greeting", "drop_after_subscribe", "drop_every", "pause", "rest_429", "rest_5xx", "rest_latency"}
@@ -142,6 +142,7 @@ class Simulator:
         self._conns: dict[int, _Conn] = {}
         self._closed: dict[int, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        self._planted = itertools.count(1)
         self._faults: dict[str, dict[str, Any]] = {}
         self._rest_counts: dict[str, int] = {}
         self._server: Server | None = None
@@ -271,6 +272,8 @@ class Simulator:
             _malformed_payload(str(params.get("kind", "not_array")))
         if name == "close" and int(params.get("code", 1011)) not in (1000, 1001, 1008, 1011):
             raise ValueError("fault close: code must be 1000, 1001, 1008 or 1011")
+        if name == "trade":
+            _planted_numbers(params)
 
     def set_fault(self, name: str, **params: Any) -> None:
         """Switch a fault on (persistent ones) or fire it at every open connection (one-shot ones).
@@ -298,6 +301,11 @@ class Simulator:
             return
         for conn in self._conns.values():
             conn.actions.append((name, dict(params)))
+
+    def plant_trade(self, pair: str, price: str, size: str) -> None:
+        """Send one extra XT trade (exchange 1, id ``planted-N``, time now) to every open connection,
+        e.g. a whale trade for the alert rules; also ``GET /_sim/fault?name=trade&pair=&price=&size=``."""
+        self.set_fault("trade", pair=pair, price=price, size=size)
 
     def clear_faults(self) -> None:
         def clear() -> None:
@@ -491,6 +499,19 @@ class Simulator:
             pad = "x" * int(params.get("bytes", 1_200_000))
             conn.frames += 1
             self._write(conn, orjson.dumps([{"ev": "status", "status": "info", "message": pad}]))
+        elif name == "trade" and {("XT", params["pair"]), ("XT", "*")} & conn.topics:
+            price, size = _planted_numbers(params)
+            now, planted = self.now_ms(), next(self._planted)
+            event = (
+                f'{{"ev":"XT","pair":"{params["pair"]}","p":{price},"t":{now},"s":{size},"c":[1],'
+                f'"i":"planted-{planted}","x":1,"r":{now}}}'
+            )
+            conn.frames += 1
+            conn.sent += 1
+            conn.events[("XT", str(params["pair"]))] += 1
+            if self.config.record_trades:
+                conn.trade_keys.append(f"{params['pair']}|1|planted-{planted}")
+            self._write(conn, f"[{event}]".encode())
         elif name == "delay_pongs":
             # Not reading means pings are not answered until reading resumes.
             ws.transport.pause_reading()
@@ -594,6 +615,24 @@ def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
     for (channel, pair), n in sorted(counts.items()):
         out.setdefault(channel, {})[pair] = n
     return out
+
+
+def _planted_numbers(params: dict[str, Any]) -> tuple[str, str]:
+    """A planted trade's price and size as JSON number text (positive decimals, exact)."""
+    from decimal import Decimal, InvalidOperation
+
+    if not str(params.get("pair", "")).strip():
+        raise ValueError("fault trade: give pair, price and size, e.g. pair=BTC-USD&price=97000&size=20")
+    out = []
+    for key in ("price", "size"):
+        try:
+            value = Decimal(str(params.get(key, "")))
+        except InvalidOperation:
+            value = Decimal(-1)
+        if not value.is_finite() or value <= 0:
+            raise ValueError(f"fault trade: {key} must be a positive number, got {params.get(key)!r}")
+        out.append(format(value, "f"))
+    return out[0], out[1]
 
 
 def _resume(ws: ServerConnection) -> None:

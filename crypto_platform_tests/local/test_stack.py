@@ -175,7 +175,7 @@ def test_services_are_detached_and_loopback_only(own_fakesnow: tuple[Settings, l
 
 def test_required_services_follow_the_settings(tmp_path: Path) -> None:
     local = local_settings(tmp_path)
-    assert [s.name for s in ls.required_services(local)] == ["simulator", "fakesnow"]
+    assert [s.name for s in ls.required_services(local)] == ["simulator", "fakesnow", "dashboard"]
     prod = local_settings(
         tmp_path,
         POLYGON_API_KEY="k" * 20,
@@ -183,7 +183,7 @@ def test_required_services_follow_the_settings(tmp_path: Path) -> None:
         SNOWFLAKE_USER="loader",
         SNOWFLAKE_PASSWORD="pw-not-logged",
     )
-    assert ls.required_services(prod) == []
+    assert [s.name for s in ls.required_services(prod)] == ["dashboard"]  # the market page runs under every setting
     for service in ls.all_services(local):
         assert "--host" in service.argv and service.argv[service.argv.index("--host") + 1] == "127.0.0.1"
 

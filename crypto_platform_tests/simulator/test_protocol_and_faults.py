@@ -324,3 +324,20 @@ async def test_rest_history_equals_what_the_websocket_sent() -> None:
         assert (agg.open, agg.high, agg.low, agg.close, agg.volume, agg.vwap) == tuple(
             Decimal(str(bar[k])) for k in ("o", "h", "l", "c", "v", "vw")
         )
+
+
+async def test_a_planted_trade_reaches_subscribers_exactly(simulator: Simulator) -> None:
+    client = await RawClient.open(simulator)
+    await client.login("XT.BTC-USD")
+    await wait_for(lambda: client.events("XT"), what="trades")
+    simulator.plant_trade("ETH-USD", "3000", "1")  # not subscribed: not sent (actions run in order)
+    url = f"{simulator.rest_url}/_sim/fault?name=trade&pair=BTC-USD&price=97000.50&size=25"
+    await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).close())
+    await wait_for(lambda: [e for e in client.events("XT") if e["i"].startswith("planted-")], what="the planted trade")
+    (planted,) = [t for t in client.texts if "planted-" in t]
+    assert '"pair":"BTC-USD","p":97000.50,' in planted and '"s":25,' in planted and '"i":"planted-1"' in planted
+    keys = [k for c in simulator.counters()["connections"].values() for k in c["trade_keys"]]
+    assert "BTC-USD|1|planted-1" in keys and not any("ETH-USD|1|planted" in k for k in keys)
+    with pytest.raises(ValueError, match="price must be a positive number"):
+        simulator.plant_trade("BTC-USD", "-5", "1")
+    await client.close()
