@@ -9,19 +9,21 @@ in the list. Resources come from :func:`crypto_platform.resources.build_resource
 the settings.
 
 Loading stays fast and free of side effects: no network connection, no process start, no file
-written at import. Connections open, and the local stand-ins start, only when a run or a sensor
-tick uses a resource. Bad settings fail the load with a
-:class:`~crypto_platform.settings.SettingsError` that names the variable.
+written at import (on a temporary Dagster home it prints one line saying where state persists).
+Connections open, and the local stand-ins start, only when a run or a sensor tick uses a resource.
+Bad settings fail the load with a :class:`~crypto_platform.settings.SettingsError` naming the variable.
 """
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 
 import dagster as dg
 
 from crypto_platform import checks, sensors
 from crypto_platform.assets import alerts, bars, daily, landing_log, raw, warehouse
+from crypto_platform.local.stack import temporary_home_notice
 from crypto_platform.resources import build_resources
 from crypto_platform.settings import Settings, load_settings
 
@@ -44,4 +46,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.load_definitions_from_modules(DEFINITION_MODULES, resources=build_resources(settings))
 
 
-defs = build_definitions()
+_settings = load_settings()
+defs = build_definitions(_settings)
+# Dagster's CLI says its temporary home "will be removed"; say where this project's state really is.
+if notice := temporary_home_notice(_settings, sys.argv):
+    print(notice, file=sys.stderr, flush=True)

@@ -245,6 +245,8 @@ class Settings:
     data_dir: Path
     state_dir: Path
     dagster_home: Path
+    # DAGSTER_HOME is set (else Dagster's CLI runs on a temporary home with ./dagster.yaml).
+    dagster_home_set: bool
     api_key: Secret
     uses_simulator: bool
     ws_url: str
@@ -417,6 +419,7 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         data_dir=data_dir,
         state_dir=state_dir,
         dagster_home=dagster_home,
+        dagster_home_set=bool(env.get("DAGSTER_HOME")),
         api_key=api_key,
         uses_simulator=uses_simulator,
         ws_url=ws_url,

@@ -32,17 +32,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crypto_platform.settings import Settings
+from crypto_platform.settings import Settings, child_environment
 
 LOOPBACK = "127.0.0.1"
 FAKESNOW_MODULE = "crypto_platform.local.fakesnow_server"
 SIMULATOR_CLI_MODULE = "crypto_platform.simulator.cli"
-# First line of the repo's dagster.yaml; marks a DAGSTER_HOME copy as ours to refresh.
-LOCAL_INSTANCE_MARKER = "# crypto_platform local Dagster instance"
 
 DEFAULT_READY_TIMEOUT_S = 90.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -128,8 +126,12 @@ def stack_paths(settings: Settings) -> StackPaths:
 
 
 def fakesnow_service(settings: Settings, python: str = sys.executable) -> Service:
-    paths = stack_paths(settings)
-    port = settings.snowflake.port
+    return fakesnow_service_at(settings.state_dir, settings.snowflake.port, python)
+
+
+def fakesnow_service_at(state_dir: Path, port: int, python: str = sys.executable) -> Service:
+    """The persistent fakesnow server on ``port``, its databases under ``<state_dir>/fakesnow``."""
+    paths = StackPaths(state_dir)
     return Service(
         name="fakesnow",
         port=port,
@@ -152,8 +154,11 @@ def fakesnow_service(settings: Settings, python: str = sys.executable) -> Servic
 
 
 def simulator_service(settings: Settings, python: str = sys.executable) -> Service:
+    return simulator_service_at(settings.simulator_port, python)
+
+
+def simulator_service_at(port: int, python: str = sys.executable) -> Service:
     """The simulator, started through the CLI as ``crypto-platform simulate`` would be."""
-    port = settings.simulator_port
     # Another part of the project provides it; until it exists `dev` runs without a simulator.
     available = importlib.util.find_spec(SIMULATOR_CLI_MODULE) is not None
     return Service(
@@ -178,8 +183,36 @@ def required_services(settings: Settings, python: str = sys.executable) -> list[
 
 
 def all_services(settings: Settings, python: str = sys.executable) -> list[Service]:
-    """Every service this stack can run, whether or not the settings need it (for stop/status)."""
-    return [simulator_service(settings, python), fakesnow_service(settings, python)]
+    """Every background service this stack can run, whether or not the settings need it (for stop/status).
+
+    One line per service: a new background service (say, a dashboard) is one more entry here and in
+    :func:`required_services`, plus a ``*_service`` constructor like the ones above.
+    """
+    return [
+        simulator_service(settings, python),
+        fakesnow_service(settings, python),
+    ]
+
+
+def ensure_service(service: Service, state_dir: Path, *, ready_timeout: float = DEFAULT_READY_TIMEOUT_S) -> str | None:
+    """Start ``service`` on demand, for the resource or sensor about to use it; say what was done (None: it serves).
+
+    Cheap when it already runs: one TCP connect. Anything already serving the port is used as it is
+    (a server started by ``crypto-platform services start``, another checkout's, a test's), and the
+    client's own error says so if it is not the service. Otherwise it starts detached exactly as
+    ``services start`` does: one instance (flock), pid file under ``<state>/run``, log under
+    ``<state>/log``; it outlives ``dagster dev`` and ``make stop`` ends it.
+    """
+    if port_open(service.host, service.port):
+        return None
+    result = start_service(service, StackPaths(state_dir), child_environment(), ready_timeout=ready_timeout)
+    log = StackPaths(state_dir).log_file(service.name)
+    if not result.started:
+        return f"{service.name}: already running, pid {result.pid}, {service.host}:{service.port}"
+    return (
+        f"{service.name}: started on demand, pid {result.pid}, {service.host}:{service.port}, log {log} "
+        "(it keeps running after dagster dev; `make stop` ends it)"
+    )
 
 
 def stack_environment(settings: Settings) -> dict[str, str]:
@@ -192,7 +225,6 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "CRYPTO_PROJECT_DIR": str(settings.project_dir),
         "CRYPTO_STATE_DIR": str(settings.state_dir),
         "CRYPTO_DATA_DIR": str(settings.data_dir),
-        "DAGSTER_HOME": str(settings.dagster_home),
         "CRYPTO_SIMULATOR_PORT": str(settings.simulator_port),
         "CRYPTO_FAKESNOW_PORT": str(settings.snowflake.port),
         "CRYPTO_DAGSTER_PORT": str(settings.dagster_port),
@@ -481,48 +513,29 @@ def stop_ingester(settings: Settings) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the Dagster home
+# the Dagster instance
 
 
-def prepare_dagster_home(settings: Settings) -> str:
-    """Create DAGSTER_HOME and install the repo's ``dagster.yaml`` into it; return what was done.
+def temporary_home_notice(settings: Settings, argv: Sequence[str] = ()) -> str | None:
+    """The line to print where Dagster runs on a temporary home, or None where it does not.
 
-    The file is *copied*, not linked: DAGSTER_HOME may live anywhere (a test's temp dir, a shared
-    disk), a link would break when the checkout moves, and Dagster reads the file only at start.
-    A copy we made earlier (it starts with :data:`LOCAL_INSTANCE_MARKER`) is refreshed when the repo
-    file changes; any other ``dagster.yaml`` there (say, a MySQL one from ``deploy/``) is left alone.
+    Without DAGSTER_HOME, `dagster dev`, `dg dev`, `dagster-webserver` and the one-shot commands
+    read ./dagster.yaml but put the instance in a `.tmp_dagster_home_*` directory that they delete on
+    exit, and say "set DAGSTER_HOME to persist". That advice is not needed here: the repo's
+    dagster.yaml places every store under `.dagster_home/`, so this line says so. Run workers
+    (`dagster api execute_run`) load the definitions once per run and stay quiet.
     """
-    home = settings.dagster_home
-    if not home.is_absolute():
-        raise LocalStackError(f"DAGSTER_HOME={home} must be an absolute path")
-    home.mkdir(parents=True, exist_ok=True)
-    source = settings.project_dir / "dagster.yaml"
-    if not source.is_file():
-        raise LocalStackError(f"{source} is missing: run from the project directory (or set CRYPTO_PROJECT_DIR)")
-    wanted = source.read_text()
-    target = home / "dagster.yaml"
-    if target.exists():
-        current = target.read_text()
-        if current == wanted:
-            return f"Dagster home {home}: instance config up to date"
-        if not current.startswith(LOCAL_INSTANCE_MARKER):
-            return f"Dagster home {home}: keeping its own dagster.yaml (not the repo's local config)"
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(wanted)
-    os.replace(tmp, target)
-    return f"Dagster home {home}: installed {source.name}"
+    if settings.dagster_home_set or any(a in ("execute_run", "execute_step", "resume_run") for a in argv):
+        return None
+    root = settings.project_dir
+    return (
+        f"crypto_platform: nothing is lost with Dagster's temporary directory: runs, event logs, sensor "
+        f"cursors and run logs persist in {root / '.dagster_home'} (./dagster.yaml), the platform's data "
+        f"in {settings.state_dir}. To run without a temporary directory (and for `dagster-daemon run`, "
+        f"which needs a home), put DAGSTER_HOME={root} in {root / '.env'}: `make env` does it."
+    )
 
 
 def dagster_dev_argv(settings: Settings, python: str = sys.executable) -> list[str]:
-    return [
-        python,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(settings.project_dir / "workspace.yaml"),
-        "-h",
-        LOOPBACK,
-        "-p",
-        str(settings.dagster_port),
-    ]
+    """Plain ``dagster dev`` on loopback (it finds the code location through pyproject.toml's [tool.dg])."""
+    return [python, "-m", "dagster", "dev", "-h", LOOPBACK, "-p", str(settings.dagster_port)]
