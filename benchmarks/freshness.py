@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.simulator_rate import free_port  # noqa: E402
+from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.snowflake import build_snowflake_resource  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.landing_log import iter_manifest  # noqa: E402
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.mysql_url:
             env.pop("MYSQL_URL", None)
         settings = load_settings(env, cwd=ROOT)
+        # A throwaway instance: the repo's config, its stores in the temporary DAGSTER_HOME.
+        install_instance_config(settings, Path(overrides["DAGSTER_HOME"]))
         base = f"http://127.0.0.1:{settings.dagster_port}"
         log_path = Path(tmp) / "dev.log"
         with open(log_path, "wb") as log:
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 dev.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(dev.pid, signal.SIGKILL)
+            # The simulator, fakesnow and the ingester were started on demand and outlive dagster dev.
+            subprocess.run([sys.executable, "-m", "crypto_platform.cli", "services", "stop"], cwd=ROOT, env=env)
 
     after = started + args.warmup_s
     print(f"{len(trades):,} trades in MySQL; {len(runs)} segments loaded by sensor runs; poll every {args.poll_s} s")

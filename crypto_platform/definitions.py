@@ -16,6 +16,7 @@ Bad settings fail the load with a :class:`~crypto_platform.settings.SettingsErro
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from types import ModuleType
 
@@ -48,6 +49,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
 _settings = load_settings()
 defs = build_definitions(_settings)
-# Dagster's CLI says its temporary home "will be removed"; say where this project's state really is.
-if notice := temporary_home_notice(_settings, sys.argv):
+# Dagster's CLI says its temporary home "will be removed"; say where this project's state really is
+# (once per command or code server: run workers, forked per run, stay quiet).
+if multiprocessing.parent_process() is None and (notice := temporary_home_notice(_settings)):
     print(notice, file=sys.stderr, flush=True)

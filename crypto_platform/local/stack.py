@@ -27,12 +27,13 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -516,16 +517,15 @@ def stop_ingester(settings: Settings) -> str:
 # the Dagster instance
 
 
-def temporary_home_notice(settings: Settings, argv: Sequence[str] = ()) -> str | None:
+def temporary_home_notice(settings: Settings) -> str | None:
     """The line to print where Dagster runs on a temporary home, or None where it does not.
 
     Without DAGSTER_HOME, `dagster dev`, `dg dev`, `dagster-webserver` and the one-shot commands
     read ./dagster.yaml but put the instance in a `.tmp_dagster_home_*` directory that they delete on
     exit, and say "set DAGSTER_HOME to persist". That advice is not needed here: the repo's
-    dagster.yaml places every store under `.dagster_home/`, so this line says so. Run workers
-    (`dagster api execute_run`) load the definitions once per run and stay quiet.
+    dagster.yaml places every store under `.dagster_home/`, so this line says so.
     """
-    if settings.dagster_home_set or any(a in ("execute_run", "execute_step", "resume_run") for a in argv):
+    if settings.dagster_home_set:
         return None
     root = settings.project_dir
     return (
@@ -534,6 +534,19 @@ def temporary_home_notice(settings: Settings, argv: Sequence[str] = ()) -> str |
         f"in {settings.state_dir}. To run without a temporary directory (and for `dagster-daemon run`, "
         f"which needs a home), put DAGSTER_HOME={root} in {root / '.env'}: `make env` does it."
     )
+
+
+def install_instance_config(settings: Settings, home: Path) -> Path:
+    """Write the repo's ``dagster.yaml`` into ``home`` with its stores under ``home`` (absolute paths).
+
+    For a throwaway instance (a benchmark's DAGSTER_HOME): the repo's file keeps its stores in the
+    project's ``.dagster_home/``, relative to the folder Dagster runs in.
+    """
+    text = (settings.project_dir / "dagster.yaml").read_text()
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    target.write_text(re.sub(r"(base_dir: )\.dagster_home", lambda m: m.group(1) + str(home), text))
+    return target
 
 
 def dagster_dev_argv(settings: Settings, python: str = sys.executable) -> list[str]:
