@@ -1,22 +1,26 @@
-"""The zero-setup local stack: background services and the project-local Dagster home.
+"""The zero-setup local stack: the background services behind the defaults, and the Dagster instance notes.
 
-Two background services back the defaults (DESIGN §4): the Polygon-protocol simulator (when no
-``POLYGON_API_KEY`` is set) and the persistent fakesnow server (when no ``SNOWFLAKE_ACCOUNT`` is
-set). Each runs detached in its own session so it survives the terminal and ``dagster dev``
-reloads, and is tracked by a pid file under ``<state>/run`` with its log under ``<state>/log``.
+Two background services back the defaults, so that a fresh clone needs no account, key or server:
+the Polygon-protocol simulator (when no ``POLYGON_API_KEY`` is set) and the persistent fakesnow
+server (when no ``SNOWFLAKE_ACCOUNT`` is set). The resource or sensor that needs one starts it on
+demand (:func:`ensure_service`); ``crypto-platform services start|stop|status`` drives them by hand
+and ``make stop`` ends them. Each runs detached in its own session so it survives the terminal and
+``dagster dev`` itself, and is tracked by a pid file under ``<state>/run`` with its log under
+``<state>/log``.
 
 Rules that keep it safe to run from several terminals at once:
 
 - Start and stop hold an ``flock`` on ``<state>/run/<name>.lock``, so two starts never race.
 - A pid file counts only if the pid is alive, not a zombie, and its command line is the service's
   own (pids are reused); anything else is stale and removed.
-- A port already served by something that is not our service is an error naming the setting to
-  change; we never start a second copy on another port behind the user's back.
+- ``services start`` on a port already served by something that is not our service is an error
+  naming the setting to change; we never start a second copy on another port behind the user's
+  back. On demand, whatever serves the port is used (the client's own error names it if it is wrong).
 - Readiness is a TCP connect polled against a deadline, while also watching the process: a child
   that exits early is reported with the tail of its log.
 - Everything binds 127.0.0.1. Secrets reach children only through their environment.
 
-Nothing here runs at import; ``crypto_platform.local.cli`` drives it.
+Nothing here runs at import.
 """
 
 from __future__ import annotations
