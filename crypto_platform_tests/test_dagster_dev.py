@@ -46,6 +46,9 @@ STOP_DEADLINE_S = 120.0
 VENV_BIN = Path(sys.executable).parent
 # Left behind by design after Ctrl-C, until `make stop` (crypto-platform services stop).
 BACKGROUND_SERVICES = ("simulator", "fakesnow")
+# What a checkout accumulates locally and a clone does not have (as .gitignore says).
+LOCAL_ONLY = (".git", ".venv", "var", ".dagster_home", ".tmp_dagster_home_*", ".env", "logs", ".logs_queue")
+LOCAL_ONLY += ("__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".mypy_cache", "mlruns", "*.log")
 
 
 def fresh_copy(dest: Path) -> Path:
@@ -54,9 +57,12 @@ def fresh_copy(dest: Path) -> Path:
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=PROJECT_DIR,
         capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
+        check=False,
+    )
+    if listed.returncode != 0:  # not a git checkout (an unpacked archive): the tree minus local state
+        ignored = shutil.ignore_patterns(*LOCAL_ONLY)
+        return Path(shutil.copytree(PROJECT_DIR, dest, ignore=ignored))
+    for name in filter(None, (n.decode() for n in listed.stdout.split(b"\0"))):
         source = PROJECT_DIR / name
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
