@@ -56,6 +56,7 @@ POLYGON_REST_URL = "https://api.polygon.io"
 
 # Where relative paths are taken from; handed to validation beside the variables (not a variable).
 _CWD_KEY = "__cwd__"
+_HOME_SET_KEY = "__dagster_home_set__"
 
 
 class SettingsError(ValueError):
@@ -130,11 +131,18 @@ class Settings(BaseSettings):
     dagster_home: Path = setting(
         "DAGSTER_HOME",
         None,
-        "`<project>/.dagster_home`",
+        "unset (Dagster reads `./dagster.yaml`, whose stores live in `<project>/.dagster_home`; `make env` writes "
+        "the project folder to `.env`)",
         "a directory holding `deploy/dagster.mysql.yaml` as `dagster.yaml`",
     )
+    # Whether DAGSTER_HOME was given (else Dagster's CLI runs on a temporary home with ./dagster.yaml).
+    dagster_home_set: bool = Field(False, validation_alias=_HOME_SET_KEY, exclude=True)
     dagster_port: int = setting(
-        "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, "`3000`", "as you like (`dagster dev` / webserver port)", ge=1
+        "CRYPTO_DAGSTER_PORT",
+        DEFAULT_DAGSTER_PORT,
+        "`3000` (the UI port of `make dev` / `crypto-platform dev`; plain `dagster dev` takes `-p`)",
+        "as you like",
+        ge=1,
     )
     dashboard_port: int = setting(
         "CRYPTO_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT, "`8501` (the live market page)", "as you like", ge=1
@@ -322,6 +330,7 @@ class Settings(BaseSettings):
         state = (project / env.get("CRYPTO_STATE_DIR", project / "var")).resolve()
         data_dir = (project / env.get("CRYPTO_DATA_DIR", state / "data")).resolve()
         env.update(CRYPTO_PROJECT_DIR=project, CRYPTO_STATE_DIR=state, CRYPTO_DATA_DIR=data_dir)
+        env[_HOME_SET_KEY] = "DAGSTER_HOME" in env
         env["DAGSTER_HOME"] = (project / env.get("DAGSTER_HOME", project / ".dagster_home")).resolve()
         env.setdefault("MYSQL_URL", f"sqlite:///{data_dir / 'warehouse.sqlite'}")
         env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
@@ -612,6 +621,8 @@ def settings_table() -> str:
     """The README's settings table, generated from :class:`Settings` (one row per variable)."""
     rows = ["| variable | default (local) | production |", "|---|---|---|"]
     for info in Settings.model_fields.values():
+        if str(info.validation_alias).startswith("_"):
+            continue  # derived, not a variable
         rows.append(f"| `{info.validation_alias}` | {info.description} | {_production(info)} |")
     return "\n".join(rows)
 

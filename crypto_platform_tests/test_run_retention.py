@@ -212,7 +212,7 @@ def test_retention_days_zero_keeps_every_run(instance: dg.DagsterInstance) -> No
 def test_dagster_yaml_purges_sensor_ticks_by_status(instance: dg.DagsterInstance) -> None:
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.scheduler.instigation import TickData, TickStatus
-    from dagster_shared.error import SerializableErrorInfo
+    from dagster._utils.error import SerializableErrorInfo
 
     sensor = instance.get_tick_retention_settings(InstigatorType.SENSOR)
     assert sensor == {TickStatus.SKIPPED: 1, TickStatus.STARTED: 7, TickStatus.SUCCESS: 7, TickStatus.FAILURE: 30}

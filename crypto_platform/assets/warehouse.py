@@ -292,21 +292,6 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
     return load
 
 
-WAREHOUSE_ASSETS: dict[str, dg.AssetsDefinition] = {
-    c.asset_name(b): warehouse_asset(c, b) for c in COPIES for b in BACKENDS
-}
-# Module-scope names, so definitions.py (which collects module-scope assets) finds each one.
-mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
-mysql_quotes = WAREHOUSE_ASSETS["mysql_quotes"]
-mysql_aggregates = WAREHOUSE_ASSETS["mysql_aggregates"]
-mysql_minute_bars = WAREHOUSE_ASSETS["mysql_minute_bars"]
-mysql_daily_open_close = WAREHOUSE_ASSETS["mysql_daily_open_close"]
-mysql_stream_sessions = WAREHOUSE_ASSETS["mysql_stream_sessions"]
-snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
-snowflake_quotes = WAREHOUSE_ASSETS["snowflake_quotes"]
-snowflake_aggregates = WAREHOUSE_ASSETS["snowflake_aggregates"]
-snowflake_minute_bars = WAREHOUSE_ASSETS["snowflake_minute_bars"]
-snowflake_daily_open_close = WAREHOUSE_ASSETS["snowflake_daily_open_close"]
-snowflake_stream_sessions = WAREHOUSE_ASSETS["snowflake_stream_sessions"]
-# What the stream sensor's per-batch runs load (daily open/close comes from REST backfills instead).
-STREAM_WAREHOUSE_ASSETS = [WAREHOUSE_ASSETS[c.asset_name(b)] for c in COPIES if c.stream for b in BACKENDS]
+# Every warehouse asset, defined here (a module-scope list is what Dagster's loader collects).
+warehouse_assets: list[dg.AssetsDefinition] = [warehouse_asset(c, b) for c in COPIES for b in BACKENDS]
+WAREHOUSE_ASSETS: dict[str, dg.AssetsDefinition] = {a.key.to_user_string(): a for a in warehouse_assets}
