@@ -192,6 +192,16 @@ def _parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a yes/no value: use true or false")
 
 
+def _parse_crash_point(env: Mapping[str, str]) -> str | None:
+    raw = env.get("CRYPTO_CRASH_AT", "").strip()
+    if raw and not re.fullmatch(r"[a-z_]+\.[a-z_]+", raw):
+        raise SettingsError(
+            f"CRYPTO_CRASH_AT={raw!r}: name a crash point as writer.step (e.g. seal.before_rename), or unset it "
+            "(it is for fault-injection tests only)"
+        )
+    return raw or None
+
+
 def _parse_date(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     try:
@@ -272,6 +282,10 @@ class Settings:
     bar_revision_window_s: float
     repair_trades: bool
     ingester_autostart: bool
+    # After a full disk: how often the ingester looks for room again (it reconnects once there is).
+    disk_full_retry_s: float = 10.0
+    # Fault injection for tests: the crash point (crypto_platform.durable) where a writer SIGKILLs itself.
+    crash_at: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
     # Alert rules (crypto_alerts): price crossings per pair, minute volume spikes, whale trades.
     alert_price_above: Mapping[str, Decimal] = field(default_factory=dict)
@@ -444,6 +458,8 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         bar_revision_window_s=_parse_float(env, "CRYPTO_BAR_REVISION_WINDOW_S", 120.0),
         repair_trades=_parse_bool(env, "CRYPTO_REPAIR_TRADES", False),
         ingester_autostart=_parse_bool(env, "CRYPTO_INGESTER_AUTOSTART", True),
+        disk_full_retry_s=_parse_float(env, "CRYPTO_DISK_FULL_RETRY_S", 10.0, minimum=0.05),
+        crash_at=_parse_crash_point(env),
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
         alert_price_above=_parse_thresholds(env, "CRYPTO_ALERT_PRICE_ABOVE", pairs),
         alert_price_below=_parse_thresholds(env, "CRYPTO_ALERT_PRICE_BELOW", pairs),

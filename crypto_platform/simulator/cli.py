@@ -68,6 +68,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         help="with --rate 0 and --total-events: generate the stream before listening (benchmark replay mode)",
     )
     parser.add_argument(
+        "--record-trades",
+        action="store_true",
+        help="keep every sent trade's key per connection, listed as trade_keys by GET /_sim/counters "
+        "(memory grows with the trades sent: for tests)",
+    )
+    parser.add_argument(
         "--fault",
         type=_fault,
         action="append",
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         events_per_frame=args.events_per_frame,
         total_events=args.total_events,
         prerender=args.prerender,
+        record_trades=args.record_trades,
         faults=tuple(args.fault),
     )
     try:
