@@ -51,6 +51,7 @@ from crypto_platform.durable import (
     crash_point,
     cut_torn_tail,
     is_disk_full,
+    iter_json_lines,
     publish,
     undo_short_write,
 )
@@ -275,19 +276,24 @@ class Sealer:
         source = self.active_dir / f"{_seq_name(seq)}.open"
         target = self.segments_dir / _seq_name(seq)
         name = f"segments/{_seq_name(seq)}"
-        if target.exists():  # published, then a crash before its manifest line (its quarantine count is lost)
+        if target.exists():  # published, then a crash before its manifest line
             source.unlink(missing_ok=True)  # the original of a published copy
-            return self._announce(scan_segment(target).manifest_entry(seq, name, 0))
+            quarantined = sum(1 for r in iter_json_lines(self._quarantine.path) if r.get("seq") == seq)
+            return self._announce(scan_segment(target).manifest_entry(seq, name, quarantined))
         if not source.exists():
             return None
         checked = check_segment(source)
         stats = checked.stats
-        for _, recv_ns, session, frame, reason in checked.bad:
-            record = {"r": recv_ns, "n": session, "reason": reason, "frame": frame.decode("utf-8", "replace")}
-            self._quarantine.append_json(record)
+        if checked.bad and self._last_quarantined_seq() != seq:  # not written by a try cut short
+            # One write for the segment's records: a crash leaves all of them or none.
+            records = (
+                {"r": recv_ns, "n": session, "seq": seq, "reason": reason, "frame": frame.decode("utf-8", "replace")}
+                for _, recv_ns, session, frame, reason in checked.bad
+            )
+            self._quarantine.append(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            if self.fsync != "never":
+                self._quarantine.flush_to_disk()
         quarantined = len(checked.bad) + self._carried_quarantined
-        if checked.bad and self.fsync != "never":
-            self._quarantine.flush_to_disk()
         if stats.frames == 0:  # only malformed frames (or none): empty segments are never sealed
             source.unlink()
             self._carried_quarantined = quarantined
@@ -303,6 +309,22 @@ class Sealer:
         source.unlink(missing_ok=True)  # the original, when a copy was published
         self._carried_quarantined = 0
         return self._announce(stats.manifest_entry(seq, name, quarantined))
+
+    def _last_quarantined_seq(self) -> int | None:
+        """The segment of the quarantine's last record (its records are written in seq order)."""
+        if self._quarantine.size == 0:
+            return None
+        with open(self._quarantine.path, "rb") as f:
+            window = 1 << 16
+            while True:
+                start = max(0, self._quarantine.size - window)
+                f.seek(start)
+                data = f.read(self._quarantine.size - start)
+                before = data.rfind(b"\n", 0, len(data) - 1)
+                if before >= 0 or start == 0:
+                    last = orjson.loads(data[before + 1 :])
+                    return last.get("seq") if isinstance(last, dict) else None
+                window *= 2
 
     @staticmethod
     def _cut_to(source: Path, stats: SegmentStats) -> Path:
