@@ -108,7 +108,8 @@ def test_a_tick_that_logged_runs_is_a_success_not_an_empty_skip(world: World) ->
         data = mlflow_sensor.evaluate_tick(ctx)
     # What the sensor daemon reads: run reactions and no skip message make the tick a SUCCESS.
     assert data.skip_message is None and [r.dagster_run.run_id for r in data.dagster_run_reactions] == [result.run_id]
-    with dg.build_sensor_context(instance=world.instance, cursor=data.cursor, resources={"mlflow": world.mlflow}) as ctx:
+    resources = {"mlflow": world.mlflow}
+    with dg.build_sensor_context(instance=world.instance, cursor=data.cursor, resources=resources) as ctx:
         again = mlflow_sensor.evaluate_tick(ctx)
     assert again.skip_message == "no finished runs" and not again.dagster_run_reactions
 
