@@ -8,10 +8,11 @@ the session ledger, quarantine, and what the lake writer keeps) or a small docum
   :class:`AppendFile` on open). A write cut short by a crash or a full disk leaves a last line
   without its newline; appending after it would glue the next record onto it and make a line that
   is no JSON in the middle of the file, which no reader can skip safely.
-- **A short or failed append is undone at once** (:func:`undo_short_write`): the file is cut back
-  to its last complete record and the error raised, as :class:`DiskFull` when the disk is full.
-  Linux writes what fits and returns a short count before it raises ``ENOSPC``, so one ``write``
-  per record is not enough by itself.
+- **A short or failed append is finished or undone at once** (:func:`finish_short_write`,
+  :func:`undo_short_write`): the file is cut back to its last complete record and the error
+  raised, as :class:`DiskFull` when the disk is full. Linux writes what fits and returns a short
+  count before it raises ``ENOSPC`` (or ``EFBIG``), so one ``write`` per record is not enough by
+  itself.
 - **Readers take complete lines only** (:func:`iter_json_lines`): a torn tail is left out, and a
   line that does not decode (only a file written before these rules can hold one) is skipped and
   reported, never raised.
@@ -123,18 +124,28 @@ def cut_torn_tail(path: Path) -> int:
         return size - keep
 
 
-def undo_short_write(fd: int, good_size: int, path: Path, cause: OSError | None) -> OSError:
-    """Cut ``fd`` back to ``good_size`` after a short or failed append; return the error to raise.
-
-    ``cause`` None: the write returned a short count (the disk filled during it).
-    """
+def undo_short_write(fd: int, good_size: int, path: Path, cause: OSError) -> OSError:
+    """Cut ``fd`` back to ``good_size`` after a failed append; return the error to raise."""
     try:
         os.ftruncate(fd, good_size)
     except OSError as exc:  # cannot happen on a local file system; the next open cuts the tail anyway
         log.warning(f"could not cut {path} back to {good_size} bytes after a failed write: {exc}")
-    if cause is None:
-        return DiskFull(path)
     return as_disk_full(cause, path)
+
+
+def finish_short_write(fd: int, data: bytes, written: int, good_size: int, path: Path) -> None:
+    """After a ``write`` that took only ``written`` bytes of ``data``: write the rest, or undo it all.
+
+    The next write names the cause (ENOSPC, EFBIG, EIO ...): the record is then cut back out and the
+    error raised (:class:`DiskFull` for a full disk). A short count with room left (a signal) just
+    finishes the record.
+    """
+    view = memoryview(data)
+    while written < len(data):
+        try:
+            written += os.write(fd, view[written:])
+        except OSError as exc:
+            raise undo_short_write(fd, good_size, path, exc) from None
 
 
 class AppendFile:
@@ -158,8 +169,8 @@ class AppendFile:
         except OSError as exc:
             raise undo_short_write(self._fd, self.size, self.path, exc) from None
         if written != len(record):
-            raise undo_short_write(self._fd, self.size, self.path, None)
-        self.size += written
+            finish_short_write(self._fd, record, written, self.size, self.path)
+        self.size += len(record)
         if self.fsync:
             os.fsync(self._fd)
 

@@ -61,6 +61,10 @@ class HandshakeTimeout(Exception):
     """A greeting, auth reply or subscription ack did not come in time."""
 
 
+class LandingWriteFailed(Exception):
+    """Writing a frame to the landing log failed for a reason other than a full disk."""
+
+
 # Reading resumes after a full disk once the reserve is back and at least this much more is free.
 RESUME_FREE_BYTES = 1024 * 1024
 
@@ -146,7 +150,12 @@ class Ingester:
         with ``"status"`` always has one, so none is missed).
         """
         recv_ns = time.time_ns()
-        self.landing.append(recv_ns, self.session, frame)
+        try:
+            self.landing.append(recv_ns, self.session, frame)
+        except OSError as exc:  # the disk, not the connection: never reported as a connection failure
+            if is_disk_full(exc):
+                raise
+            raise LandingWriteFailed(f"cannot write the landing log: {_cause(exc)}") from exc
         self.frames += 1
         self._session_frames += 1
         self._session_last_frame = recv_ns

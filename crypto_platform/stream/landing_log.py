@@ -50,6 +50,7 @@ from crypto_platform.durable import (
     as_disk_full,
     crash_point,
     cut_torn_tail,
+    finish_short_write,
     is_disk_full,
     iter_json_lines,
     publish,
@@ -520,7 +521,7 @@ class LandingLog:
         except OSError as exc:
             raise self._undo_append(exc) from None
         if written != len(line):
-            raise self._undo_append(None)
+            self._finish_append(line, written)
         if self.fsync == "frame":
             os.fsync(self._fd)
         self._active_frames += 1
@@ -536,12 +537,17 @@ class LandingLog:
             raise as_disk_full(exc, path) from None
         self._active_opened = time.monotonic()
 
-    def _undo_append(self, cause: OSError | None) -> OSError:
+    def _active_path(self) -> Path:
+        return self.active_dir / f"{_seq_name(self.next_seq)}.open"
+
+    def _undo_append(self, cause: OSError) -> OSError:
         """A frame that did not fit: the segment is cut back to its last whole line (never half a frame)."""
         assert self._fd is not None
-        return undo_short_write(
-            self._fd, self._active_bytes, self.active_dir / f"{_seq_name(self.next_seq)}.open", cause
-        )
+        return undo_short_write(self._fd, self._active_bytes, self._active_path(), cause)
+
+    def _finish_append(self, line: bytes, written: int) -> None:
+        assert self._fd is not None
+        finish_short_write(self._fd, line, written, self._active_bytes, self._active_path())
 
     # -- sealing ----------------------------------------------------------------------------------
 
