@@ -650,7 +650,9 @@ class LandingLog:
         end = data.rfind(b"\n") + 1
         self._manifest_offset += end
         for line in data[:end].splitlines():
-            entry = orjson.loads(line)
+            entry = _entry(line, self.manifest_path)
+            if entry is None:
+                continue
             self._fold(entry)
             with contextlib.suppress(ValueError):
                 self._handed.remove(int(entry["seq"]))
@@ -787,12 +789,17 @@ def iter_manifest(
         for line in f if marker is None else _lines_with(f, marker):
             if not line.endswith(b"\n"):
                 break
-            seq = _line_seq(line)
-            if through_seq is not None and seq > through_seq:
+            try:
+                seq = _line_seq(line)
+            except (ValueError, KeyError, TypeError):
+                seq = None  # a damaged line: _entry names it
+            if seq is not None and through_seq is not None and seq > through_seq:
                 break
-            if seq <= after_seq:
+            if seq is not None and seq <= after_seq:
                 continue
-            entry = orjson.loads(line)
+            entry = _entry(line, path)
+            if entry is None:
+                continue
             if day is None or day in (entry.get("days") or {}):
                 yield entry
 
@@ -831,9 +838,10 @@ def last_manifest_entry(root: Path) -> dict[str, Any] | None:
                 window *= 2  # a line longer than the window: look further back
                 continue
             line = data[before + 1 : last]
-            if line.strip():
-                return orjson.loads(line)
-            end = start + last  # a blank line (never written, but harmless): the one before it
+            entry = _entry(line, path) if line.strip() else None
+            if entry is not None:
+                return entry
+            end = start + last  # a blank or damaged line: the one before it
     return None
 
 
@@ -847,6 +855,16 @@ def count_manifest(root: Path) -> int:
 
 
 _PROBE_BYTES = 65_536  # below this much, reading on beats bisecting
+
+
+def _entry(line: bytes, path: Path) -> dict[str, Any] | None:
+    """A manifest line's entry; None, with a warning, for a line an older version damaged."""
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        log.warning(f"{path}: skipped a damaged manifest line ({exc}): {line[:80]!r}")
+        return None
+    return entry if isinstance(entry, dict) and "seq" in entry else None
 
 
 def _line_seq(line: bytes) -> int:
@@ -869,9 +887,13 @@ def _offset_after(f: BinaryIO, after_seq: int) -> int:
         f.readline()  # to the next line start
         start = f.tell()
         line = f.readline()
-        if start >= hi or not line.endswith(b"\n"):
+        try:
+            seq = _line_seq(line) if line.endswith(b"\n") else None
+        except ValueError:  # a damaged line: look before it
+            seq = None
+        if start >= hi or seq is None:
             hi = mid
-        elif _line_seq(line) <= after_seq:
+        elif seq <= after_seq:
             lo = start + len(line)
         else:
             hi = mid

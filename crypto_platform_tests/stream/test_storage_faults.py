@@ -199,3 +199,19 @@ def test_an_append_that_does_not_fit_is_undone_whole(tmp_path: Path) -> None:
     out.append_json({"c": 3})
     out.close()
     assert list(iter_json_lines(path)) == [{"a": 1}, {"c": 3}]
+
+
+def test_manifest_readers_skip_a_line_an_older_version_damaged(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    log = LandingLog(root, sealer="inline")
+    log.open()
+    for seq in range(1, 4):
+        log.append(seq, 1, trade_frame(seq))
+        log.seal()
+    log.close()
+    lines = (root / "manifest.ndjson").read_bytes().splitlines(keepends=True)
+    # Line 2 cut short and line 3 appended onto it: what a full disk left before torn tails were cut.
+    (root / "manifest.ndjson").write_bytes(lines[0] + lines[1][:40] + lines[2])
+    assert [e["seq"] for e in iter_manifest(root)] == [1]
+    assert landing_log.last_manifest_entry(root)["seq"] == 1  # type: ignore[index]
+    assert [e["seq"] for e in iter_manifest(root, day="2025-11-25")] == [1]
