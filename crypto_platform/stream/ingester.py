@@ -334,15 +334,21 @@ class Ingester:
         return 0 if self.fatal is None else 1
 
     def _shut_down(self) -> None:
-        """Seal, record and release; every step is tried, and a failure is recorded, never raised."""
+        """Record, seal and release; every step is tried, and a failure is recorded, never raised.
+
+        After an unexpected error the ledger and the heartbeat get its cause first, before the
+        sealing, which may wait for the sealer process.
+        """
         if self.fatal is not None:
-            self._error("internal", f"the ingester stopped on an unexpected {_cause(self.fatal)}")
-            log.error(self.last_error["message"] if self.last_error else "the ingester failed")
+            message = f"the ingester stopped on an unexpected {_cause(self.fatal)}"
+            self.last_error = {"kind": "internal", "message": message, "ts_ns": time.time_ns()}
+            log.error(message)
         self.state = "stopped" if self.fatal is None else "failed"
-        steps = [self.landing.close]
+        steps: list[Any] = []
+        if self.ledger is not None and self.fatal is not None and self._session_open:
+            steps += [self._record_failure, self._heartbeat]
+        steps.append(self.landing.close)
         if self.ledger is not None:
-            if self.fatal is not None and self._session_open:
-                steps.append(self._record_failure)
             steps.append(self.ledger.close)
         steps.append(self._heartbeat)
         for step in steps:
@@ -351,9 +357,9 @@ class Ingester:
             except Exception as exc:
                 if is_disk_full(exc):
                     self._enter_disk_full(exc)
+                    self.state = "stopped" if self.fatal is None else "failed"
                 else:
                     self._error("internal", f"while stopping: {_cause(exc)}")
-                log.error(f"while stopping the ingester: {_cause(exc)}")
 
     def _record_failure(self) -> None:
         assert self.ledger is not None and self.fatal is not None
