@@ -245,9 +245,7 @@ def request_topics(settings: Settings, topics: list[str]) -> None:
     """Change the wanted subscriptions of the running (and every later) ingester session."""
     path = subscriptions_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".subscriptions.tmp")
-    tmp.write_bytes(orjson.dumps({"topics": sorted(set(topics))}))
-    os.replace(tmp, path)
+    replace_file(path, orjson.dumps({"topics": sorted(set(topics))}))
 
 
 def requested_topics(settings: Settings) -> list[str] | None:
