@@ -305,7 +305,9 @@ def log_new_runs(
     return cursor, runs, written, logged
 
 
-@dg.sensor(
+# Dagster's sensor type names a single run reaction, while its evaluation takes a list of them too
+# (as run-status sensors return): the ignore on the decorator is for that.
+@dg.sensor(  # type: ignore[arg-type]
     name="mlflow_sensor",
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,

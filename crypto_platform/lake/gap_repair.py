@@ -116,11 +116,11 @@ def ledger_windows(
         if first < day_hi and last >= day_lo:
             spans.append(SessionWindow(s.session, first, last))
     windows: list[GapWindow] = []
-    first = next((s for s in all_sessions if s.first_frame_ns is not None), None)
-    if first is not None:
-        start = clock[first.session][0] if first.session in clock else _ms(first.first_frame_ns) or 0
+    opening = next((s for s in all_sessions if s.first_frame_ns is not None), None)
+    if opening is not None:
+        start = clock[opening.session][0] if opening.session in clock else _ms(opening.first_frame_ns) or 0
         if day_lo <= start < day_hi:
-            windows.append(GapWindow(start, start, BEFORE_THE_STREAM, first.session, "before the first session"))
+            windows.append(GapWindow(start, start, BEFORE_THE_STREAM, opening.session, "before the first session"))
     for gap in gaps(all_sessions):
         start = clock[gap.after_session][1] if gap.after_session in clock else _ms(gap.start_ns) or 0
         if gap.before_session is None:

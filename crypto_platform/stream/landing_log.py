@@ -514,28 +514,30 @@ class LandingLog:
         if b"\n" in frame or b"\r" in frame:
             frame = frame.replace(b"\n", b" ").replace(b"\r", b" ")
         line = b'{"r":%d,"n":%d,"f":%b}\n' % (recv_ns, session, frame)
-        if self._fd is None:
-            self._open_segment()
+        fd = self._fd
+        if fd is None:
+            fd = self._open_segment()
         try:
-            written = os.write(self._fd, line)  # type: ignore[arg-type]
+            written = os.write(fd, line)
         except OSError as exc:
             raise self._undo_append(exc) from None
         if written != len(line):
             self._finish_append(line, written)
         if self.fsync == "frame":
-            os.fsync(self._fd)
+            os.fsync(fd)
         self._active_frames += 1
         self._active_bytes += len(line)
         if self._active_bytes >= self.max_bytes:
             self.seal()
 
-    def _open_segment(self) -> None:
-        path = self.active_dir / f"{_seq_name(self.next_seq)}.open"
+    def _open_segment(self) -> int:
+        path = self._active_path()
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise as_disk_full(exc, path) from None
         self._active_opened = time.monotonic()
+        return self._fd
 
     def _active_path(self) -> Path:
         return self.active_dir / f"{_seq_name(self.next_seq)}.open"
