@@ -223,6 +223,20 @@ class Settings(BaseSettings):
     auth_retry_s: float = setting(
         "CRYPTO_AUTH_RETRY_S", 900.0, "`900` (wait after a refused key before trying again)", ge=1.0
     )
+    disk_full_retry_s: float = setting(
+        "CRYPTO_DISK_FULL_RETRY_S",
+        10.0,
+        "`10` (after a full disk, how often the ingester looks for room again; it reconnects once there is)",
+        ge=0.05,
+    )
+    crash_at: str | None = setting(
+        "CRYPTO_CRASH_AT",
+        None,
+        "unset (fault-injection tests only: a crash point `writer.step`, e.g. `seal.before_rename`, where a "
+        "writer SIGKILLs itself)",
+        "unset",
+        pattern=r"^[a-z_]+\.[a-z_]+$",
+    )
     bar_revision_window_s: float = setting(
         "CRYPTO_BAR_REVISION_WINDOW_S",
         120.0,

@@ -70,7 +70,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record-trades",
         action="store_true",
-        help="keep the key of every trade sent, per connection, in GET /_sim/counters (benchmarks count misses)",
+        help="keep every sent trade's key per connection, listed as trade_keys by GET /_sim/counters "
+        "(memory grows with the trades sent: for tests)",
     )
     parser.add_argument(
         "--fault",
