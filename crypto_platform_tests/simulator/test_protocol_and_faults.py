@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crypto_platform.polygon.rest_client import PolygonRest, PolygonUnavailableError, RestPolicy
-from crypto_platform.simulator.server import Simulator, SimulatorConfig
+from crypto_platform.simulator.server import ONE_SHOT_FAULTS, Simulator, SimulatorConfig
 from crypto_platform_tests.simulator.conftest import HISTORY_START_MS, KEY, RawClient, wait_for
 
 
@@ -324,3 +325,31 @@ async def test_rest_history_equals_what_the_websocket_sent() -> None:
         assert (agg.open, agg.high, agg.low, agg.close, agg.volume, agg.vwap) == tuple(
             Decimal(str(bar[k])) for k in ("o", "h", "l", "c", "v", "vw")
         )
+
+
+@pytest.mark.parametrize("fault", sorted(ONE_SHOT_FAULTS))
+def test_a_one_shot_fault_at_start_is_refused_with_the_way_to_fire_it(
+    fault: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crypto_platform.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--fault", fault])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"fault {fault!r} fires once" in err and f"/_sim/fault?name={fault}" in err
+    with pytest.raises(ValueError, match="cannot be set at start"):
+        Simulator(SimulatorConfig(rate=10, faults=((fault, {}),)))
+
+
+def test_a_switch_given_at_start_is_on_from_the_first_request() -> None:
+    from crypto_platform.simulator.cli import _fault
+
+    fault = _fault("rest_429:count=1,retry_after=0")
+    with Simulator(SimulatorConfig(rate=5, faults=(fault,))).running_in_thread() as sim:
+        url = f"{sim.rest_url}/v1/open-close/crypto/BTC/USD/2025-06-01?apiKey={KEY}"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, timeout=10)
+        assert info.value.code == 429
+        with urllib.request.urlopen(url, timeout=10) as resp:  # count=1: only the first one
+            assert json.load(resp)["symbol"] == "BTC-USD"
