@@ -278,18 +278,35 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
         @decorator
         def load(
             context: dg.AssetExecutionContext, sql_tables: SqlTablesResource, lake: LakeResource, stream: StreamResource
-        ) -> dg.MaterializeResult:
-            return run(context, sql_tables, Sources(lake, stream))
+        ) -> Iterator[dg.MaterializeResult]:
+            result = run(context, sql_tables, Sources(lake, stream))
+            yield result
+            raise_failed_parity(name, result)
 
     else:
 
         @decorator
         def load(
             context: dg.AssetExecutionContext, snowflake: SnowflakeResource, lake: LakeResource, stream: StreamResource
-        ) -> dg.MaterializeResult:
-            return run(context, snowflake, Sources(lake, stream))
+        ) -> Iterator[dg.MaterializeResult]:
+            result = run(context, snowflake, Sources(lake, stream))
+            yield result
+            raise_failed_parity(name, result)
 
     return load
+
+
+def raise_failed_parity(asset: str, result: dg.MaterializeResult) -> None:
+    """Fail the run with the reasons of a failed parity check, once its evaluation is recorded.
+
+    Dagster's own failure for a blocking check names only the check; the rows that differ
+    ("… trade_id='777'): only in lake") belong in the message an operator reads first.
+    """
+    for check in result.check_results or ():
+        if check.check_name == PARITY and not check.passed:
+            details = check.metadata.get("details") if check.metadata else None
+            reason = getattr(details, "value", details) or "no details"
+            raise dg.Failure(description=f"{asset}: {PARITY} did not pass:\n{reason}")
 
 
 WAREHOUSE_ASSETS: dict[str, dg.AssetsDefinition] = {
