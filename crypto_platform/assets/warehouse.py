@@ -211,12 +211,19 @@ def _materialized(
 ) -> dg.MaterializeResult:
     results = [d.result for d in loads]
     rows = sum(r.rows for r in results)
+    day_rows = {r.day: r.day_rows for r in results if r.day is not None and r.day_rows is not None}
     metadata: dict[str, Any] = {
-        "dagster/row_count": rows,
+        # What this run wrote (a stream batch, or the days it replaced): not the partition's size.
+        "batch_rows": rows,
         "mode": "per-batch upsert" if incremental else "day rebuild",
         "method": ", ".join(sorted({r.method for r in results})),
         "rows_per_s": round(rows / max(1e-9, sum(r.seconds for r in results))),
+        "day_rows": dg.MetadataValue.json(day_rows),
     }
+    if len(day_rows) == 1:
+        # Dagster's meaning: the rows the partition holds. A run over several days attaches one set of
+        # metadata to every partition, so no single figure is right there; day_rows has each.
+        (metadata["dagster/row_count"],) = day_rows.values()
     marks = [r.watermark for r in results if r.watermark is not None]
     if marks:
         metadata["watermark_segment"] = max(marks)
