@@ -18,7 +18,8 @@ What is logged (experiment ``crypto-ingestion`` for loads, ``crypto-quality`` fo
 tags ``dagster.asset``, ``dagster.check``, ``dagster.partition``, ``dagster.run_id``, ``dagster.job``,
 ``dagster.run_kind``, ``dagster.run_status``, ``dagster.code_version``; params: the secret-free
 settings (pairs, channels, ...); metrics: every numeric metadata value of the event plus
-``rows_loaded``, ``duration_s``, ``rows_per_s``, ``duplicate_rate`` (loads) and ``passed`` (checks).
+``rows_loaded`` (a load's ``batch_rows`` or ``rows_written`` where it reports one, else
+``dagster/row_count``), ``duration_s``, ``rows_per_s``, ``duplicate_rate`` (loads) and ``passed`` (checks).
 A run that materializes several partitions of an asset (a backfill range) is one MLflow run tagged
 with the range, since its metadata describes the whole range.
 
@@ -168,7 +169,9 @@ def records_for_run(
         partition = partition_label(run.tags, [r.event_log_entry.dagster_event.partition for r in recs])
         metrics = numeric_metadata(mat.metadata)
         metrics["partitions"] = float(len(recs))
-        rows = metrics.get("dagster/row_count")
+        # What the run loaded: its batch where the asset reports one (warehouse copies), else the
+        # partition's rows (dagster/row_count; a lake partition is rewritten whole).
+        rows = metrics.get("batch_rows", metrics.get("rows_written", metrics.get("dagster/row_count")))
         if rows is not None:
             metrics["rows_loaded"] = rows
         started = step_start.get(event.step_key or "")

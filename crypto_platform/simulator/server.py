@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from crypto_platform.polygon import protocol as p
+from crypto_platform.simulator import wire
 from crypto_platform.simulator.feed import Event, Renderer, Schedule
 from crypto_platform.simulator.market import Market
 from crypto_platform.simulator.rest_api import RestApi, RestResponse
@@ -155,8 +155,12 @@ class Simulator:
             raise ValueError("prerender needs full speed (rate 0) and total_events")
         for name, params in config.faults:
             self._validate_fault(name, params)
-            if name in PERSISTENT_FAULTS:
-                self._faults[name] = dict(params)
+            if name not in PERSISTENT_FAULTS:
+                raise ValueError(
+                    f"fault {name!r} fires once on the open connections and cannot be set at start: "
+                    "fire it with set_fault() (GET /_sim/fault) once a client is connected"
+                )
+            self._apply_fault(name, dict(params))  # as when switched on while running (REST counts too)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -410,7 +414,7 @@ class Simulator:
         self._tasks.add(pump)
         try:
             if "withhold_greeting" not in self._faults:
-                await ws.send(p.status_frame(p.STATUS_CONNECTED).decode())
+                await ws.send(wire.status_frame(wire.STATUS_CONNECTED))
             async for message in ws:
                 await self._on_message(conn, message)
         except ConnectionClosed:
@@ -420,7 +424,7 @@ class Simulator:
             self._tasks.discard(pump)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
-            conn.closed = ws.close_code if ws.close_code is not None else p.CLOSE_ABNORMAL
+            conn.closed = ws.close_code if ws.close_code is not None else wire.CLOSE_ABNORMAL
             self._closed[cid] = self._conn_counters(conn)
             del self._conns[cid]
 
@@ -429,26 +433,26 @@ class Simulator:
             msg = orjson.loads(message)
             action, params = msg["action"], str(msg.get("params", ""))
         except (ValueError, KeyError, TypeError):
-            await conn.ws.send(p.status_frame(p.STATUS_ERROR, "invalid message").decode())
+            await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, "invalid message"))
             return
         if action == "auth":
             await self._auth(conn, params)
         elif action in ("subscribe", "unsubscribe"):
             if conn.key is None:
-                await conn.ws.send(p.status_frame(p.STATUS_AUTH_REQUIRED).decode())
+                await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_REQUIRED))
                 return
             await self._subscribe(conn, params, unsubscribe=action == "unsubscribe")
         else:
-            await conn.ws.send(p.status_frame(p.STATUS_ERROR, f"unknown action: {action}").decode())
+            await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, f"unknown action: {action}"))
 
     async def _auth(self, conn: _Conn, key: str) -> None:
         if key not in self.config.api_keys:
-            await conn.ws.send(p.status_frame(p.STATUS_AUTH_FAILED).decode())
-            await conn.ws.close(p.CLOSE_POLICY_VIOLATION, "authentication failed")
+            await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_FAILED))
+            await conn.ws.close(wire.CLOSE_POLICY_VIOLATION, "authentication failed")
             return
         others = self._authenticated(key)
         conn.key = key
-        await conn.ws.send(p.status_frame(p.STATUS_AUTH_SUCCESS).decode())
+        await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_SUCCESS))
         if len(others) >= self.config.max_connections:
             if self.config.evict_older:
                 others[0].actions.append(("max_connections", {}))
@@ -457,20 +461,20 @@ class Simulator:
 
     async def _subscribe(self, conn: _Conn, params: str, unsubscribe: bool) -> None:
         try:
-            topics = p.parse_topics(params)
-        except p.TopicError as exc:
-            await conn.ws.send(p.status_frame(p.STATUS_ERROR, str(exc)).decode())
+            topics = wire.parse_topics(params)
+        except wire.TopicError as exc:
+            await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, str(exc)))
             return
         for topic in topics:
-            if topic.channel not in p.CRYPTO_CHANNELS:
-                await conn.ws.send(p.status_frame(p.STATUS_ERROR, f"unknown channel: {topic}").decode())
+            if topic.channel not in wire.CRYPTO_CHANNELS:
+                await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, f"unknown channel: {topic}"))
                 continue
             key = (topic.channel, topic.pair)
             if unsubscribe:
                 conn.topics.discard(key)
             else:
                 conn.topics.add(key)
-            await conn.ws.send(p.subscribe_ack(topic, unsubscribe).decode())
+            await conn.ws.send(wire.subscribe_ack(topic, unsubscribe))
         conn.schedule.set_topics(conn.topics)
         if not unsubscribe:
             conn.subscribed_once = True
@@ -486,11 +490,11 @@ class Simulator:
             ws.transport.abort()
             return False
         if name == "close":
-            await ws.close(int(params.get("code", p.CLOSE_INTERNAL_ERROR)), str(params.get("reason", "")))
+            await ws.close(int(params.get("code", wire.CLOSE_INTERNAL_ERROR)), str(params.get("reason", "")))
             return False
         if name in ("slow_consumer", "force_disconnect", "max_connections"):
-            await ws.send(p.status_frame(name).decode())
-            await ws.close(p.CLOSE_POLICY_VIOLATION, name)
+            await ws.send(wire.status_frame(name))
+            await ws.close(wire.CLOSE_POLICY_VIOLATION, name)
             return False
         if name == "malformed":
             conn.malformed += 1
@@ -576,8 +580,8 @@ class Simulator:
                 if not await self._act(conn, name, params):
                     return
             if conn.key is None and cfg.auth_timeout_s and loop.time() - connected_at > cfg.auth_timeout_s:
-                await conn.ws.send(p.status_frame(p.STATUS_AUTH_TIMEOUT).decode())
-                await conn.ws.close(p.CLOSE_POLICY_VIOLATION, "auth timeout")
+                await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_TIMEOUT))
+                await conn.ws.close(wire.CLOSE_POLICY_VIOLATION, "auth timeout")
                 return
             budget_left = cfg.total_events is None or conn.sent < cfg.total_events
             # "pause" holds data back (nothing is dropped: what fell due is sent on resume).
