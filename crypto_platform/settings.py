@@ -30,9 +30,10 @@ DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_DAGSTER_PORT = 3000
 # First daily partition of every date-partitioned asset (REST history reaches further back).
 DEFAULT_START_DATE = "2025-01-01"
-# Partitions a run keeps in memory between its steps: about three of 2M rows (a stream
-# run reads the day's trades, quotes and bars, and the day before's for the alerts).
-DEFAULT_LAKE_CACHE_MB = 768
+# Where the lake's Delta tables may live: a local path, or an object store delta-rs writes to.
+LAKE_URL_SCHEMES = ("file", "s3", "s3a", "gs", "az", "abfs", "abfss")
+# The standard credential/endpoint variables of those stores, handed to delta-rs as storage options.
+LAKE_STORAGE_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 
 # The key the simulator accepts by default; it is not a secret.
 SIMULATOR_API_KEY = "simulator-key"
@@ -209,6 +210,22 @@ def _parse_url(env: Mapping[str, str], name: str, default: str, schemes: tuple[s
     return value.rstrip("/")
 
 
+def _parse_lake_url(env: Mapping[str, str], data_dir: Path) -> str:
+    """``CRYPTO_LAKE_URL``: a local directory (default ``<data dir>/lake``) or an object-store URL."""
+    value = env.get("CRYPTO_LAKE_URL", "").strip()
+    if not value:
+        return str(data_dir / "lake")
+    parts = urlsplit(value)
+    if "://" not in value or parts.scheme == "file":
+        return str(Path(parts.path if parts.scheme == "file" else value).expanduser().resolve())
+    if parts.scheme not in LAKE_URL_SCHEMES or not parts.netloc:
+        raise SettingsError(
+            f"CRYPTO_LAKE_URL={value!r} is not a lake location: give a directory, or a "
+            f"{'/'.join(s + '://' for s in LAKE_URL_SCHEMES)} URL with a bucket (e.g. s3://bucket/prefix)"
+        )
+    return value.rstrip("/")
+
+
 def mask_url_password(url: str) -> str:
     """``mysql+pymysql://u:pw@h/db`` -> ``mysql+pymysql://u:***@h/db`` for messages and logs."""
     parts = urlsplit(url)
@@ -260,7 +277,8 @@ class Settings:
     segment_max_bytes: int
     segment_max_age_s: float
     retention_days: int
-    lake_cache_mb: int
+    lake_url: str
+    lake_storage: tuple[tuple[str, Secret], ...]
     dagster_port: int
     start_date: str
     reconnect_initial_s: float
@@ -292,6 +310,10 @@ class Settings:
     def lake_dir(self) -> Path:
         return self.data_dir / "lake"
 
+    def lake_storage_options(self) -> dict[str, str]:
+        """delta-rs storage options for an object-store lake: the store's standard variables."""
+        return {name: value.reveal() for name, value in self.lake_storage}
+
     def describe(self) -> dict[str, Any]:
         """A secret-free view for logs, run metadata and MLflow params."""
         out: dict[str, Any] = {}
@@ -309,6 +331,8 @@ class Settings:
                 }
             elif f.name == "extra":
                 continue
+            elif f.name == "lake_storage":
+                value = ",".join(name for name, _ in value)  # names only: these hold credentials
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -432,7 +456,8 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         segment_max_bytes=_parse_int(env, "CRYPTO_SEGMENT_MAX_BYTES", 64 * 1024 * 1024, minimum=4096),
         segment_max_age_s=_parse_float(env, "CRYPTO_SEGMENT_MAX_AGE_S", 5.0, minimum=0.05),
         retention_days=_parse_int(env, "CRYPTO_RETENTION_DAYS", 0),
-        lake_cache_mb=_parse_int(env, "CRYPTO_LAKE_CACHE_MB", DEFAULT_LAKE_CACHE_MB),
+        lake_url=_parse_lake_url(env, data_dir),
+        lake_storage=tuple(sorted((k, Secret(v)) for k, v in env.items() if k.startswith(LAKE_STORAGE_PREFIXES))),
         dagster_port=_parse_int(env, "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, minimum=1),
         start_date=_parse_date(env, "CRYPTO_START_DATE", DEFAULT_START_DATE),
         reconnect_initial_s=_parse_float(env, "CRYPTO_RECONNECT_INITIAL_S", 0.5, minimum=0.01),
