@@ -19,6 +19,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("crypto_platform.simulator.cli", "Run the Polygon-protocol market simulator."),
     "stream": ("crypto_platform.stream.stream_cli", "Run the ingester in the foreground (--stop stops it)."),
     "status": ("crypto_platform.stream.status_cli", "Show the ingester's health (--json for machines)."),
+    "lake-writer": ("crypto_platform.lake.writer", "Append sealed landing segments to the raw Delta tables."),
     "dev": ("crypto_platform.local.cli", "Start the zero-setup local stack and `dagster dev`."),
     "services": ("crypto_platform.local.cli", "Start, stop or show the background local services."),
 }
