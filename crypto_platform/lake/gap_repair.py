@@ -10,9 +10,10 @@ for a live feed, where the clocks agree to within the feed's latency.
 The stream's very beginning is a gap too: the first session that received data began inside a
 minute whose earlier trades (and the corrections of the minutes before it) were never received. It
 is a window of one instant, the first session's first event time, after no session
-(``after_session`` 0); the minutes it touches are partial, so they are in a gap and repaired like
-any other, instead of being settled from part of their trades. A session that ends inside a minute
-is followed by a gap that opens at its last event, so that minute is in a gap already.
+(``after_session`` 0), placed on the day whose rows hold that session's first frames. The minutes
+it touches are partial, so they are in a gap and repaired like any other, instead of being settled
+from part of their trades. A session that ends inside a minute is followed by a gap that opens at
+its last event, so that minute is in a gap already.
 
 A minute is *in a gap* when the window in which its data (trades, and corrections up to the
 revision window after its end) could arrive overlaps the gap: ``[minute, minute + 60 s +
