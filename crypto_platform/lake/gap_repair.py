@@ -10,9 +10,10 @@ for a live feed, where the clocks agree to within the feed's latency.
 The stream's very beginning is a gap too: the first session that received data began inside a
 minute whose earlier trades (and the corrections of the minutes before it) were never received. It
 is a window of one instant, the first session's first event time, after no session
-(``after_session`` 0); the minutes it touches are partial, so they are in a gap and repaired like
-any other, instead of being settled from part of their trades. A session that ends inside a minute
-is followed by a gap that opens at its last event, so that minute is in a gap already.
+(``after_session`` 0), placed on the day whose rows hold that session's first frames. The minutes
+it touches are partial, so they are in a gap and repaired like any other, instead of being settled
+from part of their trades. A session that ends inside a minute is followed by a gap that opens at
+its last event, so that minute is in a gap already.
 
 A minute is *in a gap* when the window in which its data (trades, and corrections up to the
 revision window after its end) could arrive overlaps the gap: ``[minute, minute + 60 s +
@@ -36,7 +37,7 @@ import pyarrow as pa
 from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS
 from crypto_platform.lake.schemas import TRADES_SCHEMA
 from crypto_platform.polygon.rest_client import PolygonRest
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.session_ledger import Session, gaps, sessions
 
 LEDGER_FILE = "sessions.ndjson"
 # ``after_session`` of the gap before the first session: no session was before it.
@@ -54,10 +55,15 @@ WITH samples AS (
 firsts AS (SELECT session, min(received_ns) AS first_ns FROM samples GROUP BY session)
 SELECT s.session,
        max(s.t) FILTER (WHERE s.received_ns = f.first_ns) AS first_ms,
-       max(s.t) AS last_ms
+       max(s.t) AS last_ms,
+       min(f.first_ns) AS first_ns
 FROM samples s JOIN firsts f USING (session)
 GROUP BY s.session
 """
+# A session's first rows in a day are its first frames (it began in that day's data) when they were
+# received within this long of the ledger's first data frame: the first data frame may hold quotes
+# only, so the first trade or bar can come a little later.
+OPENING_TOLERANCE_NS = 60 * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,12 @@ class SessionWindow:
     last_ms: int
 
 
-def session_clock(trades: pa.Table, aggregates: pa.Table) -> dict[int, tuple[int, int]]:
-    """session -> (event time of its first frame, its last event time), from the day's raw rows."""
+def session_clock(trades: pa.Table, aggregates: pa.Table) -> dict[int, tuple[int, ...]]:
+    """session -> (event time of its first frame, its last event time, receive time of that frame).
+
+    From the day's raw rows: "first" is the first the day holds, which is the session's own first
+    frame only on the day it began.
+    """
     con = duckdb.connect()
     try:
         con.register("trades", trades.select(["session", "received_ns", "event_ms"]))
@@ -89,7 +99,7 @@ def session_clock(trades: pa.Table, aggregates: pa.Table) -> dict[int, tuple[int
         rows = con.sql(_SESSION_CLOCK_SQL).fetchall()
     finally:
         con.close()
-    return {int(s): (int(first), int(last)) for s, first, last in rows}
+    return {int(s): (int(first), int(last), int(first_ns)) for s, first, last, first_ns in rows}
 
 
 def _ms(ns: int | None) -> int | None:
@@ -97,7 +107,7 @@ def _ms(ns: int | None) -> int | None:
 
 
 def ledger_windows(
-    landing_dir: Path, clock: dict[int, tuple[int, int]], day_lo: int, day_hi: int, now_ms: int
+    landing_dir: Path, clock: dict[int, tuple[int, ...]], day_lo: int, day_hi: int, now_ms: int
 ) -> tuple[list[SessionWindow], list[GapWindow]]:
     """The sessions and gaps of the ledger placed on the event clock, those touching ``[day_lo, day_hi)``.
 
@@ -107,7 +117,7 @@ def ledger_windows(
     spans: list[SessionWindow] = []
     for s in all_sessions:
         if s.session in clock:
-            first, last = clock[s.session]
+            first, last = clock[s.session][:2]
         elif s.first_frame_ns is not None:
             first = _ms(s.first_frame_ns) or 0
             last = _ms(s.last_frame_ns or s.disconnect_ns) or max(first, now_ms)
@@ -117,10 +127,9 @@ def ledger_windows(
             spans.append(SessionWindow(s.session, first, last))
     windows: list[GapWindow] = []
     opening = next((s for s in all_sessions if s.first_frame_ns is not None), None)
-    if opening is not None:
-        start = clock[opening.session][0] if opening.session in clock else _ms(opening.first_frame_ns) or 0
-        if day_lo <= start < day_hi:
-            windows.append(GapWindow(start, start, BEFORE_THE_STREAM, opening.session, "before the first session"))
+    start = _opening_ms(opening, clock) if opening is not None else None
+    if opening is not None and start is not None and day_lo <= start < day_hi:
+        windows.append(GapWindow(start, start, BEFORE_THE_STREAM, opening.session, "before the first session"))
     for gap in gaps(all_sessions):
         start = clock[gap.after_session][1] if gap.after_session in clock else _ms(gap.start_ns) or 0
         if gap.before_session is None:
@@ -132,6 +141,17 @@ def ledger_windows(
         if end >= start and start < day_hi and end >= day_lo:
             windows.append(GapWindow(start, end, gap.after_session, gap.before_session, gap.reason))
     return spans, windows
+
+
+def _opening_ms(opening: Session, clock: dict[int, tuple[int, ...]]) -> int | None:
+    """The event time the stream began at, when this day's rows hold the first session's first frames."""
+    assert opening.first_frame_ns is not None
+    if opening.session not in clock:
+        return _ms(opening.first_frame_ns)  # no rows of it this day: the receive clock (a live feed)
+    first_ms, _, *received = clock[opening.session]
+    if received and 0 <= received[0] - opening.first_frame_ns <= OPENING_TOLERANCE_NS:
+        return first_ms
+    return None  # the day's first rows of that session come later than its start
 
 
 def minutes_in_gaps(windows: Iterable[GapWindow], day_lo: int, day_hi: int, revision_window_ms: int) -> set[int]:

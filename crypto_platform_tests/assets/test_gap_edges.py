@@ -36,7 +36,8 @@ def test_the_minute_the_first_session_began_in_and_the_one_a_session_ended_in_ar
             {"session": 2, "event": "first_frame", "ts_ns": ns(resumed)},
         ],
     )
-    clock = {1: (first, last), 2: (resumed, T10 + 12 * M)}
+    # Per session: event time of its first frame in the day, its last event time, and the frame's receive time.
+    clock = {1: (first, last, ns(first)), 2: (resumed, T10 + 12 * M, ns(resumed))}
     _, windows = ledger_windows(tmp_path, clock, DAY_LO, DAY_HI, now_ms=DAY_HI + M)
     assert [(w.after_session, w.before_session) for w in windows] == [(BEFORE_THE_STREAM, 1), (1, 2)]
     gap_minutes = minutes_in_gaps(windows, DAY_LO, DAY_HI, revision_window_ms=0)
@@ -51,12 +52,15 @@ def test_the_minute_the_first_session_began_in_and_the_one_a_session_ended_in_ar
 
 
 def test_no_leading_gap_on_a_day_the_stream_had_been_running_through(tmp_path: Path) -> None:
+    began = DAY_LO - 3_600_000  # the session began the day before and runs through this one
     write_ledger(
         tmp_path,
         [
-            {"session": 1, "event": "connect", "ts_ns": ns(DAY_LO - 3_600_000)},
-            {"session": 1, "event": "first_frame", "ts_ns": ns(DAY_LO - 3_600_000)},
+            {"session": 1, "event": "connect", "ts_ns": ns(began)},
+            {"session": 1, "event": "first_frame", "ts_ns": ns(began)},
         ],
     )
-    _, windows = ledger_windows(tmp_path, {}, DAY_LO, DAY_HI, now_ms=DAY_HI + M)
-    assert windows == []
+    # This day's rows of the session start at midnight: not its first frame.
+    clock = {1: (DAY_LO + 200, DAY_LO + 10 * M, ns(DAY_LO + 250))}
+    assert ledger_windows(tmp_path, clock, DAY_LO, DAY_HI, now_ms=DAY_HI + M)[1] == []
+    assert ledger_windows(tmp_path, {}, DAY_LO, DAY_HI, now_ms=DAY_HI + M)[1] == []

@@ -215,3 +215,32 @@ def test_manifest_readers_skip_a_line_an_older_version_damaged(tmp_path: Path) -
     assert [e["seq"] for e in iter_manifest(root)] == [1]
     assert landing_log.last_manifest_entry(root)["seq"] == 1  # type: ignore[index]
     assert [e["seq"] for e in iter_manifest(root, day="2025-11-25")] == [1]
+
+
+def test_a_seal_that_cannot_write_its_copy_keeps_the_segment_and_succeeds_later(tmp_path: Path) -> None:
+    """The copy without the malformed frames does not fit (EFBIG, as a full disk would): nothing is published."""
+    import resource
+
+    root = tmp_path / "landing"
+    log = LandingLog(root, sealer="inline")
+    log.open()
+    for i in range(40):
+        log.append(1_000 + i, 1, trade_frame(i) if i != 7 else b"[oops")
+    active = root / "active" / "000000000001.ndjson.open"
+    original = active.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(original) // 2, hard))
+    try:
+        with pytest.raises(OSError):
+            log.seal()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert active.read_bytes() == original and list((root / "segments").iterdir()) == []
+    assert list(iter_manifest(root)) == [] and not list((root / "active").glob("*.clean"))
+    log.close()  # the next try (here: the clean stop) seals it, quarantining the bad frame once
+    (entry,) = iter_manifest(root)
+    assert entry["frames"] == 39 and entry["quarantined"] == 1 and not active.exists()
+    assert [r["seq"] for r in iter_json_lines(root / "quarantine.ndjson")] == [1]
+    assert_readable(root)
