@@ -55,7 +55,11 @@ def candlestick(bars: pd.DataFrame, pair: str) -> go.Figure:
                 decreasing={"line": {"color": "#6c3483"}, "fillcolor": "rgba(108, 52, 131, 0.35)"},
             )
         )
-    for column, colour, label in (("in_gap", GAP_COLOUR, "stream gap"), ("repaired", REPAIRED_COLOUR, "repaired")):
+    shading = (
+        ("in_gap", GAP_COLOUR, "stream gap", "top left"),
+        ("repaired", REPAIRED_COLOUR, "repaired", "bottom left"),
+    )
+    for column, colour, label, corner in shading:
         for i, (lo, hi) in enumerate(spans(bars.loc[bars[column] == 1, "minute_ms"])):
             fig.add_vrect(
                 x0=pd.to_datetime(lo, unit="ms", utc=True),
@@ -64,7 +68,7 @@ def candlestick(bars: pd.DataFrame, pair: str) -> go.Figure:
                 line_width=0,
                 layer="below",
                 annotation_text=label if i == 0 else None,
-                annotation_position="top left",
+                annotation_position=corner,
             )
     fig.update_layout(
         title=f"{pair} minute bars (UTC)",

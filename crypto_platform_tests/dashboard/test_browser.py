@@ -36,7 +36,7 @@ from crypto_platform_tests.conftest import free_port, local_settings
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PAIRS = ("BTC-USD", "ETH-USD")
-DEADLINE_S = 120.0
+DEADLINE_S = 300.0  # generous: a stream run takes ~40 s on a machine shared with a dozen others
 WHALE_SIZE = "25"  # at the market's BTC-USD price (~100,000): a notional far above the default 1,000,000
 
 
@@ -133,12 +133,17 @@ class Pipeline:
         return len(result.run_requests or [])
 
     def drain(self) -> None:
-        """Run until every sealed segment is loaded and no new one arrives (the feed is paused)."""
-        deadline = time.monotonic() + DEADLINE_S
+        """Run until every sealed segment is loaded and no new one arrives (the feed is paused).
+
+        Runs may be slow on a busy machine (the test's timeout bounds them); segments sealed long
+        after the pause would mean the feed did not stop.
+        """
+        started = time.monotonic()
         sealed = -1
         while True:
-            assert time.monotonic() < deadline, "segments kept arriving while the feed was paused"
             now_sealed = count_manifest(self.settings.landing_dir)
+            if now_sealed != sealed and sealed >= 0:
+                assert time.monotonic() - started < DEADLINE_S, "segments kept arriving while the feed was paused"
             if self.tick() == 0 and now_sealed == sealed:
                 return
             sealed = now_sealed
@@ -156,6 +161,7 @@ def text(value: Decimal) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # several stream runs on a busy machine: bounded by the waits' deadlines
 def test_the_page_shows_live_prices_and_a_planted_whale_alert_in_chromium(
     pipeline: tuple[Settings, Simulator], dashboard: str
 ) -> None:

@@ -59,8 +59,8 @@ def page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., S
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
-def known(request: pytest.FixtureRequest, page_env: Callable[..., Settings]) -> tuple[Settings, KnownDay]:
-    """A known day in the lake and in the warehouse: SQLite stand-in or a throwaway MariaDB database."""
+def empty(request: pytest.FixtureRequest, page_env: Callable[..., Settings]) -> Settings:
+    """The page's settings on an empty warehouse: the SQLite stand-in or a throwaway MariaDB database."""
     env = {}
     if request.param == "mysql":
         server = request.getfixturevalue("mysql_server")
@@ -68,8 +68,13 @@ def known(request: pytest.FixtureRequest, page_env: Callable[..., Settings]) -> 
         env["MYSQL_URL"] = (
             f"mysql+pymysql://{server['user']}:{server['password']}@{server['host']}:{server['port']}/{db}"
         )
-    settings = page_env(**env)
-    return settings, load_known_day(build_lake_resource(settings), SqlWarehouse(settings.mysql_url))
+    return page_env(**env)
+
+
+@pytest.fixture
+def known(empty: Settings) -> tuple[Settings, KnownDay]:
+    """A known day in the lake and in the warehouse (SQLite stand-in or MariaDB)."""
+    return empty, load_known_day(build_lake_resource(empty), SqlWarehouse(empty.mysql_url))
 
 
 def run_page() -> AppTest:
@@ -240,8 +245,7 @@ def test_stale_feed_and_stopped_ingester_raise_a_banner(
     assert said and 600 <= int(said[1]) < 660, stale
 
 
-def test_an_empty_platform_says_how_to_start_the_stream(page_env: Callable[..., Settings]) -> None:
-    page_env()
+def test_an_empty_platform_says_how_to_start_the_stream(empty: Settings) -> None:
     at = run_page()
     infos = texts(at, "info")
     assert any(i.startswith("No trades in the lake") and "make dev" in i for i in infos), infos
@@ -249,16 +253,13 @@ def test_an_empty_platform_says_how_to_start_the_stream(page_env: Callable[..., 
     assert not at.error
 
 
-def test_empty_tables_say_how_to_start_the_stream(page_env: Callable[..., Settings]) -> None:
-    settings = page_env()
-    SqlWarehouse(settings.mysql_url).migrate()
+def test_empty_tables_say_how_to_start_the_stream(empty: Settings) -> None:
+    SqlWarehouse(empty.mysql_url).migrate()
     infos = texts(run_page(), "info")
     assert any(i.startswith("The minute-bar table is empty") and "crypto-platform stream" in i for i in infos), infos
 
 
-def test_an_unreachable_database_is_named_without_its_password(
-    page_env: Callable[..., Settings], mysql_server: dict[str, object]
-) -> None:
+def test_an_unreachable_database_is_named_without_its_password(page_env: Callable[..., Settings]) -> None:
     port = free_port()  # nothing listens there
     settings = page_env(MYSQL_URL=f"mysql+pymysql://analyst:pw-s3cret@127.0.0.1:{port}/market")
     load_known_day(build_lake_resource(settings), SqlWarehouse(f"sqlite:///{settings.data_dir / 'unused.sqlite'}"))
