@@ -14,7 +14,8 @@ than ``CRYPTO_RUN_RETENTION_DAYS``. Flat means the second window leaves the stor
 left it (within ``FLAT_TOLERANCE`` of one window's growth).
 
 Also measured: the runless ``landing_log`` observation the stream sensor records on every tick
-(every 5 s whatever the cadence), which run retention does not remove.
+(every 5 s whatever the cadence); the windows record them too (6 per run, as at 30 s) and
+retention prunes them with the runs (``prune_runless_observations``).
 
     python benchmarks/dagster_storage.py [--runs 5] [--window 5] [--check]
 
@@ -46,7 +47,7 @@ from benchmarks.partition_build import DAY, land  # noqa: E402
 from benchmarks.simulator_rate import free_port  # noqa: E402
 from crypto_platform.definitions import build_definitions  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
-from crypto_platform.run_retention import prune_stream_runs  # noqa: E402
+from crypto_platform.run_retention import prune_runless_observations, prune_stream_runs  # noqa: E402
 from crypto_platform.sensors import batch_selection, health_metadata  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.landing_log import log_id  # noqa: E402
@@ -144,22 +145,30 @@ def main() -> int:
             events = len(instance.all_logs(instance.get_run_records(limit=1)[0].dagster_run.run_id))
             bytes_per_run = statistics.median(per_run)
 
+            from crypto_platform.resources.stream import build_stream_resource
+
+            health = health_metadata(build_stream_resource(settings), "running")
+
+            def observe(n: int) -> None:
+                for _ in range(n):
+                    instance.report_runless_asset_event(dg.AssetObservation(asset_key="landing_log", metadata=health))
+
+            before = storage_bytes(home)
+            observe(OBSERVATIONS)
+            bytes_per_observation = (storage_bytes(home) - before) / OBSERVATIONS
+
+            # Two windows at the default cadence: a run and the sensor's 6 ticks (observations) per 30 s.
             windows = []
             for _ in range(2):
                 start = storage_bytes(home)
                 for _ in range(args.window):
                     batch(next(queue))
+                    observe(DEFAULT_CADENCE_S // 5)
                 grown = storage_bytes(home) - start
-                report = prune_stream_runs(instance, datetime.now(UTC), log=lambda _: None)
+                cutoff = datetime.now(UTC)
+                report = prune_stream_runs(instance, cutoff, log=lambda _: None)
+                report.observations_deleted = prune_runless_observations(instance, cutoff)
                 windows.append((grown, report, storage_bytes(home)))
-
-            before = storage_bytes(home)
-            from crypto_platform.resources.stream import build_stream_resource
-
-            health = health_metadata(build_stream_resource(settings), "running")
-            for _ in range(OBSERVATIONS):
-                instance.report_runless_asset_event(dg.AssetObservation(asset_key="landing_log", metadata=health))
-            bytes_per_observation = (storage_bytes(home) - before) / OBSERVATIONS
 
         print(f"stream_batch run: {len(selection)} assets and their checks, one 5 s segment (~2,500 events) each")
         print(
@@ -167,22 +176,28 @@ def main() -> int:
             f"runs {[f'{b:,}' for b in per_run]}"
         )
         print("  mean per run: " + ", ".join(f"{k} {v:,.0f}" for k, v in parts.items()))
-        print("cadence   runs/day   storage/day   kept at 7 days retention")
+        observations_per_day = bytes_per_observation * TICKS_PER_DAY
+        print(
+            f"landing_log observations (one per sensor tick, every 5 s at any cadence): {bytes_per_observation:,.0f} "
+            f"bytes each, {mb(observations_per_day)} a day"
+        )
+        print("cadence   runs/day   runs' storage/day   with observations   kept at 7 days retention")
         for cadence in CADENCES_S:
             runs_per_day = 86_400 // cadence
             per_day = runs_per_day * bytes_per_run
+            total = per_day + observations_per_day
             mark = "  <- default" if cadence == DEFAULT_CADENCE_S else ""
-            print(f"{cadence:>5} s   {runs_per_day:>8,}   {mb(per_day):>11}   {mb(per_day * RETENTION_DAYS):>12}{mark}")
-        print(
-            f"landing_log observations (one per sensor tick, every 5 s, any cadence): {bytes_per_observation:,.0f} "
-            f"bytes each, {mb(bytes_per_observation * TICKS_PER_DAY)} a day; not removed by run retention"
-        )
+            print(
+                f"{cadence:>5} s   {runs_per_day:>8,}   {mb(per_day):>17}   {mb(total):>17}   "
+                f"{mb(total * RETENTION_DAYS):>12}{mark}"
+            )
         for i, (grown, report, after) in enumerate(windows, 1):
             print(
                 f"window {i}: +{mb(grown)} over {args.window} runs; retention deleted {report.deleted} runs "
-                f"({mb(report.bytes_removed)}), kept {report.kept_for_ui} for the UI; storage after: {mb(after)}"
+                f"({mb(report.bytes_removed)}) and {report.observations_deleted} observations, kept "
+                f"{report.kept_for_ui} run(s) for the UI; storage after: {mb(after)}"
             )
-        default_per_day = 86_400 // DEFAULT_CADENCE_S * bytes_per_run
+        default_per_day = 86_400 // DEFAULT_CADENCE_S * bytes_per_run + observations_per_day
         drift = windows[1][2] - windows[0][2]
         flat = drift <= FLAT_TOLERANCE * windows[1][0]
         print(

@@ -253,3 +253,38 @@ def test_the_production_instance_config_has_the_same_retention() -> None:
     local = yaml.safe_load((PROJECT_DIR / "dagster.yaml").read_text())
     production = yaml.safe_load((PROJECT_DIR / "deploy" / "dagster.mysql.yaml").read_text())
     assert local["retention"] == production["retention"]
+
+
+def test_old_runless_observations_go_but_each_assets_latest_and_materializations_stay(
+    instance: dg.DagsterInstance,
+) -> None:
+    health, other = dg.AssetKey("landing_log"), dg.AssetKey("other_feed")
+
+    def observe(key: dg.AssetKey, n: int) -> None:
+        instance.report_runless_asset_event(dg.AssetObservation(asset_key=key, metadata={"events_per_s": n}))
+
+    for n in range(5):
+        observe(health, n)
+    observe(other, 1)
+    observe(other, 2)
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=other, partition=DAY1))
+    cutoff = datetime.now(UTC)
+    observe(health, 99)
+
+    def observed(key: dg.AssetKey) -> list[int]:
+        records = instance.fetch_observations(key, limit=100).records
+        return [r.asset_observation.metadata["events_per_s"].value for r in records]  # type: ignore[union-attr]
+
+    assert observed(health) == [99, 4, 3, 2, 1, 0] and observed(other) == [2, 1]
+    report = DagsterStorageResource(run_retention_days=7).prune(instance)
+    assert report is not None and report.observations_deleted == 0  # minutes old: inside the 7 days
+    from crypto_platform.run_retention import prune_runless_observations
+
+    assert prune_runless_observations(instance, cutoff) == 6
+    assert observed(health) == [99] and observed(other) == [2]  # each asset's latest stays
+    assert instance.get_materialized_partitions(other) == {DAY1}
+    assert prune_runless_observations(instance, cutoff) == 0
+    # Nothing is left behind in the runless events' own file either.
+    with instance.event_log_storage.run_connection("") as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(select(SqlEventLogStorageTable.c.dagster_event_type)).fetchall()
+    assert sorted(r[0] for r in rows) == ["ASSET_MATERIALIZATION", "ASSET_OBSERVATION", "ASSET_OBSERVATION"]
