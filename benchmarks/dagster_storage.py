@@ -84,6 +84,24 @@ def storage_parts(home: Path) -> dict[str, int]:
     return parts
 
 
+def logical_bytes(instance: dg.DagsterInstance, run_id: str) -> tuple[int, int]:
+    """A run's stored event text and check-execution rows: what any SQL storage keeps, before indexes."""
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
+    from sqlalchemy import func, select
+
+    storage = instance.event_log_storage
+    events, checks = SqlEventLogStorageTable, AssetCheckExecutionsTable
+    with storage.run_connection(run_id) as conn:  # type: ignore[attr-defined]
+        event_text = conn.execute(select(func.sum(func.length(events.c.event))).where(events.c.run_id == run_id))
+        event_bytes = int(event_text.scalar() or 0)
+    with storage.index_connection() as conn:  # type: ignore[attr-defined]
+        check_text = conn.execute(
+            select(func.sum(func.length(checks.c.evaluation_event))).where(checks.c.run_id == run_id)
+        )
+        check_bytes = int(check_text.scalar() or 0)
+    return event_bytes, check_bytes
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -142,7 +160,9 @@ def main() -> int:
             parts_before = storage_parts(home)
             per_run = [batch(next(queue)) for _ in range(args.runs)]
             parts = {k: (v - parts_before[k]) / args.runs for k, v in storage_parts(home).items()}
-            events = len(instance.all_logs(instance.get_run_records(limit=1)[0].dagster_run.run_id))
+            last_run = instance.get_run_records(limit=1)[0].dagster_run.run_id
+            events = len(instance.all_logs(last_run))
+            event_text, check_text = logical_bytes(instance, last_run)
             bytes_per_run = statistics.median(per_run)
 
             from crypto_platform.resources.stream import build_stream_resource
@@ -176,6 +196,11 @@ def main() -> int:
             f"runs {[f'{b:,}' for b in per_run]}"
         )
         print("  mean per run: " + ", ".join(f"{k} {v:,.0f}" for k, v in parts.items()))
+        print(
+            f"  of which stored text: {event_text:,} bytes of event records and {check_text:,} of check-execution "
+            f"rows (a MySQL instance stores these once, plus its indexes; SQLite also copies asset and check "
+            f"events into its index)"
+        )
         observations_per_day = bytes_per_observation * TICKS_PER_DAY
         print(
             f"landing_log observations (one per sensor tick, every 5 s at any cadence): {bytes_per_observation:,.0f} "
