@@ -93,6 +93,28 @@ def ui_state(instance: dg.DagsterInstance) -> dict[str, Any]:
     return state
 
 
+PARTITION_STATUS_QUERY = """
+{
+  assetNodes(assetKeys: [{path: ["probe_trades"]}, {path: ["probe_bars"]}]) {
+    assetKey { path }
+    assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } }
+    assetMaterializations(limit: 1) { runId timestamp partition }
+    assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization { runId status } } } }
+  }
+}
+"""
+
+
+def ui_graphql(instance: dg.DagsterInstance) -> Any:
+    """The asset nodes as the UI asks for them: partition status ranges, latest materialization, checks."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    with define_out_of_process_context(__file__, "STREAM", instance) as context:
+        result = execute_dagster_graphql(context, PARTITION_STATUS_QUERY)
+    assert not result.errors, result.errors
+    return sorted(result.data["assetNodes"], key=lambda node: node["assetKey"]["path"])
+
+
 def check_rows(instance: dg.DagsterInstance) -> set[str]:
     table = AssetCheckExecutionsTable
     with instance.event_log_storage.index_connection() as conn:  # type: ignore[attr-defined]
@@ -129,6 +151,10 @@ def test_old_micro_batches_go_and_everything_the_ui_shows_stays(instance: dg.Dag
 
     before = ui_state(instance)
     assert before["probe_trades"]["status"][DAY2] == dg.AssetPartitionStatus.FAILED
+    graphql_before = ui_graphql(instance)
+    assert {"startKey": DAY2, "endKey": DAY2, "status": "FAILED"} in graphql_before[1]["assetPartitionStatuses"][
+        "ranges"
+    ]
     doomed = [*day1_batches, auto_retry, *day2_batches[:-1]]  # day2_batches[-1]: the day's latest materialization
     assert all(run_files(instance, r) for r in doomed) and set(doomed) <= check_rows(instance)
     assert set(doomed) <= indexed_event_runs(instance)
@@ -136,6 +162,7 @@ def test_old_micro_batches_go_and_everything_the_ui_shows_stays(instance: dg.Dag
     report = prune_stream_runs(instance, cutoff, batch_size=2)
 
     assert ui_state(instance) == before
+    assert ui_graphql(instance) == graphql_before
     assert sorted(report.deleted_run_ids) == sorted(doomed)
     assert report.deleted == len(doomed) and report.complete
     # Examined: every stream sensor run before the cutoff. Kept: the re-execution by hand, and the runs
