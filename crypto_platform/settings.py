@@ -2,7 +2,7 @@
 
 Every other module receives a :class:`Settings` (or values taken from it). Defaults give the
 zero-setup local stack (simulator, SQLite stand-in, fakesnow, MLflow on SQLite); setting the
-production variables switches each part independently (DESIGN §4).
+production variables switches each part independently, so a deployment can move one part at a time.
 
 Secrets are held in :class:`Secret`, whose ``repr``/``str`` never show the value, so a settings
 object can be logged, put in run metadata or raised in an exception without leaking a key.

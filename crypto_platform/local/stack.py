@@ -1,6 +1,6 @@
 """The zero-setup local stack: background services and the project-local Dagster home.
 
-Two background services back the defaults (DESIGN §4): the Polygon-protocol simulator (when no
+Two background services back the defaults: the Polygon-protocol simulator (when no
 ``POLYGON_API_KEY`` is set) and the persistent fakesnow server (when no ``SNOWFLAKE_ACCOUNT`` is
 set). Each runs detached in its own session so it survives the terminal and ``dagster dev``
 reloads, and is tracked by a pid file under ``<state>/run`` with its log under ``<state>/log``.

@@ -1,7 +1,7 @@
 """The simulator's REST endpoints, answering from the same market the WebSocket streams.
 
 A pure request -> response layer (no sockets), so the server stays small. Shapes follow
-reference/polygon.md §4 and §6.12-16: ``status``/``request_id`` envelopes, absolute ``next_url``
+Polygon's REST API as the official client reads it: ``status``/``request_id`` envelopes, absolute ``next_url``
 with an opaque cursor that carries every filter (the official client re-sends only path and query),
 404 ``NOT_FOUND`` for unknown data, 401 ``Unknown API Key``. Numbers are written from integers as
 exact decimal text. Nothing after the simulated "now" is served.
