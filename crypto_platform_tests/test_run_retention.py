@@ -18,6 +18,7 @@ from sqlalchemy import select
 from crypto_platform.resources.dagster_storage import DagsterStorageResource
 from crypto_platform.run_retention import prune_stream_runs
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG
+from crypto_platform_tests.test_dagster_instance import mysql_home as mysql_home  # the fixture
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAYS = dg.DailyPartitionsDefinition(start_date="2025-11-01")
@@ -315,3 +316,22 @@ def test_old_runless_observations_go_but_each_assets_latest_and_materializations
     with instance.event_log_storage.run_connection("") as conn:  # type: ignore[attr-defined]
         rows = conn.execute(select(SqlEventLogStorageTable.c.dagster_event_type)).fetchall()
     assert sorted(r[0] for r in rows) == ["ASSET_MATERIALIZATION", "ASSET_OBSERVATION", "ASSET_OBSERVATION"]
+
+
+@pytest.mark.mysql
+def test_retention_on_the_production_mysql_instance(mysql_home: Path) -> None:
+    """The same rules through dagster-mysql: one database for runs, events and check results."""
+    with dg.DagsterInstance.get() as instance:
+        manual = run(instance, DAY1, {})
+        batches = [run(instance, DAY1, {**SENSOR_TAGS, SEGMENTS_TAG: f"{n}-{n}"}) for n in range(1, 4)]
+        for n in range(3):
+            instance.report_runless_asset_event(dg.AssetObservation(asset_key="landing_log", metadata={"n": n}))
+        before = ui_state(instance)
+        report = DagsterStorageResource(run_retention_days=7).prune(instance, older_than_days=0)
+        assert report is not None
+        assert report.deleted_run_ids == batches[:2] and report.kept_for_ui == 1
+        assert report.event_log_bytes > 0 and report.bytes_removed >= report.event_log_bytes
+        assert report.observations_deleted == 2
+        assert ui_state(instance) == before
+        assert not set(batches[:2]) & (check_rows(instance) | indexed_event_runs(instance))
+        assert {r.dagster_run.run_id for r in instance.get_run_records()} == {batches[2], manual}
