@@ -16,7 +16,7 @@ from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, Sq
 from sqlalchemy import select
 
 from crypto_platform.resources.dagster_storage import DagsterStorageResource
-from crypto_platform.run_retention import prune_stream_runs
+from crypto_platform.run_retention import STREAM_JOB, STREAM_SENSOR, prune_stream_runs
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG
 from crypto_platform_tests.test_dagster_instance import mysql_home as mysql_home  # the fixture
 
@@ -225,6 +225,8 @@ def test_the_scheduled_job_prunes_with_the_setting_and_reports_counts(instance: 
     counts = outcome({"ops": {"prune_stream_batch_runs": {"config": {"older_than_days": 0}}}})
     assert counts["runs_deleted"] == 2 and counts["runs_kept_for_ui"] == 1 and counts["bytes_removed"] > 0
     assert [instance.get_run_by_id(r) is not None for r in batches] == [False, False, True]
+    # The names retention selects by are the platform's own.
+    assert defs.resolve_job_def(STREAM_JOB).name == STREAM_JOB and defs.resolve_sensor_def(STREAM_SENSOR)
     schedule = defs.resolve_schedule_def("stream_run_retention_daily")
     assert schedule.job_name == "stream_run_retention" and schedule.cron_schedule == "17 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
