@@ -35,6 +35,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def main() -> int:
     try:
         local_stack.start_service(fakesnow, paths, child_environment(), ready_timeout=120)
         segments = 1 + args.runs + 2 * args.window
-        day = land(settings.data_dir, 2_500 * segments, trades_per_second=50)
+        day = land(settings.data_dir, 4_000 * segments, trades_per_second=50)
         seqs = [int(e["seq"]) for e in day.entries]
         if len(seqs) < segments:
             raise SystemExit(f"the landing log has {len(seqs)} segments of the day, {segments} needed")
@@ -186,9 +187,10 @@ def main() -> int:
                     observe(DEFAULT_CADENCE_S // 5)
                 grown = storage_bytes(home) - start
                 cutoff = datetime.now(UTC)
+                started = time.perf_counter()
                 report = prune_stream_runs(instance, cutoff, log=lambda _: None)
                 report.observations_deleted = prune_runless_observations(instance, cutoff)
-                windows.append((grown, report, storage_bytes(home)))
+                windows.append((grown, report, storage_bytes(home), time.perf_counter() - started))
 
         print(f"stream_batch run: {len(selection)} assets and their checks, one 5 s segment (~2,500 events) each")
         print(
@@ -216,9 +218,10 @@ def main() -> int:
                 f"{cadence:>5} s   {runs_per_day:>8,}   {mb(per_day):>17}   {mb(total):>17}   "
                 f"{mb(total * RETENTION_DAYS):>12}{mark}"
             )
-        for i, (grown, report, after) in enumerate(windows, 1):
+        for i, (grown, report, after, seconds) in enumerate(windows, 1):
             print(
                 f"window {i}: +{mb(grown)} over {args.window} runs; retention deleted {report.deleted} runs "
+                f"in {seconds:.2f} s "
                 f"({mb(report.bytes_removed)}) and {report.observations_deleted} observations, kept "
                 f"{report.kept_for_ui} run(s) for the UI; storage after: {mb(after)}"
             )

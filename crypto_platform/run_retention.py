@@ -201,6 +201,12 @@ def _local_files(instance: dg.DagsterInstance, run_id: str) -> list[Path]:
 
 def _delete(instance: dg.DagsterInstance, run_ids: list[str], report: RetentionReport) -> None:
     storage = instance.event_log_storage
+    # Check rows first: a pass that dies halfway leaves runs to delete next time, never orphaned rows.
+    if isinstance(storage, SqlEventLogStorage) and run_ids:
+        table = AssetCheckExecutionsTable
+        with storage.index_connection() as conn:
+            result = conn.execute(table.delete().where(table.c.run_id.in_(run_ids)))
+        report.check_rows += max(result.rowcount or 0, 0)
     for run_id in run_ids:
         report.file_bytes += sum(p.stat().st_size for p in _local_files(instance, run_id))
         if isinstance(storage, SqlEventLogStorage):
@@ -221,11 +227,6 @@ def _delete(instance: dg.DagsterInstance, run_ids: list[str], report: RetentionR
             getattr(storage, "_initialized_dbs", set()).discard(run_id)
         report.deleted += 1
         report.deleted_run_ids.append(run_id)
-    if isinstance(storage, SqlEventLogStorage) and run_ids:
-        table = AssetCheckExecutionsTable
-        with storage.index_connection() as conn:
-            result = conn.execute(table.delete().where(table.c.run_id.in_(run_ids)))
-        report.check_rows += max(result.rowcount or 0, 0)
 
 
 def prune_stream_runs(
