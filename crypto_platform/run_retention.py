@@ -20,6 +20,11 @@ that grow as fast, which this module removes as well: the run's asset-check exec
 holds its evaluation event), its captured compute logs, and on SQLite the run's own event-log
 database file (about 140 KB even once emptied, since SQLite files do not shrink).
 
+The stream sensor also records a runless observation of ``landing_log`` on every tick (every 5 s,
+some 17,000 a day, never part of a run). :func:`prune_runless_observations` deletes runless
+observations older than the cutoff, keeping each asset's (and partition's) latest, which is what its
+page shows; runless materializations are never touched, they carry partition status.
+
 Work is bounded: runs are read oldest first in pages of ``batch_size`` and at most ``max_runs`` are
 looked at per call; the rest waits for the next call, which starts again from the oldest. Calling
 it again deletes nothing more (the kept runs are kept for the same reasons).
@@ -30,11 +35,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
+from dagster._core.events import DagsterEventType
+from dagster._core.instance.utils import RUNLESS_RUN_ID
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetEventTagsTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
@@ -69,6 +80,7 @@ class RetentionReport:
     file_bytes: int = 0  # local files of the deleted runs: SQLite event-log file, compute logs
     events_in_files: bool = False  # SQLite: the event records were inside those files
     complete: bool = True  # False: max_runs was reached, older runs are left for the next call
+    observations_deleted: int = 0  # runless observations (the stream sensor's landing_log health)
     deleted_run_ids: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -87,6 +99,7 @@ class RetentionReport:
             "file_bytes_removed": self.file_bytes,
             "bytes_removed": self.bytes_removed,
             "complete": self.complete,
+            "runless_observations_removed": self.observations_deleted,
         }
 
 
@@ -188,6 +201,12 @@ def _local_files(instance: dg.DagsterInstance, run_id: str) -> list[Path]:
 
 def _delete(instance: dg.DagsterInstance, run_ids: list[str], report: RetentionReport) -> None:
     storage = instance.event_log_storage
+    # Check rows first: a pass that dies halfway leaves runs to delete next time, never orphaned rows.
+    if isinstance(storage, SqlEventLogStorage) and run_ids:
+        table = AssetCheckExecutionsTable
+        with storage.index_connection() as conn:
+            result = conn.execute(table.delete().where(table.c.run_id.in_(run_ids)))
+        report.check_rows += max(result.rowcount or 0, 0)
     for run_id in run_ids:
         report.file_bytes += sum(p.stat().st_size for p in _local_files(instance, run_id))
         if isinstance(storage, SqlEventLogStorage):
@@ -208,11 +227,6 @@ def _delete(instance: dg.DagsterInstance, run_ids: list[str], report: RetentionR
             getattr(storage, "_initialized_dbs", set()).discard(run_id)
         report.deleted += 1
         report.deleted_run_ids.append(run_id)
-    if isinstance(storage, SqlEventLogStorage) and run_ids:
-        table = AssetCheckExecutionsTable
-        with storage.index_connection() as conn:
-            result = conn.execute(table.delete().where(table.c.run_id.in_(run_ids)))
-        report.check_rows += max(result.rowcount or 0, 0)
 
 
 def prune_stream_runs(
@@ -266,3 +280,38 @@ def _classify(page: Iterable[dg.RunRecord], ui: UiRuns, report: RetentionReport)
         else:
             doomed.append(run.run_id)
     return doomed
+
+
+def prune_runless_observations(instance: dg.DagsterInstance, cutoff: datetime) -> int:
+    """Delete runless observations recorded before ``cutoff``, except each (asset, partition)'s latest.
+
+    Dagster has no API to delete single events, so this deletes the rows the way
+    ``delete_events`` does for a run: from the event log (on SQLite, the runless events' own file
+    and the index it mirrors asset events into) and their asset event tags.
+    """
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqlEventLogStorage):
+        return 0
+    events = SqlEventLogStorageTable
+    runless = (events.c.run_id == RUNLESS_RUN_ID) & (
+        events.c.dagster_event_type == DagsterEventType.ASSET_OBSERVATION.value
+    )
+    latest = (
+        select(func.max(events.c.id)).where(runless).group_by(events.c.asset_key, events.c.partition).scalar_subquery()
+    )
+    doomed = select(events.c.id).where(
+        runless, events.c.timestamp < cutoff.astimezone(UTC).replace(tzinfo=None), events.c.id.not_in(latest)
+    )
+    deleted = 0
+    connections = [storage.index_connection()]
+    if isinstance(storage, SqliteEventLogStorage):  # the runless events' own file, mirrored in the index
+        connections.insert(0, storage.run_connection(RUNLESS_RUN_ID))
+    for connection in connections:
+        with connection as conn:
+            ids = [r[0] for r in conn.execute(doomed).fetchall()]
+            for start in range(0, len(ids), 5000):
+                chunk = ids[start : start + 5000]
+                conn.execute(AssetEventTagsTable.delete().where(AssetEventTagsTable.c.event_id.in_(chunk)))
+                conn.execute(events.delete().where(events.c.id.in_(chunk)))
+            deleted = max(deleted, len(ids))
+    return deleted

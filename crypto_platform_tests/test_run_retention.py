@@ -16,8 +16,9 @@ from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, Sq
 from sqlalchemy import select
 
 from crypto_platform.resources.dagster_storage import DagsterStorageResource
-from crypto_platform.run_retention import prune_stream_runs
+from crypto_platform.run_retention import STREAM_JOB, STREAM_SENSOR, prune_stream_runs
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG
+from crypto_platform_tests.test_dagster_instance import mysql_home as mysql_home  # the fixture
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAYS = dg.DailyPartitionsDefinition(start_date="2025-11-01")
@@ -93,6 +94,28 @@ def ui_state(instance: dg.DagsterInstance) -> dict[str, Any]:
     return state
 
 
+PARTITION_STATUS_QUERY = """
+{
+  assetNodes(assetKeys: [{path: ["probe_trades"]}, {path: ["probe_bars"]}]) {
+    assetKey { path }
+    assetPartitionStatuses { ... on TimePartitionStatuses { ranges { startKey endKey status } } }
+    assetMaterializations(limit: 1) { runId timestamp partition }
+    assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization { runId status } } } }
+  }
+}
+"""
+
+
+def ui_graphql(instance: dg.DagsterInstance) -> Any:
+    """The asset nodes as the UI asks for them: partition status ranges, latest materialization, checks."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    with define_out_of_process_context(__file__, "STREAM", instance) as context:
+        result = execute_dagster_graphql(context, PARTITION_STATUS_QUERY)
+    assert not result.errors, result.errors
+    return sorted(result.data["assetNodes"], key=lambda node: node["assetKey"]["path"])
+
+
 def check_rows(instance: dg.DagsterInstance) -> set[str]:
     table = AssetCheckExecutionsTable
     with instance.event_log_storage.index_connection() as conn:  # type: ignore[attr-defined]
@@ -129,6 +152,10 @@ def test_old_micro_batches_go_and_everything_the_ui_shows_stays(instance: dg.Dag
 
     before = ui_state(instance)
     assert before["probe_trades"]["status"][DAY2] == dg.AssetPartitionStatus.FAILED
+    graphql_before = ui_graphql(instance)
+    assert {"startKey": DAY2, "endKey": DAY2, "status": "FAILED"} in graphql_before[1]["assetPartitionStatuses"][
+        "ranges"
+    ]
     doomed = [*day1_batches, auto_retry, *day2_batches[:-1]]  # day2_batches[-1]: the day's latest materialization
     assert all(run_files(instance, r) for r in doomed) and set(doomed) <= check_rows(instance)
     assert set(doomed) <= indexed_event_runs(instance)
@@ -136,6 +163,7 @@ def test_old_micro_batches_go_and_everything_the_ui_shows_stays(instance: dg.Dag
     report = prune_stream_runs(instance, cutoff, batch_size=2)
 
     assert ui_state(instance) == before
+    assert ui_graphql(instance) == graphql_before
     assert sorted(report.deleted_run_ids) == sorted(doomed)
     assert report.deleted == len(doomed) and report.complete
     # Examined: every stream sensor run before the cutoff. Kept: the re-execution by hand, and the runs
@@ -197,6 +225,8 @@ def test_the_scheduled_job_prunes_with_the_setting_and_reports_counts(instance: 
     counts = outcome({"ops": {"prune_stream_batch_runs": {"config": {"older_than_days": 0}}}})
     assert counts["runs_deleted"] == 2 and counts["runs_kept_for_ui"] == 1 and counts["bytes_removed"] > 0
     assert [instance.get_run_by_id(r) is not None for r in batches] == [False, False, True]
+    # The names retention selects by are the platform's own.
+    assert defs.resolve_job_def(STREAM_JOB).name == STREAM_JOB and defs.resolve_sensor_def(STREAM_SENSOR)
     schedule = defs.resolve_schedule_def("stream_run_retention_daily")
     assert schedule.job_name == "stream_run_retention" and schedule.cron_schedule == "17 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -253,3 +283,57 @@ def test_the_production_instance_config_has_the_same_retention() -> None:
     local = yaml.safe_load((PROJECT_DIR / "dagster.yaml").read_text())
     production = yaml.safe_load((PROJECT_DIR / "deploy" / "dagster.mysql.yaml").read_text())
     assert local["retention"] == production["retention"]
+
+
+def test_old_runless_observations_go_but_each_assets_latest_and_materializations_stay(
+    instance: dg.DagsterInstance,
+) -> None:
+    health, other = dg.AssetKey("landing_log"), dg.AssetKey("other_feed")
+
+    def observe(key: dg.AssetKey, n: int) -> None:
+        instance.report_runless_asset_event(dg.AssetObservation(asset_key=key, metadata={"events_per_s": n}))
+
+    for n in range(5):
+        observe(health, n)
+    observe(other, 1)
+    observe(other, 2)
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=other, partition=DAY1))
+    cutoff = datetime.now(UTC)
+    observe(health, 99)
+
+    def observed(key: dg.AssetKey) -> list[int]:
+        records = instance.fetch_observations(key, limit=100).records
+        return [r.asset_observation.metadata["events_per_s"].value for r in records]  # type: ignore[union-attr]
+
+    assert observed(health) == [99, 4, 3, 2, 1, 0] and observed(other) == [2, 1]
+    report = DagsterStorageResource(run_retention_days=7).prune(instance)
+    assert report is not None and report.observations_deleted == 0  # minutes old: inside the 7 days
+    from crypto_platform.run_retention import prune_runless_observations
+
+    assert prune_runless_observations(instance, cutoff) == 6
+    assert observed(health) == [99] and observed(other) == [2]  # each asset's latest stays
+    assert instance.get_materialized_partitions(other) == {DAY1}
+    assert prune_runless_observations(instance, cutoff) == 0
+    # Nothing is left behind in the runless events' own file either.
+    with instance.event_log_storage.run_connection("") as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(select(SqlEventLogStorageTable.c.dagster_event_type)).fetchall()
+    assert sorted(r[0] for r in rows) == ["ASSET_MATERIALIZATION", "ASSET_OBSERVATION", "ASSET_OBSERVATION"]
+
+
+@pytest.mark.mysql
+def test_retention_on_the_production_mysql_instance(mysql_home: Path) -> None:
+    """The same rules through dagster-mysql: one database for runs, events and check results."""
+    with dg.DagsterInstance.get() as instance:
+        manual = run(instance, DAY1, {})
+        batches = [run(instance, DAY1, {**SENSOR_TAGS, SEGMENTS_TAG: f"{n}-{n}"}) for n in range(1, 4)]
+        for n in range(3):
+            instance.report_runless_asset_event(dg.AssetObservation(asset_key="landing_log", metadata={"n": n}))
+        before = ui_state(instance)
+        report = DagsterStorageResource(run_retention_days=7).prune(instance, older_than_days=0)
+        assert report is not None
+        assert report.deleted_run_ids == batches[:2] and report.kept_for_ui == 1
+        assert report.event_log_bytes > 0 and report.bytes_removed >= report.event_log_bytes
+        assert report.observations_deleted == 2
+        assert ui_state(instance) == before
+        assert not set(batches[:2]) & (check_rows(instance) | indexed_event_runs(instance))
+        assert {r.dagster_run.run_id for r in instance.get_run_records()} == {batches[2], manual}

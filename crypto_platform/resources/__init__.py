@@ -1,7 +1,7 @@
 """Resources: one module per external system, all built from :class:`~crypto_platform.settings.Settings`.
 
 :func:`build_resources` is the one place where settings become Dagster resources, so local versus
-production is decided once (DESIGN §4). Building is cheap and side-effect free: no connection is
+production is decided once. Building is cheap and side-effect free: no connection is
 opened until an asset, check or sensor uses a resource. Add a resource with one line in the dict.
 """
 

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from crypto_platform.run_retention import RetentionReport, prune_stream_runs
+from crypto_platform.run_retention import RetentionReport, prune_runless_observations, prune_stream_runs
 from crypto_platform.settings import Settings
 
 
 class DagsterStorageResource(dg.ConfigurableResource):
-    """Keeps Dagster's run history bounded: stream_batch runs older than ``run_retention_days`` go."""
+    """Keeps Dagster's history bounded: stream_batch runs and runless observations older than the window go."""
 
     run_retention_days: int  # 0 keeps every run
     batch_size: int = 200  # runs read and deleted per page
@@ -34,7 +34,11 @@ class DagsterStorageResource(dg.ConfigurableResource):
         if older_than_days is None and days == 0:
             return None
         cutoff = datetime.now(UTC) - timedelta(days=days)
-        return prune_stream_runs(instance, cutoff, batch_size=self.batch_size, max_runs=self.max_runs_per_pass, log=log)
+        report = prune_stream_runs(
+            instance, cutoff, batch_size=self.batch_size, max_runs=self.max_runs_per_pass, log=log
+        )
+        report.observations_deleted = prune_runless_observations(instance, cutoff)
+        return report
 
 
 def build_dagster_storage_resource(settings: Settings) -> DagsterStorageResource:

@@ -1,0 +1,247 @@
+"""What a stream micro-batch costs in Dagster's own storage, per run and per day at each cadence, and
+whether run retention keeps it flat.
+
+A real Dagster instance (the repo's ``dagster.yaml``: SQLite storage in a temporary DAGSTER_HOME)
+executes the real ``stream_batch`` job, one run per sealed landing segment of a small simulator
+landing log (``partition_build.land``), with the selection and the tags the stream sensor gives its
+runs, against the zero-setup stand-ins (SQLite for MySQL, the local fakesnow server). Storage is
+every file under DAGSTER_HOME (run and event-log databases, each run's own event-log file, captured
+compute logs), measured before and after each run; the figure is the median growth per run.
+
+Then two retention windows: each runs ``--window`` more batches and prunes what is older than now
+(``prune_stream_runs`` with the cutoff at the window's end), as the daily job does to what is older
+than ``CRYPTO_RUN_RETENTION_DAYS``. Flat means the second window leaves the storage where the first
+left it (within ``FLAT_TOLERANCE`` of one window's growth).
+
+Also measured: the runless ``landing_log`` observation the stream sensor records on every tick
+(every 5 s whatever the cadence); the windows record them too (6 per run, as at 30 s) and
+retention prunes them with the runs (``prune_runless_observations``).
+
+    python benchmarks/dagster_storage.py [--runs 5] [--window 5] [--check]
+
+What is not measured here: a run launched by the daemon also records its queueing and launch (about
+six small events more than a run executed in one process), and the sensor's ticks live in the
+schedule storage, bounded by dagster.yaml's tick retention.
+
+Targets (``--check``): at most 1 GB of Dagster storage a day at the default 30 s cadence, and flat
+once retention applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.partition_build import DAY, land  # noqa: E402
+from benchmarks.simulator_rate import free_port  # noqa: E402
+from crypto_platform.definitions import build_definitions  # noqa: E402
+from crypto_platform.local import stack as local_stack  # noqa: E402
+from crypto_platform.run_retention import prune_runless_observations, prune_stream_runs  # noqa: E402
+from crypto_platform.sensors import batch_selection, health_metadata  # noqa: E402
+from crypto_platform.settings import child_environment, load_settings  # noqa: E402
+from crypto_platform.stream.landing_log import log_id  # noqa: E402
+from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG  # noqa: E402
+
+CADENCES_S = (5, 30, 60, 300)
+DEFAULT_CADENCE_S = 30
+RETENTION_DAYS = 7
+TARGET_BYTES_PER_DAY = 1_000_000_000
+FLAT_TOLERANCE = 0.10
+TICKS_PER_DAY = 86_400 // 5  # the stream sensor's 5 s minimum interval
+OBSERVATIONS = 200
+
+
+def storage_bytes(home: Path) -> int:
+    return sum(p.stat().st_size for p in home.rglob("*") if p.is_file())
+
+
+def storage_parts(home: Path) -> dict[str, int]:
+    """Bytes by kind: the run's own event-log files, the shared databases, captured compute logs."""
+    parts = {"run event-log files": 0, "index and run databases": 0, "compute logs": 0, "other": 0}
+    for p in home.rglob("*"):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(home).parts
+        if rel[:2] == ("history", "runs") and not p.name.startswith("index.db"):
+            parts["run event-log files"] += p.stat().st_size
+        elif rel[0] == "history":
+            parts["index and run databases"] += p.stat().st_size
+        elif rel[0] == "storage":
+            parts["compute logs"] += p.stat().st_size
+        else:
+            parts["other"] += p.stat().st_size
+    return parts
+
+
+def logical_bytes(instance: dg.DagsterInstance, run_id: str) -> tuple[int, int]:
+    """A run's stored event text and check-execution rows: what any SQL storage keeps, before indexes."""
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
+    from sqlalchemy import func, select
+
+    storage = instance.event_log_storage
+    events, checks = SqlEventLogStorageTable, AssetCheckExecutionsTable
+    with storage.run_connection(run_id) as conn:  # type: ignore[attr-defined]
+        event_text = conn.execute(select(func.sum(func.length(events.c.event))).where(events.c.run_id == run_id))
+        event_bytes = int(event_text.scalar() or 0)
+    with storage.index_connection() as conn:  # type: ignore[attr-defined]
+        check_text = conn.execute(
+            select(func.sum(func.length(checks.c.evaluation_event))).where(checks.c.run_id == run_id)
+        )
+        check_bytes = int(check_text.scalar() or 0)
+    return event_bytes, check_bytes
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs measured one by one")
+    parser.add_argument("--window", type=int, default=5, help="runs per simulated retention window")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dagster-storage-"))
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        "CRYPTO_PROJECT_DIR": str(ROOT),
+        "CRYPTO_STATE_DIR": str(work),
+        "DAGSTER_HOME": str(home),
+        "CRYPTO_FAKESNOW_PORT": str(free_port()),
+    }
+    settings = load_settings(env)
+    os.environ["DAGSTER_HOME"] = str(home)  # DagsterInstance.get() reads it, as a run worker does
+    fakesnow = local_stack.fakesnow_service(settings)
+    paths = local_stack.stack_paths(settings)
+    try:
+        local_stack.start_service(fakesnow, paths, child_environment(), ready_timeout=120)
+        segments = 1 + args.runs + 2 * args.window
+        day = land(settings.data_dir, 4_000 * segments, trades_per_second=50)
+        seqs = [int(e["seq"]) for e in day.entries]
+        if len(seqs) < segments:
+            raise SystemExit(f"the landing log has {len(seqs)} segments of the day, {segments} needed")
+        job = build_definitions(settings).resolve_job_def("stream_batch")
+        landing_log_id = log_id(settings.landing_dir) or ""
+        selection = batch_selection({"XT", "XQ", "XA", "XAS"})
+        with dg.DagsterInstance.get() as instance:
+
+            def batch(seq: int) -> int:
+                before = storage_bytes(home)
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=DAY,
+                    asset_selection=selection,
+                    tags={
+                        "dagster/sensor_name": "stream_sensor",
+                        LANDING_LOG_TAG: landing_log_id,
+                        SEGMENTS_TAG: f"{seq}-{seq}",
+                    },
+                    raise_on_error=False,
+                )
+                if not result.success:
+                    raise SystemExit(f"the stream_batch run of segment {seq} failed")
+                return storage_bytes(home) - before
+
+            queue = iter(seqs)
+            batch(next(queue))  # the first run creates the databases: not a typical run
+            parts_before = storage_parts(home)
+            per_run = [batch(next(queue)) for _ in range(args.runs)]
+            parts = {k: (v - parts_before[k]) / args.runs for k, v in storage_parts(home).items()}
+            last_run = instance.get_run_records(limit=1)[0].dagster_run.run_id
+            events = len(instance.all_logs(last_run))
+            event_text, check_text = logical_bytes(instance, last_run)
+            bytes_per_run = statistics.median(per_run)
+
+            from crypto_platform.resources.stream import build_stream_resource
+
+            health = health_metadata(build_stream_resource(settings), "running")
+
+            def observe(n: int) -> None:
+                for _ in range(n):
+                    instance.report_runless_asset_event(dg.AssetObservation(asset_key="landing_log", metadata=health))
+
+            before = storage_bytes(home)
+            observe(OBSERVATIONS)
+            bytes_per_observation = (storage_bytes(home) - before) / OBSERVATIONS
+
+            # Two windows at the default cadence: a run and the sensor's 6 ticks (observations) per 30 s.
+            windows = []
+            for _ in range(2):
+                start = storage_bytes(home)
+                for _ in range(args.window):
+                    batch(next(queue))
+                    observe(DEFAULT_CADENCE_S // 5)
+                grown = storage_bytes(home) - start
+                cutoff = datetime.now(UTC)
+                started = time.perf_counter()
+                report = prune_stream_runs(instance, cutoff, log=lambda _: None)
+                report.observations_deleted = prune_runless_observations(instance, cutoff)
+                windows.append((grown, report, storage_bytes(home), time.perf_counter() - started))
+
+        print(f"stream_batch run: {len(selection)} assets and their checks, one 5 s segment (~2,500 events) each")
+        print(
+            f"Dagster storage per run: median {bytes_per_run:,.0f} bytes ({events} events in the event log); "
+            f"runs {[f'{b:,}' for b in per_run]}"
+        )
+        print("  mean per run: " + ", ".join(f"{k} {v:,.0f}" for k, v in parts.items()))
+        print(
+            f"  of which stored text: {event_text:,} bytes of event records and {check_text:,} of check-execution "
+            f"rows (a MySQL instance stores these once, plus its indexes; SQLite also copies asset and check "
+            f"events into its index)"
+        )
+        observations_per_day = bytes_per_observation * TICKS_PER_DAY
+        print(
+            f"landing_log observations (one per sensor tick, every 5 s at any cadence): {bytes_per_observation:,.0f} "
+            f"bytes each, {mb(observations_per_day)} a day"
+        )
+        print("cadence   runs/day   runs' storage/day   with observations   kept at 7 days retention")
+        for cadence in CADENCES_S:
+            runs_per_day = 86_400 // cadence
+            per_day = runs_per_day * bytes_per_run
+            total = per_day + observations_per_day
+            mark = "  <- default" if cadence == DEFAULT_CADENCE_S else ""
+            print(
+                f"{cadence:>5} s   {runs_per_day:>8,}   {mb(per_day):>17}   {mb(total):>17}   "
+                f"{mb(total * RETENTION_DAYS):>12}{mark}"
+            )
+        for i, (grown, report, after, seconds) in enumerate(windows, 1):
+            print(
+                f"window {i}: +{mb(grown)} over {args.window} runs; retention deleted {report.deleted} runs "
+                f"in {seconds:.2f} s "
+                f"({mb(report.bytes_removed)}) and {report.observations_deleted} observations, kept "
+                f"{report.kept_for_ui} run(s) for the UI; storage after: {mb(after)}"
+            )
+        default_per_day = 86_400 // DEFAULT_CADENCE_S * bytes_per_run + observations_per_day
+        drift = windows[1][2] - windows[0][2]
+        flat = drift <= FLAT_TOLERANCE * windows[1][0]
+        print(
+            f"target <= {mb(TARGET_BYTES_PER_DAY)}/day at {DEFAULT_CADENCE_S} s: {mb(default_per_day)} "
+            f"({'met' if default_per_day <= TARGET_BYTES_PER_DAY else 'MISSED'})"
+        )
+        print(
+            f"target flat under retention: second window left {drift:+,} bytes vs the first "
+            f"(tolerance {FLAT_TOLERANCE:.0%} of a window's growth: {'met' if flat else 'MISSED'})"
+        )
+        missed = default_per_day > TARGET_BYTES_PER_DAY or not flat
+        return 1 if args.check and missed else 0
+    finally:
+        local_stack.stop_service(fakesnow, paths)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
