@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary("freshness", f"crypto-platform dev on the defaults; window {args.minutes:g} min")
 
     drop_database: Callable[[], None] = lambda: None  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="crypto-freshness-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crypto-freshness-", ignore_cleanup_errors=True) as tmp:
         state = Path(tmp) / "state"
         overrides = {
             "CRYPTO_STATE_DIR": str(state),
@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 dev.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(dev.pid, signal.SIGKILL)
+            # `dev` leaves alone what it adopted: the simulator, and so the ingester that reads from it.
+            print(local_stack.stop_ingester(settings), flush=True)
             local_stack.stop_service(simulator, paths)
             drop_database()
 
