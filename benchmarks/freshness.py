@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary("freshness", f"crypto-platform dev on the defaults; window {args.minutes:g} min")
 
     drop_database: Callable[[], None] = lambda: None  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="crypto-freshness-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crypto-freshness-", ignore_cleanup_errors=True) as tmp:
         state = Path(tmp) / "state"
         overrides = {
             "CRYPTO_STATE_DIR": str(state),

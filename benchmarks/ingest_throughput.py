@@ -59,7 +59,13 @@ RSS_POINTS = (10, 50, 100)
 def simulator(port: int, events: int) -> subprocess.Popen[bytes]:
     cmd = simulator_command(port, total_events=events, prerender=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    wait_listening(port, proc, timeout=max(60.0, events / 20_000))  # it generates the stream first
+    try:
+        # It generates the stream before it listens: about 20k events/s on a quiet machine, less when busy.
+        wait_listening(port, proc, timeout=max(120.0, events / 2_000))
+    except BaseException:
+        proc.terminate()
+        proc.wait(10)
+        raise
     return proc
 
 

@@ -23,7 +23,7 @@ start to end.
 Backends: the zero-setup stand-ins (SQLite for MySQL, a local fakesnow server for Snowflake), or
 MariaDB/MySQL with ``--mysql-url`` (a database of its own: it is written to).
 
-    python benchmarks/late_day_batch.py [--events 2000000] [--batches 3] [--mysql-url URL]
+    python benchmarks/late_day_batch.py [--events 2000000] [--batches 3] [--mysql-url URL] [--json PATH]
 
 No target: the figure to watch is late/early (1.0 would be a batch cost independent of the day).
 """
@@ -124,6 +124,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--mysql-url", help="MariaDB/MySQL URL of a database for this run (default: the SQL stand-in)")
+    parser.add_argument("--json", type=Path, help="also write the per-batch figures here (for a later comparison)")
     parser.add_argument("--run-one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
@@ -190,6 +191,8 @@ def main() -> int:
     for step in sorted(late[0]["steps"], key=lambda k: -median(b["steps"].get(k, 0) for b in late)):
         e, l_ = (median(b["steps"].get(step, 0) for b in batches) for batches in (early, late))
         summary.line(f"  {step:40s} {e:6.2f} -> {l_:6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"events": day.events, "early": early, "fill": fill, "late": late}, indent=1))
     return summary.finish(check=False)
 
 
