@@ -169,9 +169,10 @@ def test_ten_kills_mid_stream_lose_nothing_for_good_and_double_nothing(
                 proc.wait(10)
         counters = sim.counters()
 
-        print("\n".join(report))
-        assert during_seal > 0, "no kill landed during a seal"
-        assert frames_in_flight > 0, "no kill landed while frames were in flight"
+        said = "\n".join(report)
+        print(said)  # shown with -s, and in every failure message below
+        assert during_seal > 0, f"no kill landed during a seal:\n{said}"
+        assert frames_in_flight > 0, f"no kill landed while frames were in flight:\n{said}"
         sent_keys = [k for c in counters["connections"].values() for k in c["trade_keys"]]
         assert len(set(sent_keys)) == len(sent_keys), "the simulator never sends a trade twice"
         landed = landed_events(settings, include_active=False)  # the clean stop sealed every segment
@@ -179,7 +180,7 @@ def test_ten_kills_mid_stream_lose_nothing_for_good_and_double_nothing(
         assert max(streamed.values()) == 1, "a trade landed twice"
         assert set(streamed) <= set(sent_keys)
         lost = set(sent_keys) - set(streamed)
-        assert len(lost) == in_flight_trades, "the stream lost exactly the trades in flight at the kills"
+        assert len(lost) == in_flight_trades, f"the stream lost other trades than those in flight:\n{said}"
         ledger = sessions(root / "sessions.ndjson")
         assert len(ledger) == KILLS + 1
         assert [s.reason for s in ledger[:KILLS]] == ["ingester stopped without closing (crash or kill)"] * KILLS
@@ -211,6 +212,6 @@ def test_ten_kills_mid_stream_lose_nothing_for_good_and_double_nothing(
     in_lake = Counter(f"{r['pair']}|{r['exchange']}|{r['trade_id']}" for r in rows)
     assert max(in_lake.values()) == 1, "a trade is twice in raw_trades"
     missing = set(sent_keys) - set(in_lake)
-    assert not missing, f"{len(missing)} sent trades never reached the lake, e.g. {sorted(missing)[:3]}"
+    assert not missing, f"{len(missing)} sent trades never reached the lake, e.g. {sorted(missing)[:3]}\n{said}"
     repaired = {f"{r['pair']}|{r['exchange']}|{r['trade_id']}" for r in rows if r["source"] == "rest_repair"}
-    assert lost <= repaired, "every trade lost in flight came back from REST"
+    assert lost <= repaired, f"a trade lost in flight did not come back from REST:\n{said}"
