@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -50,11 +51,12 @@ async def test_the_check_and_the_sensor_follow_a_feed_from_empty_to_flowing_to_s
         resources = {"stream": stream, "mlflow": MlflowTrackingResource(tracking_uri=uri)}
 
         # Nothing landed yet: the check fails naming what is missing, the sensor reports it.
-        empty = run_check(stream)
+        # Dagster runs in a worker thread: it must not block (or share) the loop the feed runs on.
+        empty = await asyncio.to_thread(run_check, stream)
         assert not empty.passed and empty.severity == dg.AssetCheckSeverity.WARN
         assert "no sealed segment yet" in empty.metadata["examples"].value
         with dg.instance_for_test() as instance:
-            first = sensor_tick(instance, None, resources)
+            first = await asyncio.to_thread(sensor_tick, instance, None, resources)
             (reported,) = first.asset_events
             assert isinstance(reported, dg.AssetCheckEvaluation) and not reported.passed
 
@@ -64,16 +66,16 @@ async def test_the_check_and_the_sensor_follow_a_feed_from_empty_to_flowing_to_s
                 await wait_for(
                     lambda: (stream.status().heartbeat or {}).get("last_event_ms") is not None, 20, "a heartbeat"
                 )
-                fresh = run_check(stream)
+                fresh = await asyncio.to_thread(run_check, stream)
                 assert fresh.passed, fresh.metadata["examples"].value
                 assert 0 <= fresh.metadata["seconds_since_sealed"].value < fresh.metadata["limit_s"].value
                 assert fresh.metadata["completeness_24h"].value > 0
 
                 # The outcome changed: reported again, now passing; then unchanged ticks are skipped.
-                second = sensor_tick(instance, first.cursor, resources)
+                second = await asyncio.to_thread(sensor_tick, instance, first.cursor, resources)
                 (now_ok,) = second.asset_events
                 assert now_ok.passed and now_ok.check_name == CHECK_NAME
-                third = sensor_tick(instance, second.cursor, resources)
+                third = await asyncio.to_thread(sensor_tick, instance, second.cursor, resources)
                 assert not third.asset_events and "unchanged" in (third.skip_reason.skip_message or "")
             finally:
                 await running.finish()
