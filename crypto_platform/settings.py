@@ -207,6 +207,24 @@ class Settings(BaseSettings):
     )
     # The object store's standard variables (AWS_*, GOOGLE_*, AZURE_*), handed to delta-rs as storage options.
     lake_storage: tuple[tuple[str, Secret], ...] = Field((), validation_alias=_LAKE_STORAGE_KEY, exclude=True)
+    lake_target_file_mb: int = setting(
+        "CRYPTO_LAKE_TARGET_FILE_MB",
+        256,
+        "`256` (`lake_maintenance` compacts each closed day into files of about this size; 128-512)",
+        ge=16,
+    )
+    lake_closed_after_s: float = setting(
+        "CRYPTO_LAKE_CLOSED_AFTER_S",
+        7200.0,
+        "`7200` (a day is compacted once its end lies this far behind: it no longer receives appends)",
+        ge=0.0,
+    )
+    lake_vacuum_retention_h: int = setting(
+        "CRYPTO_LAKE_VACUUM_RETENTION_H",
+        168,
+        "`168` (files no table version of the last this-many hours references are deleted)",
+        ge=0,
+    )
     reconnect_initial_s: float = setting(
         "CRYPTO_RECONNECT_INITIAL_S", 0.5, "`0.5` (first reconnect backoff step; it doubles)", ge=0.01
     )

@@ -1,12 +1,12 @@
 """The zero-setup local stack: the background services behind the defaults, and the Dagster instance notes.
 
 Background services back the defaults, so that a fresh clone needs no account, key or server:
-the Polygon-protocol simulator (when no ``POLYGON_API_KEY`` is set) and the persistent fakesnow
-server (when no ``SNOWFLAKE_ACCOUNT`` is set), and the market page beside ``make dev``. The resource or sensor that needs one starts it on
-demand (:func:`ensure_service`); ``crypto-platform services start|stop|status`` drives them by hand
-and ``make stop`` ends them. Each runs detached in its own session so it survives the terminal and
-``dagster dev`` itself, and is tracked by a pid file under ``<state>/run`` with its log under
-``<state>/log``.
+the Polygon-protocol simulator (when no ``POLYGON_API_KEY`` is set), the persistent fakesnow server
+(when no ``SNOWFLAKE_ACCOUNT`` is set), and the market page beside ``make dev``. The resource or
+sensor that needs one starts it on demand (:func:`ensure_service`); ``crypto-platform services
+start|stop|status`` drives them by hand and ``make stop`` ends them. Each runs detached in its own
+session so it survives the terminal and ``dagster dev`` itself, and is tracked by a pid file under
+``<state>/run`` with its log under ``<state>/log``.
 
 Rules that keep it safe to run from several terminals at once:
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
+from crypto_platform.lake.maintenance import MaintenancePolicy
 from crypto_platform.lake.tables import DeltaLake, Predicate
 from crypto_platform.settings import Settings, load_settings
 
@@ -32,6 +33,13 @@ class LakeResource(dg.ConfigurableResource):
 
     root: str  # a local path or an object-store URL (s3://, gs://, az://)
     lock_dir: str = ""  # where writers' lock files go (default: lake_locks beside a local root)
+    # Maintenance (lake_maintenance): compaction target, when a day counts as closed, vacuum retention.
+    target_file_mb: int = 256
+    closed_after_s: float = 7200.0
+    vacuum_retention_h: int = 168
+
+    def maintenance_policy(self) -> MaintenancePolicy:
+        return MaintenancePolicy(self.target_file_mb, self.closed_after_s, self.vacuum_retention_h)
 
     def tables(self) -> DeltaLake:
         return DeltaLake(self.root, lake_storage_options(self.root))
@@ -78,4 +86,10 @@ def lake_storage_options(root: str) -> dict[str, str]:
 
 
 def build_lake_resource(settings: Settings) -> LakeResource:
-    return LakeResource(root=settings.lake_url, lock_dir=str(settings.data_dir / "lake_locks"))
+    return LakeResource(
+        root=settings.lake_url,
+        lock_dir=str(settings.data_dir / "lake_locks"),
+        target_file_mb=settings.lake_target_file_mb,
+        closed_after_s=settings.lake_closed_after_s,
+        vacuum_retention_h=settings.lake_vacuum_retention_h,
+    )
