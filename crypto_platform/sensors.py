@@ -116,8 +116,12 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         action = stream.ensure_running()
     except Exception as exc:  # reported, and the sealed segments are still handed over
         action = f"could not start the ingester: {exc}"
-    context.log.info(f"ingester: {action}")
-    health = health_metadata(stream, action)
+    try:
+        writer_action = stream.ensure_writer()
+    except Exception as exc:  # reported; the stream runs still apply the segments themselves
+        writer_action = f"could not start the lake writer: {exc}"
+    context.log.info(f"ingester: {action}; lake writer: {writer_action}")
+    health = {**health_metadata(stream, action), "lake_writer": writer_action}
     observation = dg.AssetObservation(asset_key=landing_log.key, metadata=health)
 
     log = stream.log_id()

@@ -132,3 +132,24 @@ def test_the_writer_process_appends_within_seconds_survives_sigkill_and_runs_alo
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     assert_equal_to_rebuild(lake, landing, tmp_path, last)
+
+
+def test_the_stream_sensor_keeps_one_writer_running(tmp_path: Path) -> None:
+    import os
+
+    landing = Landing(tmp_path)
+    stream = landing.resource(autostart=True)
+    off = landing.resource(autostart=False)
+    assert off.ensure_writer() == "not running (autostart is off)"
+    action = stream.ensure_writer()
+    assert action.startswith("started (pid ")
+    pid = int(action.removeprefix("started (pid ").rstrip(")"))
+    try:
+        wait_for(lambda: writer.running_pid(landing.settings) == pid, 60, "the writer's lock")
+        assert stream.ensure_writer() == "running"  # never two
+        last = land_some(landing, 0)
+        lake = writer.lake_of(landing.settings)
+        wait_for(lambda: lake.watermark("raw_trades", LANDING_APP_ID) == last, 60, "the segments in the lake")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: writer.running_pid(landing.settings) is None, 60, "the writer to stop")
