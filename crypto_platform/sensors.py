@@ -18,6 +18,7 @@ health is reported as an observation of the ``landing_log`` asset (events/s, lag
 last error), visible on its page in the UI, and in the tick's log.
 """
 
+import dataclasses
 import time
 from collections.abc import Iterable
 
@@ -28,7 +29,10 @@ from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.landing_log import landing_log
 from crypto_platform.assets.raw import raw_aggregates, raw_book, raw_quotes, raw_trades
 from crypto_platform.assets.warehouse import COPIES, WAREHOUSE_ASSETS
+from crypto_platform.lake import writer
+from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES
 from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream.landing_log import iter_manifest
 from crypto_platform.stream.session_ledger import gaps, sessions
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
 
@@ -80,6 +84,43 @@ def batch_in_flight(instance: dg.DagsterInstance, log_id: str) -> str | None:
     return fresh[0].dagster_run.run_id if fresh else None
 
 
+# The lake writer's appends are reported to Dagster at most this often per table and day.
+REPORT_EVERY_S = 30.0
+
+
+def writer_materializations(
+    stream: StreamResource, cursor: StreamCursor, now: float
+) -> tuple[list[dg.AssetMaterialization], StreamCursor]:
+    """Runless materializations of what the lake writer appended since the last report, one per table and day.
+
+    Coalesced: nothing is reported within ``REPORT_EVERY_S`` of the last report, so a table's
+    partition gets at most one event per 30 s however often segments seal; the UI's partition
+    status and freshness stay true without a run per segment.
+    """
+    if now - cursor.reported_at < REPORT_EVERY_S:
+        return [], cursor
+    lake = writer.lake_of(stream.settings())
+    through = min((lake.watermark(name, LANDING_APP_ID) or 0) for name in RAW_TABLES)
+    if through <= cursor.reported_seq:
+        return [], cursor
+    touched: dict[tuple[str, str], int] = {}
+    for entry in iter_manifest(stream.landing_dir, after_seq=cursor.reported_seq, through_seq=through):
+        for day, channels in (entry.get("days") or {}).items():
+            for name, spec in RAW_TABLES.items():
+                if spec.channels & set(channels):
+                    touched[(name, day)] = int(entry["seq"])
+    events = [
+        dg.AssetMaterialization(
+            asset_key=name,
+            partition=day,
+            description="appended by the lake writer",
+            metadata={"mode": "lake writer", "segments_through": through, "dagster/row_count": lake.count(name, day)},
+        )
+        for (name, day) in sorted(touched)
+    ]
+    return events, dataclasses.replace(cursor, reported_seq=through, reported_at=now)
+
+
 def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
     status = stream.status()
     beat = status.heartbeat or {}
@@ -118,14 +159,22 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         action = stream.ensure_running()
     except Exception as exc:  # reported, and the sealed segments are still handed over
         action = f"could not start the ingester: {exc}"
-    context.log.info(f"ingester: {action}")
-    health = health_metadata(stream, action)
+    try:
+        writer_action = stream.ensure_writer()
+    except Exception as exc:  # reported; the stream runs still apply the segments themselves
+        writer_action = f"could not start the lake writer: {exc}"
+    context.log.info(f"ingester: {action}; lake writer: {writer_action}")
+    health = {**health_metadata(stream, action), "lake_writer": writer_action}
     observation = dg.AssetObservation(asset_key=landing_log.key, metadata=health)
 
     log = stream.log_id()
     cursor = StreamCursor.decode(context.cursor)
     if log is None:
         return dg.SensorResult(skip_reason=f"no landing log yet; ingester {action}", asset_events=[observation])
+    if cursor.log_id != log:
+        cursor = StreamCursor(log_id=cursor.log_id, seq=cursor.seq)  # a new landing log: report from its start
+    appended, cursor = writer_materializations(stream, cursor, time.time())
+    reported = {"reported_seq": cursor.reported_seq, "reported_at": cursor.reported_at}
     start = cursor.seq if cursor.log_id == log else 0
     busy = batch_in_flight(context.instance, log)
     if busy is not None:
@@ -133,8 +182,11 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         # next batch bigger instead of queueing one run per tick behind it.
         waiting = f"segments after {start} wait for stream_batch run {busy} to finish"
         context.log.info(waiting)
-        return dg.SensorResult(skip_reason=waiting, asset_events=[observation])
+        return dg.SensorResult(
+            skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
+        )
     batches, new_cursor = plan_batches(stream.sealed_after(start), cursor, log, stream.max_segments_per_tick)
+    new_cursor = dataclasses.replace(new_cursor, **reported)
     runs = [
         dg.RunRequest(
             run_key=b.run_key(log),
@@ -154,5 +206,5 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         run_requests=runs,
         cursor=new_cursor.encode(),
         skip_reason=None if runs else f"{summary}; ingester {action}",
-        asset_events=[observation],
+        asset_events=[observation, *appended],
     )

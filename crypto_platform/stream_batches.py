@@ -14,6 +14,7 @@ Kept apart from the sensor so the cursor arithmetic can be tested without Dagste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,9 +31,12 @@ class StreamCursor:
 
     log_id: str | None = None
     seq: int = 0
+    # The lake writer's progress last reported to Dagster as runless materializations, and when.
+    reported_seq: int = 0
+    reported_at: float = 0.0
 
     def encode(self) -> str:
-        return json.dumps({"log_id": self.log_id, "seq": self.seq}, sort_keys=True)
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def decode(cls, raw: str | None) -> StreamCursor:
@@ -40,7 +44,12 @@ class StreamCursor:
             return cls()
         try:
             data = json.loads(raw)
-            return cls(log_id=data.get("log_id"), seq=int(data.get("seq", 0)))
+            return cls(
+                log_id=data.get("log_id"),
+                seq=int(data.get("seq", 0)),
+                reported_seq=int(data.get("reported_seq", 0)),
+                reported_at=float(data.get("reported_at", 0.0)),
+            )
         except (ValueError, TypeError, AttributeError):
             # A cursor from another version: start over; run keys keep this from duplicating runs.
             return cls()

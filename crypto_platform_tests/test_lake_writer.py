@@ -9,6 +9,7 @@ refuses to start.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -16,12 +17,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from crypto_platform.lake import writer
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES, rebuild_day
 from crypto_platform.lake.tables import DeltaLake
+from crypto_platform.sensors import stream_sensor
 from crypto_platform.settings import child_environment
+from crypto_platform.stream_batches import StreamCursor
 from crypto_platform_tests.assets.test_raw_tables import MINUTE, bar, quotes_frame
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
 
@@ -132,3 +136,69 @@ def test_the_writer_process_appends_within_seconds_survives_sigkill_and_runs_alo
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     assert_equal_to_rebuild(lake, landing, tmp_path, last)
+
+
+def test_the_stream_sensor_keeps_one_writer_running(tmp_path: Path) -> None:
+    import os
+
+    landing = Landing(tmp_path)
+    stream = landing.resource(autostart=True)
+    off = landing.resource(autostart=False)
+    assert off.ensure_writer() == "not running (autostart is off)"
+    action = stream.ensure_writer()
+    assert action.startswith("started (pid ")
+    pid = int(action.removeprefix("started (pid ").rstrip(")"))
+    try:
+        wait_for(lambda: writer.running_pid(landing.settings) == pid, 60, "the writer's lock")
+        assert stream.ensure_writer() == "running"  # never two
+        last = land_some(landing, 0)
+        lake = writer.lake_of(landing.settings)
+        wait_for(lambda: lake.watermark("raw_trades", LANDING_APP_ID) == last, 60, "the segments in the lake")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: writer.running_pid(landing.settings) is None, 60, "the writer to stop")
+
+
+def sensor_tick(landing: Landing, instance: object, cursor: str | None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stream": landing.resource()}) as ctx:
+        result = stream_sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def appended(result: dg.SensorResult) -> dict[tuple[str, str | None], int]:
+    return {
+        (e.asset_key.to_user_string(), e.partition): e.metadata["segments_through"].value  # type: ignore[misc]
+        for e in result.asset_events or []
+        if isinstance(e, dg.AssetMaterialization)
+    }
+
+
+def test_the_sensor_reports_the_writers_appends_as_runless_materializations_at_most_every_30_s(
+    tmp_path: Path,
+) -> None:
+    landing = Landing(tmp_path)
+    lake = writer.lake_of(landing.settings)
+    root = landing.settings.landing_dir
+    with dg.instance_for_test() as instance:
+        # 1. segments sealed, nothing appended yet: nothing to report
+        land_some(landing, 0)
+        first = sensor_tick(landing, instance, None)
+        assert appended(first) == {} and StreamCursor.decode(first.cursor).reported_seq == 0
+        # 2. the writer appended: one event per raw table and day it touched
+        last = writer.write_pass(lake, root, no_lock)["raw_trades"].through
+        second = sensor_tick(landing, instance, first.cursor)
+        assert appended(second) == {(n, DAY): last for n in TABLES}
+        assert (e := next(iter(second.asset_events or []))) and isinstance(e, dg.AssetObservation)  # health first
+        cursor = StreamCursor.decode(second.cursor)
+        assert cursor.reported_seq == last and time.time() - cursor.reported_at < 60
+        # 3. more appended within 30 s of that report: coalesced, nothing reported yet
+        landing.segment(trades_frame(500, 5, DAY1_MS + 500))
+        newer = writer.write_pass(lake, root, no_lock)["raw_trades"].through
+        third = sensor_tick(landing, instance, second.cursor)
+        assert appended(third) == {} and StreamCursor.decode(third.cursor).reported_seq == last
+        # 4. 30 s after the report: what was appended since, and only the tables it touched
+        earlier = dataclasses.replace(StreamCursor.decode(third.cursor), reported_at=cursor.reported_at - 31)
+        fourth = sensor_tick(landing, instance, earlier.encode())
+        assert appended(fourth) == {("raw_trades", DAY): newer}
+        assert StreamCursor.decode(fourth.cursor).reported_seq == newer

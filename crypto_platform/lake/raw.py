@@ -382,9 +382,10 @@ def apply_segments(lake: DeltaLake, spec: RawTable, root: Path, upto: int) -> Ap
         applied.rows_read += decoded.num_rows
         applied.duplicates += dupes
         if lost:
-            # An existing row lost to a new one (or a bar's revisions were renumbered): replace the
-            # ranges with their merged rows, which are exactly the rows the ranges now hold.
-            lake.replace(spec.name, day, merged, where=bound)
+            # An existing row lost to a new one (or a bar's revisions were renumbered): a merge on the
+            # key, bounded by the ranges, updates those rows and inserts the new ones. Every key of
+            # the ranges stays (a loser is replaced by its key's winner), so this is the merged rows.
+            lake.upsert(spec.name, day, added, spec.key, spec.time_column, ranges)
             applied.replaced_ranges += 1
         elif added.num_rows:
             appends.append(with_date(added, day))

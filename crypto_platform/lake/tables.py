@@ -277,6 +277,28 @@ class DeltaLake:
         Every row that can share a key with ``rows`` has its ``column`` in ``ranges`` (e.g. a trade's
         event time is part of what identifies it): that bound is what lets Delta skip every other file.
         """
+        return self._merge(name, day, rows, key, column, ranges, update=False)
+
+    def upsert(
+        self, name: str, day: str, rows: pa.Table, key: Sequence[str], column: str, ranges: Sequence[tuple[int, int]]
+    ) -> int:
+        """Replace the table's rows that share a ``key`` with ``rows`` and insert the others (bounded as above).
+
+        Only the files whose statistics can hold ``ranges`` are read, and only those with a matched row
+        are rewritten. Returns the rows updated plus inserted.
+        """
+        return self._merge(name, day, rows, key, column, ranges, update=True)
+
+    def _merge(
+        self,
+        name: str,
+        day: str,
+        rows: pa.Table,
+        key: Sequence[str],
+        column: str,
+        ranges: Sequence[tuple[int, int]],
+        update: bool,
+    ) -> int:
         if rows.num_rows == 0:
             return 0
         table = self.open(name)
@@ -286,12 +308,11 @@ class DeltaLake:
         on = " AND ".join(f"t.{k} = s.{k}" for k in key)
         bound = " OR ".join(f"(t.{column} >= {int(lo)} AND t.{column} <= {int(hi)})" for lo, hi in ranges)
         predicate = f"t.{DATE_COLUMN} = {_sql(day)} AND s.{DATE_COLUMN} = t.{DATE_COLUMN} AND {on} AND ({bound})"
-        metrics = (
-            table.merge(self._conform(name, with_date(rows, day)), predicate, source_alias="s", target_alias="t")
-            .when_not_matched_insert_all()
-            .execute()
-        )
-        return int(metrics.get("num_target_rows_inserted", 0))
+        merger = table.merge(self._conform(name, with_date(rows, day)), predicate, source_alias="s", target_alias="t")
+        if update:
+            merger = merger.when_matched_update_all()
+        metrics = merger.when_not_matched_insert_all().execute()
+        return int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
 
     def _conform(self, name: str, rows: pa.Table) -> pa.Table:
         """``rows`` in the table's column order; a missing column or another type is refused, naming it."""

@@ -23,6 +23,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +35,7 @@ import orjson
 
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES, Applied, apply_segments
 from crypto_platform.lake.tables import DeltaLake
-from crypto_platform.settings import Settings
+from crypto_platform.settings import Settings, child_environment
 from crypto_platform.stream.landing_log import last_manifest_entry
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,48 @@ def writer_lock(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
+def running_pid(settings: Settings) -> int | None:
+    """The running writer's pid (0 when it holds the lock but wrote no pid yet); None when none runs."""
+    path = writer_dir(settings) / "lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        return None  # the lock was free: closing the descriptor releases it again
+    finally:
+        os.close(fd)
+
+
+def start_detached(settings: Settings) -> int:
+    """Start ``crypto-platform lake-writer`` in its own session (it outlives a code-server reload); its pid."""
+    directory = writer_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    env = child_environment(
+        {
+            "CRYPTO_PROJECT_DIR": str(settings.project_dir),
+            "CRYPTO_STATE_DIR": str(settings.state_dir),
+            "CRYPTO_DATA_DIR": str(settings.data_dir),
+        }
+    )
+    with open(directory / "writer.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crypto_platform.cli", "lake-writer"],
+            env=env,
+            cwd=settings.project_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
 def _heartbeat(settings: Settings, state: dict[str, Any]) -> None:
     path = heartbeat_path(settings)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -152,7 +196,6 @@ def add_arguments(name: str, parser: Any) -> None:
 def run(args: Any) -> int:
     """``crypto-platform lake-writer``: the writer in the foreground until SIGTERM/SIGINT."""
     import signal
-    import sys
 
     from crypto_platform.settings import load_settings
 

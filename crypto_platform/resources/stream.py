@@ -76,6 +76,18 @@ class StreamResource(dg.ConfigurableResource):
         pid = supervision.start_detached(settings)
         return f"started (pid {pid}){simulator}"
 
+    def ensure_writer(self) -> str:
+        """Start the lake writer (raw tables appended as segments seal) when none runs; say what was done."""
+        from crypto_platform.lake import writer
+
+        settings = self.settings()
+        pid = writer.running_pid(settings)
+        if pid is not None:
+            return "running"
+        if not self.autostart:
+            return "not running (autostart is off)"
+        return f"started (pid {writer.start_detached(settings)})"
+
 
 def build_stream_resource(settings: Settings) -> StreamResource:
     return StreamResource(
