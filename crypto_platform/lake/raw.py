@@ -355,7 +355,10 @@ def rebuild_day(
 
 def apply_segments(lake: DeltaLake, spec: RawTable, root: Path, upto: int) -> Applied:
     """Apply the sealed segments after the table's watermark through ``upto``; see the module docstring."""
-    after = lake.watermark(spec.name, LANDING_APP_ID) or 0
+    # The watermark and the final commit use one snapshot: a writer racing this one (no shared lock,
+    # say on another host) has its commit of the same segments refused by Delta's conflict check.
+    base = lake.open(spec.name)
+    after = (base.transaction_version(LANDING_APP_ID) if base is not None else None) or 0
     applied = Applied(through=max(after, upto) if upto > after else after)
     if upto <= after:
         return applied
@@ -395,5 +398,5 @@ def apply_segments(lake: DeltaLake, spec: RawTable, root: Path, upto: int) -> Ap
     # never runs ahead of the rows; anything committed before it is idempotent to redo.
     empty = with_date(spec.schema.empty_table(), "")
     rows = pa.concat_tables(appends) if appends else empty.slice(0, 0)
-    lake.append(spec.name, rows, {LANDING_APP_ID: upto})
+    lake.append(spec.name, rows, {LANDING_APP_ID: upto}, base=base)
     return applied

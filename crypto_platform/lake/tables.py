@@ -233,14 +233,27 @@ class DeltaLake:
             return []
         return sorted({p[DATE_COLUMN] for p in table.partitions()})
 
-    def append(self, name: str, rows: pa.Table, watermarks: Mapping[str, int] | None = None) -> None:
-        """Add ``rows`` (with their ``date``) in one commit that also carries ``watermarks`` (app id -> version)."""
+    def append(
+        self,
+        name: str,
+        rows: pa.Table,
+        watermarks: Mapping[str, int] | None = None,
+        base: DeltaTable | None = None,
+    ) -> None:
+        """Add ``rows`` (with their ``date``) in one commit that also carries ``watermarks`` (app id -> version).
+
+        ``base``: the table as it was read when the rows were decided (with the watermark). The commit
+        is made against that version, so Delta's conflict check refuses it when another writer has
+        committed the same application transaction since: two writers that both found a segment new
+        cannot both append it. Without ``base`` the commit goes on top of whatever is there.
+        """
+        target: DeltaTable | str = base if base is not None else self.uri(name)
         write_deltalake(
-            self.uri(name),
+            target,
             self._conform(name, rows),
             partition_by=[DATE_COLUMN],
             mode="append",
-            storage_options=self._options(),
+            storage_options=None if base is not None else self._options(),
             commit_properties=_commit(watermarks),
         )
 

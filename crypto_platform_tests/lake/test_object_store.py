@@ -64,9 +64,9 @@ class RacingLake(DeltaLake):
 
     barrier: Any = None
 
-    def append(self, name: str, rows: pa.Table, watermarks: Any = None) -> None:
+    def append(self, name: str, rows: pa.Table, watermarks: Any = None, base: Any = None) -> None:
         self.barrier.wait(timeout=60)
-        super().append(name, rows, watermarks)
+        super().append(name, rows, watermarks, base=base)
 
 
 def _landing(tmp_path: Path, segments: int) -> tuple[Landing, int]:
@@ -106,6 +106,8 @@ def test_two_writers_racing_on_the_store_apply_each_segment_exactly_once(
     s3_store: dict[str, str], tmp_path: Path
 ) -> None:
     landing, last = _landing(tmp_path, 3)
+    # The table exists (the first segment is in); the next two are what both writers find new.
+    apply_segments(DeltaLake("s3://lake/race", s3_store), TRADES, landing.settings.landing_dir, 1)
     barrier = threading.Barrier(2)
     outcomes: dict[str, str] = {}
 
@@ -116,6 +118,8 @@ def test_two_writers_racing_on_the_store_apply_each_segment_exactly_once(
             outcomes[name] = "committed"
         except CommitFailedError as exc:
             outcomes[name] = f"refused: {exc}"
+        except Exception as exc:  # reported by the assertion below
+            outcomes[name] = f"failed: {exc!r}"
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b")]
     for t in threads:
@@ -129,6 +133,7 @@ def test_two_writers_racing_on_the_store_apply_each_segment_exactly_once(
     lake = DeltaLake("s3://lake/race", s3_store)
     again = apply_segments(lake, TRADES, landing.settings.landing_dir, last)
     assert again.rows_added == 0 and again.segments == 0
+    assert again.through == last
     table = lake.read("raw_trades", DAY)
     assert table is not None and table.num_rows == 150
     keys = _keys(table)
