@@ -174,7 +174,6 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
     if cursor.log_id != log:
         cursor = StreamCursor(log_id=cursor.log_id, seq=cursor.seq)  # a new landing log: report from its start
     appended, cursor = writer_materializations(stream, cursor, time.time())
-    reported = {"reported_seq": cursor.reported_seq, "reported_at": cursor.reported_at}
     start = cursor.seq if cursor.log_id == log else 0
     busy = batch_in_flight(context.instance, log)
     if busy is not None:
@@ -186,7 +185,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
             skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
         )
     batches, new_cursor = plan_batches(stream.sealed_after(start), cursor, log, stream.max_segments_per_tick)
-    new_cursor = dataclasses.replace(new_cursor, **reported)
+    new_cursor = dataclasses.replace(new_cursor, reported_seq=cursor.reported_seq, reported_at=cursor.reported_at)
     runs = [
         dg.RunRequest(
             run_key=b.run_key(log),
