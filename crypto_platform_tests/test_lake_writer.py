@@ -138,9 +138,7 @@ def test_the_writer_process_appends_within_seconds_survives_sigkill_and_runs_alo
     assert_equal_to_rebuild(lake, landing, tmp_path, last)
 
 
-def test_the_stream_sensor_keeps_one_writer_running(tmp_path: Path) -> None:
-    import os
-
+def test_the_stream_sensor_keeps_one_writer_running_and_make_stop_ends_it(tmp_path: Path) -> None:
     landing = Landing(tmp_path)
     stream = landing.resource(autostart=True)
     off = landing.resource(autostart=False)
@@ -155,8 +153,13 @@ def test_the_stream_sensor_keeps_one_writer_running(tmp_path: Path) -> None:
         lake = writer.lake_of(landing.settings)
         wait_for(lambda: lake.watermark("raw_trades", LANDING_APP_ID) == last, 60, "the segments in the lake")
     finally:
-        os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: writer.running_pid(landing.settings) is None, 60, "the writer to stop")
+        # What `make stop` (crypto-platform services stop) does to it.
+        from crypto_platform.local.stack import stop_lake_writer
+
+        said = stop_lake_writer(landing.settings)
+    assert said == f"lake writer: stopped (pid {pid})", said
+    assert writer.running_pid(landing.settings) is None
+    assert stop_lake_writer(landing.settings) == "lake writer: not running"
 
 
 def sensor_tick(landing: Landing, instance: object, cursor: str | None) -> dg.SensorResult:

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -120,6 +121,24 @@ def running_pid(settings: Settings) -> int | None:
         os.close(fd)
 
 
+def stop_writer(settings: Settings, timeout: float = 30.0) -> str:
+    """Stop the running writer (SIGTERM: it finishes its pass; SIGKILL after ``timeout``, which loses nothing:
+    a pass that dies before its commit is applied again by the next writer)."""
+    pid = running_pid(settings)
+    if not pid:
+        return "not running" if pid is None else "starting (no pid yet); left alone"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(settings) is None:
+            return f"stopped (pid {pid})"
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return f"killed (pid {pid}) after {timeout:.0f}s without a clean stop"
+
+
 def start_detached(settings: Settings) -> int:
     """Start ``crypto-platform lake-writer`` in its own session (it outlives a code-server reload); its pid."""
     directory = writer_dir(settings)
@@ -195,7 +214,6 @@ def add_arguments(name: str, parser: Any) -> None:
 
 def run(args: Any) -> int:
     """``crypto-platform lake-writer``: the writer in the foreground until SIGTERM/SIGINT."""
-    import signal
 
     from crypto_platform.settings import load_settings
 

@@ -99,6 +99,7 @@ def services_start(settings: Settings, *, ready_timeout: float = ls.DEFAULT_READ
 def services_stop(settings: Settings) -> int:
     # The ingester first: it reads from the simulator, which is about to go away.
     _say(ls.stop_ingester(settings))
+    _say(ls.stop_lake_writer(settings))
     _stop(settings, ls.all_services(settings))
     return 0
 

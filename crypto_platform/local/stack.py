@@ -532,6 +532,16 @@ def stop_ingester(settings: Settings) -> str:
         return f"ingester: stop failed ({type(exc).__name__}: {exc})"
 
 
+def stop_lake_writer(settings: Settings) -> str:
+    """Stop a running lake writer; a failure is reported, never raised (the services must still stop)."""
+    from crypto_platform.lake import writer
+
+    try:
+        return f"lake writer: {writer.stop_writer(settings)}"
+    except Exception as exc:
+        return f"lake writer: stop failed ({type(exc).__name__}: {exc})"
+
+
 # --------------------------------------------------------------------------------------------
 # the Dagster instance
 

@@ -348,6 +348,7 @@ def test_services_stop_with_no_ingester_running_says_so(tmp_path: Path, capsys: 
     assert local_stack_cli.services_stop(settings) == 0
     out = capsys.readouterr().out
     assert "ingester: not running" in out and "fakesnow: was not running" in out
+    assert "lake writer: not running" in out
 
 
 def test_a_throwaway_home_gets_the_repo_config_with_its_stores_inside(tmp_path: Path) -> None:
