@@ -114,6 +114,7 @@ def e2e_settings(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_every_trade_reaches_mysql_and_snowflake_once_exactly_and_bars_match(
     e2e_settings: tuple[Settings, Simulator],
 ) -> None:
