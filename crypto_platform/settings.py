@@ -27,6 +27,7 @@ DEFAULT_PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
 # Loopback ports of the zero-setup stack.
 DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
+DEFAULT_SIMULATOR_S3_PORT = 8767
 DEFAULT_DAGSTER_PORT = 3000
 # First daily partition of every date-partitioned asset (REST history reaches further back).
 DEFAULT_START_DATE = "2025-01-01"
@@ -34,11 +35,17 @@ DEFAULT_START_DATE = "2025-01-01"
 # run reads the day's trades, quotes and bars, and the day before's for the alerts).
 DEFAULT_LAKE_CACHE_MB = 768
 
-# The key the simulator accepts by default; it is not a secret.
+# The keys the simulator accepts by default (REST/WebSocket, and its Flat Files); they are not secrets.
 SIMULATOR_API_KEY = "simulator-key"
+SIMULATOR_S3_ACCESS_KEY_ID = "simulator-s3-key"
+SIMULATOR_S3_SECRET_ACCESS_KEY = "simulator-s3-secret"
 
 POLYGON_WS_URL = "wss://socket.polygon.io/crypto"
 POLYGON_REST_URL = "https://api.polygon.io"
+# Massive's Flat Files (formerly files.polygon.io): an S3-compatible endpoint and its bucket.
+POLYGON_S3_ENDPOINT = "https://files.massive.com"
+POLYGON_S3_BUCKET = "flatfiles"
+HISTORY_SOURCES = ("auto", "flat_files", "rest")
 
 
 class SettingsError(ValueError):
@@ -272,6 +279,13 @@ class Settings:
     bar_revision_window_s: float
     repair_trades: bool
     ingester_autostart: bool
+    # History (days the stream never saw): Flat Files over S3 with their own keys, or REST.
+    s3_endpoint: str = POLYGON_S3_ENDPOINT
+    s3_bucket: str = POLYGON_S3_BUCKET
+    s3_access_key_id: Secret | None = None
+    s3_secret_access_key: Secret | None = None
+    history_source: str = "auto"
+    simulator_s3_port: int = DEFAULT_SIMULATOR_S3_PORT
     extra: Mapping[str, str] = field(default_factory=dict)
     # Alert rules (crypto_alerts): price crossings per pair, minute volume spikes, whale trades.
     alert_price_above: Mapping[str, Decimal] = field(default_factory=dict)
@@ -292,6 +306,13 @@ class Settings:
     def lake_dir(self) -> Path:
         return self.data_dir / "lake"
 
+    @property
+    def history_from_flat_files(self) -> bool:
+        """Whether past days come from Flat Files (else from REST ``/v3/trades``)."""
+        if self.history_source == "auto":
+            return self.s3_access_key_id is not None
+        return self.history_source == "flat_files"
+
     def describe(self) -> dict[str, Any]:
         """A secret-free view for logs, run metadata and MLflow params."""
         out: dict[str, Any] = {}
@@ -299,7 +320,12 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "mysql_url":
                 value = mask_url_password(value.reveal())
-            elif f.name == "api_key":
+            elif (
+                f.name == "api_key"
+                or isinstance(value, Secret)
+                or f.name.startswith("s3_access")
+                or f.name.startswith("s3_secret")
+            ):
                 continue
             elif f.name == "snowflake":
                 value = {
@@ -411,6 +437,27 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
             "or an http(s):// tracking server"
         )
 
+    s3_key_id = env.get("POLYGON_S3_ACCESS_KEY_ID", "").strip()
+    s3_secret = env.get("POLYGON_S3_SECRET_ACCESS_KEY", "").strip()
+    if bool(s3_key_id) != bool(s3_secret):
+        raise SettingsError(
+            "Flat Files need both POLYGON_S3_ACCESS_KEY_ID and POLYGON_S3_SECRET_ACCESS_KEY (the S3 keys from the "
+            "Massive dashboard, not the API key): set both, or neither to read history from REST"
+        )
+    sim_s3_port = _parse_int(env, "CRYPTO_SIMULATOR_S3_PORT", DEFAULT_SIMULATOR_S3_PORT, minimum=1)
+    if uses_simulator and not s3_key_id:
+        # The simulator's Flat Files and their built-in keys (not secrets).
+        s3_key_id, s3_secret = SIMULATOR_S3_ACCESS_KEY_ID, SIMULATOR_S3_SECRET_ACCESS_KEY
+        s3_default = f"http://{sim_host}:{sim_s3_port}"
+    else:
+        s3_default = POLYGON_S3_ENDPOINT
+    history_source = _parse_choice(env, "CRYPTO_HISTORY_SOURCE", "auto", HISTORY_SOURCES)
+    if history_source == "flat_files" and not s3_key_id:
+        raise SettingsError(
+            "CRYPTO_HISTORY_SOURCE=flat_files but POLYGON_S3_ACCESS_KEY_ID/POLYGON_S3_SECRET_ACCESS_KEY are not set: "
+            "set the S3 keys from the Massive dashboard, or use auto/rest"
+        )
+
     pairs = _parse_pairs(env.get("CRYPTO_PAIRS", "") or ",".join(DEFAULT_PAIRS))
     return Settings(
         project_dir=project_dir,
@@ -444,6 +491,12 @@ def load_settings(environ: Mapping[str, str] | None = None, cwd: Path | None = N
         bar_revision_window_s=_parse_float(env, "CRYPTO_BAR_REVISION_WINDOW_S", 120.0),
         repair_trades=_parse_bool(env, "CRYPTO_REPAIR_TRADES", False),
         ingester_autostart=_parse_bool(env, "CRYPTO_INGESTER_AUTOSTART", True),
+        s3_endpoint=_parse_url(env, "POLYGON_S3_ENDPOINT", s3_default, ("http", "https")),
+        s3_bucket=env.get("POLYGON_S3_BUCKET", "").strip() or POLYGON_S3_BUCKET,
+        s3_access_key_id=Secret(s3_key_id) if s3_key_id else None,
+        s3_secret_access_key=Secret(s3_secret) if s3_secret else None,
+        history_source=history_source,
+        simulator_s3_port=sim_s3_port,
         extra={k: v for k, v in env.items() if k.startswith("CRYPTO_") and "KEY" not in k and "PASS" not in k},
         alert_price_above=_parse_thresholds(env, "CRYPTO_ALERT_PRICE_ABOVE", pairs),
         alert_price_below=_parse_thresholds(env, "CRYPTO_ALERT_PRICE_BELOW", pairs),

@@ -140,6 +140,7 @@ def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
             "CRYPTO_DAGSTER_PORT": str(free_port()),
             "CRYPTO_FAKESNOW_PORT": str(free_port()),
             "CRYPTO_SIMULATOR_PORT": str(free_port()),
+            "CRYPTO_SIMULATOR_S3_PORT": str(free_port()),
             "CRYPTO_SEGMENT_MAX_AGE_S": "1",
             "PYTHONUNBUFFERED": "1",
         }

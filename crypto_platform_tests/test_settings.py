@@ -166,3 +166,27 @@ def test_alert_rules_are_parsed_and_bad_ones_name_the_variable(tmp_path: Path) -
     for variable, value, why in bad:
         with pytest.raises(SettingsError, match=f"{variable}.*{why}"):
             load_settings({variable: value}, cwd=tmp_path)
+
+
+def test_flat_files_settings_keep_their_keys_secret() -> None:
+    sim = load_settings({"CRYPTO_SIMULATOR_S3_PORT": "9123"}, cwd=Path("/tmp"))
+    assert sim.history_from_flat_files and sim.s3_endpoint == "http://127.0.0.1:9123" and sim.s3_bucket == "flatfiles"
+    real = load_settings(
+        {
+            "POLYGON_API_KEY": "k",
+            "POLYGON_S3_ACCESS_KEY_ID": "AKIA-ID-123",
+            "POLYGON_S3_SECRET_ACCESS_KEY": "s3-secret-456",
+        },
+        cwd=Path("/tmp"),
+    )
+    assert real.s3_endpoint == "https://files.massive.com" and real.history_from_flat_files
+    shown = f"{real!r} {real.describe()}"
+    assert "AKIA-ID-123" not in shown and "s3-secret-456" not in shown
+    assert not load_settings({"POLYGON_API_KEY": "k"}, cwd=Path("/tmp")).history_from_flat_files
+    with pytest.raises(SettingsError, match="POLYGON_S3_SECRET_ACCESS_KEY"):
+        load_settings({"POLYGON_API_KEY": "k", "POLYGON_S3_ACCESS_KEY_ID": "AKIA"}, cwd=Path("/tmp"))
+    with pytest.raises(SettingsError, match="CRYPTO_HISTORY_SOURCE"):
+        load_settings({"POLYGON_API_KEY": "k", "CRYPTO_HISTORY_SOURCE": "flat_files"}, cwd=Path("/tmp"))
+    with pytest.raises(SettingsError, match="CRYPTO_HISTORY_SOURCE"):
+        load_settings({"CRYPTO_HISTORY_SOURCE": "ftp"}, cwd=Path("/tmp"))
+    assert not load_settings({"CRYPTO_HISTORY_SOURCE": "rest"}, cwd=Path("/tmp")).history_from_flat_files
