@@ -120,6 +120,8 @@ class FlatFiles:
         self._lock = threading.Lock()
         self._day_locks: dict[date, threading.Lock] = {}
         self._objects: dict[str, StoredObject] = {}
+        # Fault injection: refuse every GetObject after this many more (None: never).
+        self._gets_left: int | None = None
 
     # -- what exists ----------------------------------------------------------------------------
 
@@ -144,6 +146,43 @@ class FlatFiles:
     def is_published(self, key: str) -> bool:
         parsed = parse_key(key)
         return parsed is not None and parsed[1] in set(self.published_days())
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def refuse_gets_after(self, count: int | None) -> None:
+        """Answer 403 to GetObject once ``count`` more have been served (None: lift the fault)."""
+        with self._lock:
+            self._gets_left = count
+
+    def refusal(self, head: bool) -> str | None:
+        """Why a request is refused by an injected fault (None: serve it)."""
+        if head:
+            return None
+        with self._lock:
+            if self._gets_left is None:
+                return None
+            if self._gets_left <= 0:
+                return "Access Denied (fault injected by the simulator)"
+            self._gets_left -= 1
+        return None
+
+    def damage(self, key: str, how: str) -> None:
+        """Replace a published file by a damaged copy: ``truncate`` (cut in half) or ``corrupt`` (bytes flipped)."""
+        stored = self.get(key)
+        if stored is None:
+            raise ValueError(f"{key} is not published")
+        data = bytearray(stored.path.read_bytes())
+        if how == "truncate":
+            data = data[: len(data) // 2]
+        elif how == "corrupt":
+            mid = len(data) // 2
+            data[mid : mid + 64] = bytes(b ^ 0x5A for b in data[mid : mid + 64])
+        else:
+            raise ValueError(f"damage {how!r}: use truncate or corrupt")
+        stored.path.write_bytes(bytes(data))
+        digest = hashlib.md5(bytes(data), usedforsecurity=False).hexdigest()
+        with self._lock:
+            self._objects[key] = StoredObject(key, stored.path, len(data), f'"{digest}"', stored.last_modified)
 
     # -- bytes ------------------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class FlatFilesEndpoint:
         class Handler(_Handler):
             server_endpoint = endpoint
 
+        self._host = host
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -88,7 +89,7 @@ class FlatFilesEndpoint:
 
     @property
     def url(self) -> str:
-        return f"http://{self._server.server_address[0]}:{self.port}"
+        return f"http://{self._host}:{self.port}"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever, name="flat-files-s3", daemon=True)
@@ -263,6 +264,14 @@ class _Handler(BaseHTTPRequestHandler):
             stored = ep.files.get(key)
             if stored is None:
                 raise S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+            match = headers.get("if-match")
+            if match is not None and match.strip() not in (stored.etag, "*"):
+                raise S3Error(
+                    412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"
+                )
+            refusal = ep.files.refusal(head)
+            if refusal:
+                raise S3Error(403, "AccessDenied", refusal)
             ep.counters.count("HeadObject" if head else "GetObject")
             self._send_object(stored, headers.get("range"), request_id, head)
         except S3Error as exc:

@@ -254,6 +254,9 @@ class Simulator:
             max_size=None,
             ping_interval=None,
             close_timeout=1,
+            # REST answers are computed inside the opening handshake's hook, and a page of a day's
+            # history walks every second of the market: more than the default 10 s on a busy machine.
+            open_timeout=300,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
