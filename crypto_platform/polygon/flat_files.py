@@ -116,8 +116,8 @@ class FlatFilesClient:
                 return FlatFilesAuthError(
                     f"{self.endpoint} answered 403 for {what}: the keys may be wrong (check POLYGON_S3_ACCESS_KEY_ID "
                     "and POLYGON_S3_SECRET_ACCESS_KEY), the plan may not include crypto Flat Files or this day, or the "
-                    "file is not published yet (about 11:00 ET the next day); or set CRYPTO_HISTORY_SOURCE=rest to read "
-                    "history from REST"
+                    "file is not published yet (about 11:00 ET the next day); or set CRYPTO_HISTORY_SOURCE=rest to "
+                    "read history from REST"
                 )
             return FlatFilesError(f"{self.endpoint} rejected {what}: {code or status} {err.get('Message', '')}".strip())
         return FlatFilesError(
