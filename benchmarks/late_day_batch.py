@@ -1,19 +1,29 @@
-"""What one stream batch costs in the lake late in a busy day, next to the same batch early in it.
+"""What one stream batch costs late in a busy day, next to the same kind of batch early in it.
 
-A known limit, measured so that a change to it can be judged: a stream run upserts into the day's
-Parquet partition by reading, merging and rewriting the whole day (and its checks evaluate the
-whole day), so the lake part of a batch grows with the rows the day already holds.
+Each batch runs as production runs it: the ``stream_batch`` job of ``crypto_platform.definitions``,
+in a fresh Python process per run (as Dagster's run launcher starts one), executed with
+``dagster.execute_job`` on a real Dagster instance (a temporary ``DAGSTER_HOME`` holding the
+project's ``dagster.yaml``, SQLite run storage), with the partition, the segment tag and the asset
+selection the stream sensor would give it (``plan_batches`` and ``batch_selection``, the sensor's own
+functions). So whatever the job builds at the time (today: the raw tables, minute bars, alerts and
+their MySQL and Snowflake copies, with every check) is what is measured, and the script keeps
+measuring it when the job changes.
 
-The landing log is ``partition_build.py``'s (simulator events over 5 pairs, 5 s segments). What a
-``stream_batch`` run of a segment with trades, quotes and bars builds (``batch_selection``: the raw
-tables, ``minute_bars``, ``crypto_alerts``, the MySQL and Snowflake copies, with every check) is
-run in this process through ``dagster.materialize`` with the segment tag, as the sensor's runs
-are, against the zero-setup stand-ins (SQLite for MySQL, the local fakesnow server): for each of
-the first ``--batches`` segments (early: the day nearly empty), then, after one run takes in
-everything up to the last ``--batches`` segments, for each of those (late). Figures per step come
-from the run's step timings. Dagster's run launch (a process per run) is not in them.
+The landing log is ``partition_build.py``'s (simulator events over 5 pairs, 5 s segments). The first
+``--batches`` segments are run one batch each (early: the day nearly empty); then one run takes in
+everything up to the last ``--batches`` segments; then those run one batch each (late).
 
-    python benchmarks/late_day_batch.py [--events 2000000] [--batches 3] [--lake-only]
+Reads: a run process starts with nothing in memory, so its first read of the day's tables is a cold
+read (from disk, through the OS page cache: the file was written moments before, as in production);
+later steps of the same run may find the day in the run's lake memory (warm). No read is warm across
+runs, since production never keeps a process between runs. Per step, the figures show where the time
+goes; "process" is the whole run process (interpreter start, imports, run), "run" is Dagster's run
+start to end.
+
+Backends: the zero-setup stand-ins (SQLite for MySQL, a local fakesnow server for Snowflake), or
+MariaDB/MySQL with ``--mysql-url`` (a database of its own: it is written to).
+
+    python benchmarks/late_day_batch.py [--events 2000000] [--batches 3] [--mysql-url URL]
 
 No target: the figure to watch is late/early (1.0 would be a batch cost independent of the day).
 """
@@ -21,94 +31,166 @@ No target: the figure to watch is late/early (1.0 would be a batch cost independ
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.partition_build import DAY, land  # noqa: E402
+from benchmarks.partition_build import land  # noqa: E402
 from benchmarks.simulator_rate import free_port  # noqa: E402
-from crypto_platform.assets.bars import minute_bars  # noqa: E402
-from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades  # noqa: E402
-from crypto_platform.definitions import defs  # noqa: E402
+from benchmarks.summary import Summary, median, runs  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
-from crypto_platform.resources import build_resources  # noqa: E402
-from crypto_platform.sensors import batch_selection  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
-from crypto_platform.stream_batches import SEGMENTS_TAG  # noqa: E402
+from crypto_platform.stream.landing_log import iter_manifest, log_id  # noqa: E402
+from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, DayBatch, StreamCursor, plan_batches  # noqa: E402
 
-LAKE = [raw_trades, raw_quotes, raw_aggregates, minute_bars]
+JOB = "stream_batch"
+
+
+def stream_batch_job() -> dg.JobDefinition:
+    """The job as the code location defines it (module scope, so a run process can reconstruct it)."""
+    from crypto_platform.definitions import defs
+
+    return defs.resolve_job_def(JOB)
+
+
+def run_one(segments: str, day: str, channels: str, log: str) -> int:
+    """In the run process: execute one batch as the sensor would request it; print the run id."""
+    from crypto_platform.sensors import batch_selection
+
+    result = dg.execute_job(
+        dg.reconstructable(stream_batch_job),
+        instance=dg.DagsterInstance.get(),
+        tags={SEGMENTS_TAG: segments, LANDING_LOG_TAG: log, "dagster/partition": day},
+        asset_selection=batch_selection(channels.split(",")),
+    )
+    print(json.dumps({"run_id": result.run_id, "success": result.success}))
+    return 0 if result.success else 1
+
+
+class Runner:
+    """Launches each batch in a fresh process and reads its timings back from the instance."""
+
+    def __init__(self, env: dict[str, str], landing: Path) -> None:
+        self.env = env
+        self.landing = landing
+        self.log = log_id(landing) or ""
+        os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]  # the project's dagster.yaml reads it
+        self.instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+
+    def batch(self, first: int, last: int) -> dict[str, Any]:
+        entries = list(iter_manifest(self.landing, after_seq=first - 1, through_seq=last))
+        batches, _ = plan_batches(entries, StreamCursor(self.log, first - 1), self.log, len(entries) + 1)
+        b: DayBatch = max(batches, key=lambda x: x.events)  # the segments' busiest day (one day here)
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "benchmarks.late_day_batch", "--run-one", b.segment_range, b.day]
+        command += [",".join(sorted(b.channels)), self.log]
+        proc = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        wall = time.perf_counter() - started
+        lines = [line for line in proc.stdout.splitlines() if line.startswith('{"run_id"')]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"the batch {b.segment_range} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        run_id = json.loads(lines[-1])["run_id"]
+        stats = self.instance.get_run_stats(run_id)
+        steps = {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in self.instance.get_run_step_stats(run_id)}
+        return {
+            "process": wall,
+            "run": (stats.end_time or 0) - (stats.start_time or 0),
+            "steps": steps,
+            "events": b.events,
+            "segments": b.segment_range,
+        }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--lake-only", action="store_true", help="only the raw tables and minute_bars (no servers)")
+    parser.add_argument("--mysql-url", help="MariaDB/MySQL URL of a database for this run (default: the SQL stand-in)")
+    parser.add_argument("--run-one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run_one:
+        return run_one(*args.run_one)
+
+    summary = Summary(
+        "late_day_batch",
+        f"{args.events:,} events landed (5 pairs, 5 s segments); {args.batches} early and {args.batches} late "
+        "batches, each one stream_batch run in a fresh process (execute_job on a real instance)",
+    )
     work = Path(tempfile.mkdtemp(prefix="late-day-batch-"))
-    env = {"CRYPTO_PROJECT_DIR": str(ROOT), "CRYPTO_STATE_DIR": str(work), "CRYPTO_FAKESNOW_PORT": str(free_port())}
-    settings = load_settings(env)
-    fakesnow = None if args.lake_only else local_stack.fakesnow_service(settings)
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    overrides = {
+        "CRYPTO_PROJECT_DIR": str(ROOT),
+        "CRYPTO_STATE_DIR": str(work / "state"),
+        "CRYPTO_DATA_DIR": str(work / "state" / "data"),
+        "DAGSTER_HOME": str(home),
+        "CRYPTO_FAKESNOW_PORT": str(free_port()),
+        "CRYPTO_SIMULATOR_PORT": str(free_port()),
+    }
+    if args.mysql_url:
+        overrides["MYSQL_URL"] = args.mysql_url
+    env = child_environment(overrides)
+    if not args.mysql_url:
+        env.pop("MYSQL_URL", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    settings = load_settings(env, cwd=ROOT)
+    fakesnow = local_stack.fakesnow_service(settings) if settings.snowflake.local else None
     paths = local_stack.stack_paths(settings)
     try:
         if fakesnow is not None:
-            local_stack.start_service(fakesnow, paths, child_environment(), ready_timeout=120)
+            local_stack.start_service(fakesnow, paths, env, ready_timeout=120)
         day = land(settings.data_dir, args.events, trades_per_second=250)
-        keys = {a.key for a in LAKE} if args.lake_only else set(batch_selection({"XT", "XQ", "XA", "XAS"}))
-        assets = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition) and a.keys & keys]
-        checks = [c for c in defs.asset_checks or () if any(k.asset_key in keys for k in c.check_keys)]
-        # The landing log's session stays open: no gap, so nothing is fetched from REST.
-        resources = build_resources(settings)
-        instance = dg.DagsterInstance.ephemeral()
-
-        def batch(first: int, last: int) -> tuple[float, dict[str, float]]:
-            started = time.perf_counter()
-            result = dg.materialize(
-                [*assets, *checks],
-                selection=list(keys),
-                partition_key=DAY,
-                tags={SEGMENTS_TAG: f"{first}-{last}"},
-                resources=resources,
-                instance=instance,
-            )
-            if not result.success:
-                raise SystemExit(f"the batch {first}-{last} failed")
-            steps = {
-                s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(result.run_id)
-            }
-            return time.perf_counter() - started, steps
-
+        runner = Runner(env, settings.landing_dir)
         seqs = [int(e["seq"]) for e in day.entries]
         n = args.batches
-        early = [batch(s, s) for s in seqs[:n]]
-        batch(seqs[n], seqs[-n - 1])
-        table = resources["lake"].read_partition("raw_trades", DAY)
-        rows = table.num_rows if table is not None else 0
-        late = [batch(s, s) for s in seqs[-n:]]
-        print(f"landed {day.events:,} events in {len(seqs)} segments (~{day.events // len(seqs):,} events a segment)")
-        print(f"{len(keys)} assets and {len(checks)} check steps per batch")
-        for name, runs in (("early (day nearly empty)", early), (f"late ({rows:,} trades in the day)", late)):
-            print(
-                f"{name}: median {statistics.median(r[0] for r in runs):.2f} s; runs {[round(r[0], 2) for r in runs]}"
-            )
-        ratio = statistics.median(r[0] for r in late) / statistics.median(r[0] for r in early)
-        print(f"late / early: {ratio:.1f}x; steps, median seconds early -> late:")
-        for step in sorted(late[0][1], key=lambda k: -statistics.median(r[1].get(k, 0) for r in late)):
-            e, l_ = (statistics.median(r[1].get(step, 0) for r in runs) for runs in (early, late))
-            print(f"  {step:32s} {e:6.2f} -> {l_:6.2f}")
-        return 0
+        early = [runner.batch(s, s) for s in seqs[:n]]
+        fill = runner.batch(seqs[n], seqs[-n - 1])
+        late = [runner.batch(s, s) for s in seqs[-n:]]
     finally:
         if fakesnow is not None:
             local_stack.stop_service(fakesnow, paths)
         shutil.rmtree(work, ignore_errors=True)
+
+    mysql = "MariaDB/MySQL (--mysql-url)" if args.mysql_url else "SQLite stand-in"
+    snowflake = "fakesnow" if settings.snowflake.local else "Snowflake"
+    summary.line(
+        f"landed {day.events:,} events in {len(seqs)} segments (~{day.events // len(seqs):,} a segment); "
+        f"SQL copies on the {mysql}, Snowflake copies on {snowflake}"
+    )
+    summary.line(f"before the late batches, one run took in {fill['events']:,} events ({fill['run']:.1f} s)")
+    for name, batches in (("early (day nearly empty)", early), ("late (day nearly full)", late)):
+        for what in ("run", "process"):
+            values = [b[what] for b in batches]
+            summary.line(f"{name:<26} {what:<8} median {median(values):6.2f} s (runs {runs(values, '.2f')})")
+    launch = [b["process"] - b["run"] for b in early + late]
+    summary.line(f"process start, imports and instance (process - run): median {median(launch):.2f} s")
+    for what in ("run", "process"):
+        ratio = median(b[what] for b in late) / median(b[what] for b in early)
+        summary.line(f"late / early, {what}: {ratio:.2f}x")
+    summary.line("steps, median seconds early -> late (each run's first read of the day is cold):")
+    for step in sorted(late[0]["steps"], key=lambda k: -median(b["steps"].get(k, 0) for b in late)):
+        e, l_ = (median(b["steps"].get(step, 0) for b in batches) for batches in (early, late))
+        summary.line(f"  {step:40s} {e:6.2f} -> {l_:6.2f}")
+    return summary.finish(check=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +23,9 @@ from pathlib import Path
 
 import orjson
 from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.summary import Summary, median, runs
 
 TARGET_EVENTS_PER_S = 200_000
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,18 +128,23 @@ def main() -> int:
         asyncio.run(serve_baseline(args.serve_baseline))
         return 0
 
+    summary = Summary(
+        "simulator_rate",
+        f"{args.events:,} events per measurement, {args.repeats} repeats; one client on loopback, 10 events a frame",
+    )
     sim, base = [], []
-    for _ in range(args.repeats):
+    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits both alike
         base.append(measure("baseline", args.events))
         sim.append(measure("simulator", args.events))
-    sim_med, base_med = statistics.median(sim), statistics.median(base)
-    print(f"events per measurement: {args.events:,}; repeats: {args.repeats}")
-    print(f"simulator (full speed, 10 ev/frame): median {sim_med:>12,.0f} events/s, runs {[round(x) for x in sim]}")
-    print(f"baseline (bare websockets, pre-built): median {base_med:>12,.0f} events/s, runs {[round(x) for x in base]}")
-    print(f"ratio simulator/baseline: {sim_med / base_med:.2f}")
-    ok = sim_med >= TARGET_EVENTS_PER_S
-    print(f"target >= {TARGET_EVENTS_PER_S:,} events/s: {'met' if ok else 'MISSED'}")
-    return 0 if ok or not args.check else 1
+    sim_med, base_med = median(sim), median(base)
+    summary.line(f"simulator (full speed, live generation): median {sim_med:,.0f} events/s (runs {runs(sim)})")
+    summary.line(
+        f"baseline, same run (bare websockets server, pre-built frames): median {base_med:,.0f} events/s "
+        f"(runs {runs(base)})"
+    )
+    summary.line(f"ratio simulator / baseline: {sim_med / base_med:.2f}")
+    summary.target(f">= {TARGET_EVENTS_PER_S:,} events/s", sim_med >= TARGET_EVENTS_PER_S, f"{sim_med:,.0f}")
+    return summary.finish(args.check)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         help="with --rate 0 and --total-events: generate the stream before listening (benchmark replay mode)",
     )
     parser.add_argument(
+        "--record-trades",
+        action="store_true",
+        help="keep the key of every trade sent, per connection, in GET /_sim/counters (benchmarks count misses)",
+    )
+    parser.add_argument(
         "--fault",
         type=_fault,
         action="append",
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         events_per_frame=args.events_per_frame,
         total_events=args.total_events,
         prerender=args.prerender,
+        record_trades=args.record_trades,
         faults=tuple(args.fault),
         s3_port=args.s3_port,
         history_start=args.history_start,
