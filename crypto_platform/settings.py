@@ -172,7 +172,10 @@ class Settings(BaseSettings):
         "the Flat Files S3 key from the Massive dashboard (not the API key); with it, history comes from Flat Files",
     )
     s3_secret_access_key: Secret | None = setting(
-        "POLYGON_S3_SECRET_ACCESS_KEY", None, "unset: the simulator's built-in secret", "its secret (set both or neither)"
+        "POLYGON_S3_SECRET_ACCESS_KEY",
+        None,
+        "unset: the simulator's built-in secret",
+        "its secret (set both or neither)",
     )
     s3_endpoint: str = setting(
         "POLYGON_S3_ENDPOINT",
@@ -391,7 +394,9 @@ class Settings(BaseSettings):
     def _check_s3_endpoint(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SettingsError(f"POLYGON_S3_ENDPOINT={value!r} is not an http/https URL (default {POLYGON_S3_ENDPOINT})")
+            raise SettingsError(
+                f"POLYGON_S3_ENDPOINT={value!r} is not an http/https URL (default {POLYGON_S3_ENDPOINT})"
+            )
         return value.rstrip("/")
 
     @field_validator("fsync_policy", "history_source", mode="before")
