@@ -184,10 +184,11 @@ class Settings(BaseSettings):
         "`https://files.massive.com` (default once a key is set)",
     )
     s3_bucket: str = setting("POLYGON_S3_BUCKET", POLYGON_S3_BUCKET, "`flatfiles`")
-    history_source: Literal["auto", "flat_files", "rest"] = setting(
+    history_source: Literal["auto", "flat_files", "rest", "off"] = setting(
         "CRYPTO_HISTORY_SOURCE",
         "auto",
-        "`auto` (Flat Files when S3 keys are set, else REST `/v3/trades`; or `flat_files` / `rest`)",
+        "`auto` (past days from Flat Files when S3 keys are set, else REST `/v3/trades`; or `flat_files` / `rest`; "
+        "`off`: only what the stream landed)",
     )
     pairs: tuple[str, ...] = setting(
         "CRYPTO_PAIRS", ",".join(DEFAULT_PAIRS), "`BTC-USD,ETH-USD,SOL-USD` (`*` = every pair)", "your pairs"
@@ -579,6 +580,11 @@ class Settings(BaseSettings):
     @property
     def lake_dir(self) -> Path:
         return self.data_dir / "lake"
+
+    @property
+    def history_enabled(self) -> bool:
+        """Whether runs of past days read history at all (``CRYPTO_HISTORY_SOURCE`` not ``off``)."""
+        return self.history_source != "off"
 
     @property
     def history_from_flat_files(self) -> bool:

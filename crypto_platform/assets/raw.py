@@ -8,8 +8,9 @@ every segment. Both go through the same de-duplication by natural key, keeping t
 earliest receipt, so any sequence of incremental runs ends in exactly the table a rebuild gives.
 
 - trades: key (pair, exchange, trade id; a hash of the trade when the id is missing); a rebuild
-  keeps the trades gap repair fetched from REST (``source = 'rest_repair'``), which the landing
-  log cannot give back, still de-duplicated against the stream's trades by key;
+  keeps the trades gap repair fetched from REST (``source = 'rest_repair'``) and history
+  (``flat_file``, ``rest_history``), which the landing log cannot give back, still de-duplicated
+  against the stream's trades by key;
 - quotes: key (pair, exchange, event time, seq), seq numbering identical (pair, exchange, t)
   quotes within their frame, so a re-sent frame collapses onto the first copy;
 - aggregates (XA and XAS): every revision is kept, key (pair, channel, start, receive time);
@@ -23,12 +24,15 @@ without passing through a float.
 """
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -250,7 +254,7 @@ class RawTable:
     finish: str | None = None  # SQL over ``merged`` after de-duplication
     fixup: Callable[[pa.Table, Sequence[SegmentFile]], pa.Table] | None = None
     # Rows a rebuild keeps from the partition: ones that did not come from the landing log.
-    kept_on_rebuild: tuple[str, str] | None = None
+    kept_on_rebuild: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def channels(self) -> frozenset[str]:
@@ -275,8 +279,8 @@ class RawTable:
             if self.kept_on_rebuild is None:
                 existing = None
             else:
-                column, value = self.kept_on_rebuild
-                existing = existing.filter(pc.equal(existing[column], value))
+                column, values = self.kept_on_rebuild
+                existing = existing.filter(pc.is_in(existing[column], value_set=pa.array(values, pa.string())))
         merged, dupes = merge(decoded, existing, self.schema, self.key, self.order, self.finish)
         return merged, decoded.num_rows, dupes
 
@@ -288,7 +292,7 @@ TRADES = RawTable(
     ("pair", "exchange", "trade_id"),
     ("event_ms", "pair", "exchange", "trade_id"),
     fixup=_fill_trade_ids,
-    kept_on_rebuild=("source", "rest_repair"),
+    kept_on_rebuild=("source", ("rest_repair", "flat_file", "rest_history")),
 )
 QUOTES = RawTable(
     "raw_quotes",
@@ -354,6 +358,9 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
         name=spec.name,
         partitions_def=DAILY_PARTITIONS,
         deps=[landing_log],
+        # A backfill of past days is bound by downloading and parsing each day (history) or reading
+        # its segments: runs of 7 days amortise a run's process start (seconds) over a week, and two
+        # such runs side by side keep both cores busy while one waits on the network.
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
         group_name="lake",
         kinds={"python", "parquet"},
@@ -370,6 +377,7 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
             newest = last_manifest_entry(root)
             upto = int(newest["seq"]) if newest else 0
         total_rows = total_new = total_dupes = total_read = 0
+        history: dict[str, dict[str, Any]] = {}
         for day in context.partition_keys:
             with lake.locked(spec.name, day):
                 existing = lake.read_partition(spec.name, day)
@@ -380,7 +388,12 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
                         f"{day}: {len(missing)} segments removed by retention were not read, e.g. {missing[:10]}"
                     )
                 table, new, dupes = spec.build(root, entries, day, existing, incremental=bool(tag))
+                if spec is TRADES and not tag:
+                    table, figures = with_history(context, stream, day, table, bool(entries))
+                    history.update(figures)
                 lake.write_partition(spec.name, day, table, through=max(upto, after))
+                if history.get(day):
+                    finish_history(stream, day)
             total_rows, total_new, total_dupes = total_rows + table.num_rows, total_new + new, total_dupes + dupes
             total_read += len(entries)
         return dg.MaterializeResult(
@@ -391,16 +404,73 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
                 "segments_through": upto,
                 "rows_read": total_new,
                 "duplicates_dropped": total_dupes,
+                **history_metadata(history),
             }
         )
 
     return build
 
 
+def with_history(
+    context: dg.AssetExecutionContext, stream: StreamResource, day: str, table: pa.Table, has_segments: bool
+) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
+    """The day's trades with history merged in by key, for a run that is not a stream batch.
+
+    History is read for a day without landing segments, and for a day with some once it has ended
+    (the stream may have covered part of it). Not again when the partition already holds history
+    rows (a rebuild keeps them). On a key both have, the stream's row wins: merge keeps the earliest
+    receipt, and a history row's receipt is its download time; the stream's row also carries the
+    lineage (receive time, session, segment). Quotes have no history: their gaps stay as they are.
+    ``CRYPTO_HISTORY_SOURCE=off`` turns this off.
+    """
+    from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades
+    from crypto_platform.polygon.rest_client import PolygonRest
+
+    if table.num_rows and pc.any(pc.is_in(table["source"], value_set=pa.array(HISTORY_SOURCES))).as_py():
+        return table, {}
+    lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
+    if has_segments and lo + DAY_MS > time.time() * 1000:
+        return table, {}
+    settings = stream.settings()
+    if not settings.history_enabled:
+        return table, {}
+    access = history_access(settings, PolygonRest(settings.rest_url, settings.api_key.reveal()))
+    got = history_trades(access, date.fromisoformat(day), settings.pairs, context.log.info)
+    if got is None:
+        return table, {}
+    fetched, figures = got
+    fetched = fetched.append_column("idx", pa.array(np.arange(fetched.num_rows, dtype=np.int64)))
+    merged, dupes = merge(fetched, table if table.num_rows else None, TRADES_SCHEMA, TRADES.key, TRADES.order)
+    figures = {**figures, "rows_added": merged.num_rows - table.num_rows, "rows_already_streamed": dupes}
+    context.log.info(f"{day}: history {figures}")
+    return merged, {day: figures}
+
+
+def finish_history(stream: StreamResource, day: str) -> None:
+    from crypto_platform.lake.history import finish_day
+
+    finish_day(Path(stream.data_dir) / "history", date.fromisoformat(day))
+
+
+def history_metadata(history: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not history:
+        return {}
+    sources = sorted({str(f.get("source")) for f in history.values()})
+    return {
+        "history_days": len(history),
+        "history_source": ",".join(sources),
+        "history_rows_added": sum(int(f.get("rows_added", 0)) for f in history.values()),
+        "history_requests": sum(int(f.get("requests", 0)) for f in history.values()),
+    }
+
+
 raw_trades = _raw_asset(
     TRADES,
     "Every XT trade of the UTC day from the landing log: exact decimals, one row per (pair, exchange, trade_id). "
-    "Sensor runs upsert their new segments; manual runs and backfills rebuild the day.",
+    "Sensor runs upsert their new segments; manual runs and backfills rebuild the day. Past days (before the "
+    "stream, or partly streamed): launch a backfill over them — each day is filled from Polygon's Flat Files "
+    "(source='flat_file', with POLYGON_S3_* keys) or REST /v3/trades (source='rest_history'), merged with any "
+    "streamed trades by key (the stream's row wins); a failed day resumes its download.",
 )
 raw_quotes = _raw_asset(
     QUOTES,

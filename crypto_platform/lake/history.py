@@ -445,3 +445,61 @@ def rest_minute_bars_day(rest: PolygonRest, day: date, pairs: Iterable[str]) -> 
     """Polygon's minute bars of every minute of ``day`` from REST ``/v2/aggs``."""
     lo, hi = day_bounds(day)
     return rest_minute_bars(rest, sorted(set(pairs) - {"*"}), range(lo, hi, MINUTE_MS))
+
+
+# -- the assets' entry points -------------------------------------------------------------------------
+
+HISTORY_SOURCES = (FLAT_FILE_SOURCE, REST_HISTORY_SOURCE)
+
+
+@dataclass(frozen=True)
+class HistoryAccess:
+    """What a run needs to read history: where work in progress goes, and the clients (from the settings)."""
+
+    history_dir: Path
+    flat_files: FlatFilesClient | None  # None: REST only
+    rest: PolygonRest
+
+
+def history_access(settings: Any, rest: PolygonRest) -> HistoryAccess:
+    """Flat Files when the settings choose them (S3 keys set, or the simulator), always REST beside."""
+    flat = None
+    if settings.history_from_flat_files:
+        flat = FlatFilesClient(
+            settings.s3_endpoint, settings.s3_bucket, settings.s3_access_key_id, settings.s3_secret_access_key
+        )
+    return HistoryAccess(Path(settings.data_dir) / "history", flat, rest)
+
+
+def history_trades(
+    access: HistoryAccess, day: date, pairs: Iterable[str], log: Log = _no_log
+) -> tuple[pa.Table, dict[str, Any]] | None:
+    """A past day's trades: the day's Flat File, or REST ``/v3/trades`` per pair when there is none.
+
+    None when neither can give the day (no Flat File and ``*`` pairs, which REST cannot page).
+    """
+    work = DayWork.open(access.history_dir, day)
+    pair_set = set(pairs)
+    if access.flat_files is not None:
+        got = flat_file_trades(access.flat_files, work, None if "*" in pair_set else pair_set, log)
+        if got is not None:
+            return got
+        log(f"{day}: no Flat File of trades is published for the day: reading REST /v3/trades")
+    if "*" in pair_set:
+        log(f"{day}: REST history needs the pairs named (CRYPTO_PAIRS is *): no history read")
+        return None
+    return rest_trades(access.rest, work, pair_set, log)
+
+
+def history_minute_bars(
+    access: HistoryAccess, day: date, pairs: Iterable[str], log: Log = _no_log
+) -> tuple[pa.Table, str] | None:
+    """Polygon's minute bars of a past day (``minute_aggs`` file, else REST) and the source to record."""
+    pair_set = set(pairs)
+    if access.flat_files is not None:
+        bars = flat_file_minute_bars(access.flat_files, DayWork.open(access.history_dir, day), pair_set, log)
+        if bars is not None:
+            return bars, MINUTE_AGGS_SOURCE
+    if "*" in pair_set:
+        return None
+    return rest_minute_bars_day(access.rest, day, pair_set), REST_BARS_SOURCE
