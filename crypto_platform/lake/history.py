@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import zlib
@@ -186,16 +187,28 @@ def _pairs_filter(table: pa.Table, pairs: Iterable[str] | None) -> pa.Table:
     return table.filter(pc.is_in(table["pair"], value_set=pa.array(wanted, pa.string())))
 
 
-def _pair_of(ticker: pa.ChunkedArray) -> pa.ChunkedArray:
+def _per_distinct(values: pa.ChunkedArray, fn: Callable[[str], str]) -> pa.Array:
+    """``fn`` applied to each distinct value once (a day has a few tickers and conditions, millions of rows).
+
+    The distinct values are few, so plain Python does them (some Arrow string kernels cost seconds
+    on their first call in a process, and every Dagster run is a fresh process).
+    """
+    encoded = pc.dictionary_encode(values.combine_chunks())
+    mapped = pa.array([None if v is None else fn(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(mapped, encoded.indices)
+
+
+def _pair_of(ticker: pa.ChunkedArray) -> pa.Array:
     # "X:BTC-USD" -> "BTC-USD"
-    return pc.replace_substring_regex(ticker, pattern="^X:", replacement="")
+    return _per_distinct(ticker, lambda t: t.removeprefix("X:"))
 
 
-def _conditions_json(conditions: pa.ChunkedArray) -> pa.ChunkedArray:
+_COMMA = re.compile(r"\s*,\s*")
+
+
+def _conditions_json(conditions: pa.ChunkedArray) -> pa.Array:
     """A file's conditions (``2``, ``1,2``, ``"1, 2"``, ``[1,2]``, empty) as the stream's JSON text (``[1, 2]``)."""
-    bare = pc.utf8_trim(conditions, characters="[]{} ")
-    listed = pc.replace_substring_regex(bare, pattern=r"\s*,\s*", replacement=", ")
-    return pc.binary_join_element_wise("[", listed, "]", "")
+    return _per_distinct(conditions, lambda c: "[" + _COMMA.sub(", ", c.strip("[]{} ")) + "]")
 
 
 def read_trades_csv(
