@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -41,8 +41,10 @@ DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_SIMULATOR_S3_PORT = 8767
 DEFAULT_DAGSTER_PORT = 3000
-# First daily partition of every date-partitioned asset (REST history reaches further back).
-DEFAULT_START_DATE = "2025-01-01"
+# First daily partition of every date-partitioned asset: by default the last 30 days, each of which a
+# backfill fills from history, so a fresh start shows a month that can be filled, not two years
+# that look missing. A date (YYYY-MM-DD) fixes it; -N means N days before today (UTC).
+DEFAULT_START_DATE = "-30"
 # Partitions a run keeps in memory between its steps: about three of 2M rows (a stream
 # run reads the day's trades, quotes and bars, and the day before's for the alerts).
 DEFAULT_LAKE_CACHE_MB = 768
@@ -197,7 +199,11 @@ class Settings(BaseSettings):
         "CRYPTO_CHANNELS", ",".join(DEFAULT_CHANNELS), "`XT,XQ,XA,XAS` (choose from `XT,XQ,XA,XAS,XL2`)"
     )
     start_date: str = setting(
-        "CRYPTO_START_DATE", DEFAULT_START_DATE, "`2025-01-01` (first daily partition)", "your history start"
+        "CRYPTO_START_DATE",
+        DEFAULT_START_DATE,
+        "`-30` (first daily partition: 30 days before today, UTC, each fillable by a backfill from history; "
+        "or a date YYYY-MM-DD)",
+        "a fixed date: your history start (a relative start moves the partition window every day)",
     )
     fsync_policy: Literal["never", "seal", "frame"] = setting(
         "CRYPTO_FSYNC", "seal", "`seal` (`never` / `seal` / `frame`)", "`seal`"
@@ -408,11 +414,14 @@ class Settings(BaseSettings):
     @field_validator("start_date")
     @classmethod
     def _check_date(cls, value: str) -> str:
+        if re.fullmatch(r"-\d+", value):
+            return (datetime.now(UTC).date() - timedelta(days=int(value[1:]))).isoformat()
         try:
             date.fromisoformat(value)
         except ValueError:
             raise SettingsError(
-                f"CRYPTO_START_DATE={value!r} is not a date YYYY-MM-DD (default {DEFAULT_START_DATE})"
+                f"CRYPTO_START_DATE={value!r} is not a date YYYY-MM-DD or -N (days before today; "
+                f"default {DEFAULT_START_DATE})"
             ) from None
         return value
 

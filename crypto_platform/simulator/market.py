@@ -217,6 +217,7 @@ class Market:
         self._summaries: _Lru[tuple[str, int], tuple[Agg | None, Trade | None]] = _Lru(200 * max(1, len(pairs)))
         self._minutes: _Lru[tuple[str, int], Minute] = _Lru(4096)
         self._anchors: _Lru[tuple[str, int], float] = _Lru(8192)
+        self._activities: _Lru[tuple[str, int], float] = _Lru(4 * max(1, len(pairs)))
         self._lattice: _Lru[tuple[str, int, int], float] = _Lru(65536)
 
     # -- prices -----------------------------------------------------------------------------------
@@ -246,8 +247,14 @@ class Market:
     # -- seconds ----------------------------------------------------------------------------------
 
     def _activity(self, pair: str, minute: int) -> float:
-        """Bursty arrivals: a per-minute intensity (mean 1) times a per-second burst factor."""
-        return random.Random(f"{self.seed}|{pair}|a|{minute}").lognormvariate(-0.32, 0.8)
+        """Bursty arrivals: a per-minute intensity (mean 1) times a per-second burst factor.
+
+        Kept per minute: every second of the minute asks, and seeding a generator costs more than
+        an empty second's other work (history renders whole days of mostly empty seconds).
+        """
+        return self._activities.get(
+            (pair, minute), lambda: random.Random(f"{self.seed}|{pair}|a|{minute}").lognormvariate(-0.32, 0.8)
+        )
 
     def _late_second(self, pair: str, minute: int) -> int | None:
         rng = random.Random(f"{self.seed}|{pair}|late|{minute}")
