@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.simulator_rate import free_port  # noqa: E402
 from benchmarks.summary import Summary, percentile  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
+from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.snowflake import build_snowflake_resource  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.landing_log import iter_manifest  # noqa: E402
@@ -318,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.mysql_url:
             env.pop("MYSQL_URL", None)
         settings = load_settings(env, cwd=ROOT)
+        # A throwaway instance: the repo's config, its stores in the temporary DAGSTER_HOME.
+        install_instance_config(settings, Path(overrides["DAGSTER_HOME"]))
         base = f"http://127.0.0.1:{settings.dagster_port}"
         sim_base = f"http://127.0.0.1:{settings.simulator_port}"
         paths = local_stack.stack_paths(settings)
@@ -384,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 dev.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(dev.pid, signal.SIGKILL)
-            local_stack.stop_service(simulator, paths)
+            # The simulator, fakesnow, the dashboard and the ingester outlive dagster dev.
+            subprocess.run([sys.executable, "-m", "crypto_platform.cli", "services", "stop"], cwd=ROOT, env=env)
             drop_database()
 
     summary.note += (

@@ -98,6 +98,8 @@ def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int 
         "gap_seconds": round(sum(g.seconds or 0.0 for g in ledger_gaps), 1),
         "quarantined_frames": int(beat.get("quarantined") or 0),
         "last_error": str(error.get("message", "none")),
+        # "disk full at <path> (<n> free)" while the ingester waits for room on a full disk.
+        "disk": str(beat.get("disk_full") or "ok"),
     }
 
 

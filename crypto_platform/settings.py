@@ -41,6 +41,7 @@ DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
 DEFAULT_SIMULATOR_S3_PORT = 8767
 DEFAULT_DAGSTER_PORT = 3000
+DEFAULT_DASHBOARD_PORT = 8501
 # First daily partition of every date-partitioned asset: by default the last 30 days, each of which a
 # backfill fills from history, so a fresh start shows a month that can be filled, not two years
 # that look missing. A date (YYYY-MM-DD) fixes it; -N means N days before today (UTC).
@@ -63,6 +64,7 @@ POLYGON_S3_BUCKET = "flatfiles"
 
 # Where relative paths are taken from; handed to validation beside the variables (not a variable).
 _CWD_KEY = "__cwd__"
+_HOME_SET_KEY = "__dagster_home_set__"
 
 
 class SettingsError(ValueError):
@@ -137,11 +139,21 @@ class Settings(BaseSettings):
     dagster_home: Path = setting(
         "DAGSTER_HOME",
         None,
-        "`<project>/.dagster_home`",
+        "unset (Dagster reads `./dagster.yaml`, whose stores live in `<project>/.dagster_home`; `make env` writes "
+        "the project folder to `.env`)",
         "a directory holding `deploy/dagster.mysql.yaml` as `dagster.yaml`",
     )
+    # Whether DAGSTER_HOME was given (else Dagster's CLI runs on a temporary home with ./dagster.yaml).
+    dagster_home_set: bool = Field(False, validation_alias=_HOME_SET_KEY, exclude=True)
     dagster_port: int = setting(
-        "CRYPTO_DAGSTER_PORT", DEFAULT_DAGSTER_PORT, "`3000`", "as you like (`dagster dev` / webserver port)", ge=1
+        "CRYPTO_DAGSTER_PORT",
+        DEFAULT_DAGSTER_PORT,
+        "`3000` (the UI port of `make dev` / `crypto-platform dev`; plain `dagster dev` takes `-p`)",
+        "as you like",
+        ge=1,
+    )
+    dashboard_port: int = setting(
+        "CRYPTO_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT, "`8501` (the live market page)", "as you like", ge=1
     )
     simulator_host: str = setting("CRYPTO_SIMULATOR_HOST", "127.0.0.1", "`127.0.0.1`", "not used")
     simulator_port: int = setting("CRYPTO_SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT, "`8765`", "not used", ge=1)
@@ -219,6 +231,13 @@ class Settings(BaseSettings):
         "days of landing segments to keep",
         ge=0,
     )
+    run_retention_days: int = setting(
+        "CRYPTO_RUN_RETENTION_DAYS",
+        7,
+        "`7` (`stream_run_retention` deletes older `stream_batch` runs daily, keeping what the UI needs; "
+        "`0`: keep every run)",
+        ge=0,
+    )
     lake_cache_mb: int = setting(
         "CRYPTO_LAKE_CACHE_MB",
         DEFAULT_LAKE_CACHE_MB,
@@ -244,6 +263,20 @@ class Settings(BaseSettings):
     )
     auth_retry_s: float = setting(
         "CRYPTO_AUTH_RETRY_S", 900.0, "`900` (wait after a refused key before trying again)", ge=1.0
+    )
+    disk_full_retry_s: float = setting(
+        "CRYPTO_DISK_FULL_RETRY_S",
+        10.0,
+        "`10` (after a full disk, how often the ingester looks for room again; it reconnects once there is)",
+        ge=0.05,
+    )
+    crash_at: str | None = setting(
+        "CRYPTO_CRASH_AT",
+        None,
+        "unset (fault-injection tests only: a crash point `writer.step`, e.g. `seal.before_rename`, where a "
+        "writer SIGKILLs itself)",
+        "unset",
+        pattern=r"^[a-z_]+\.[a-z_]+$",
     )
     bar_revision_window_s: float = setting(
         "CRYPTO_BAR_REVISION_WINDOW_S",
@@ -352,6 +385,7 @@ class Settings(BaseSettings):
         state = (project / env.get("CRYPTO_STATE_DIR", project / "var")).resolve()
         data_dir = (project / env.get("CRYPTO_DATA_DIR", state / "data")).resolve()
         env.update(CRYPTO_PROJECT_DIR=project, CRYPTO_STATE_DIR=state, CRYPTO_DATA_DIR=data_dir)
+        env[_HOME_SET_KEY] = "DAGSTER_HOME" in env
         env["DAGSTER_HOME"] = (project / env.get("DAGSTER_HOME", project / ".dagster_home")).resolve()
         env.setdefault("MYSQL_URL", f"sqlite:///{data_dir / 'warehouse.sqlite'}")
         env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
@@ -631,7 +665,7 @@ def _error_message(exc: ValidationError) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind in ("greater_than_equal", "greater_than"):
-        return f"{variable}={value!r} is below the minimum {ctx.get('ge', ctx.get('gt'))}{default}"
+        return f"{variable}={value} is below the minimum {ctx.get('ge', ctx.get('gt'))}{default}"
     if kind in ("int_parsing", "int_from_float"):
         return f"{variable}={value!r} is not a whole number{default}"
     if kind in ("float_parsing", "decimal_parsing", "finite_number"):
@@ -684,6 +718,8 @@ def settings_table() -> str:
     """The README's settings table, generated from :class:`Settings` (one row per variable)."""
     rows = ["| variable | default (local) | production |", "|---|---|---|"]
     for info in Settings.model_fields.values():
+        if str(info.validation_alias).startswith("_"):
+            continue  # derived, not a variable
         rows.append(f"| `{info.validation_alias}` | {info.description} | {_production(info)} |")
     return "\n".join(rows)
 

@@ -1,25 +1,29 @@
-"""System test: ``crypto-platform dev`` on the local defaults, in a throwaway project state.
+"""System tests: plain ``dagster dev`` (and every other Dagster / dg command) from a fresh copy of the repository.
 
-Boots the real command (services + ``dagster dev``) on free loopback ports with CRYPTO_STATE_DIR,
-CRYPTO_DATA_DIR and DAGSTER_HOME under a temp dir, waits (with deadlines, polling conditions) for
-the webserver and the code location, reads the asset graph and sensors over GraphQL, then sends
-SIGINT to the process group as a terminal's Ctrl-C would and checks that every process it started
-is gone: found by the unique state path that each of them carries in its environment.
+The copy holds the repository's files only (no venv, no state, no .env), and the commands run with
+PATH and the project's venv as their whole environment, plus the simulator's and fakesnow's ports
+(free ones, since other test runs share the machine): no DAGSTER_HOME, nothing prepared. The
+``dagster dev`` test waits (with deadlines, polling conditions) for the webserver and the code
+location, for the stream sensor's runs to bring trades into the SQL stand-in and the local
+Snowflake, for MLflow to hold a FINISHED run, and for a backfill launched over GraphQL; then sends
+SIGINT to the process group as a terminal's Ctrl-C would, checks that only the documented background
+services are left (ingester, simulator, fakesnow), and that ``crypto-platform services stop`` (what
+``make stop`` runs) ends them. Processes are found by their working directory, inside the copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,41 +32,135 @@ import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform import definitions
-from crypto_platform.local.stack import SIMULATOR_CLI_MODULE, port_open
+from crypto_platform.local.stack import port_open
 from crypto_platform.resources.snowflake import build_snowflake_resource
-from crypto_platform.settings import DEFAULT_PAIRS, child_environment, load_settings
+from crypto_platform.settings import DEFAULT_PAIRS, load_settings
+from crypto_platform.stream import supervision
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-BOOT_DEADLINE_S = 240.0
+# Generous: on a loaded shared machine a step process alone can take a minute to start.
+BOOT_DEADLINE_S = 480.0
 STOP_DEADLINE_S = 120.0
-# Variables that would switch a part of the stack to production; the test wants the local defaults.
-PRODUCTION_VARIABLES = (
-    "POLYGON_API_KEY",
-    "POLYGON_WS_URL",
-    "POLYGON_REST_URL",
-    "MYSQL_URL",
-    "SNOWFLAKE_ACCOUNT",
-    "MLFLOW_TRACKING_URI",
-    "CRYPTO_PROJECT_DIR",
-)
+VENV_BIN = Path(sys.executable).parent
+# Left behind by design after Ctrl-C, until `make stop` (crypto-platform services stop).
+BACKGROUND_SERVICES = ("simulator", "fakesnow")
+# What a checkout accumulates locally and a clone does not have (as .gitignore says).
+LOCAL_ONLY = (".git", ".venv", "var", ".dagster_home", ".tmp_dagster_home_*", ".env", "logs", ".logs_queue")
+LOCAL_ONLY += ("__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".mypy_cache", "mlruns", "*.log")
 
 
-def processes_with_env_value(marker: str) -> list[int]:
-    """Pids (other than ours) whose environment mentions ``marker``: everything the stack started."""
-    found = []
+def fresh_copy(dest: Path) -> Path:
+    """The repository's files (tracked and new, not ignored) copied to ``dest``: what a clone holds."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:  # not a git checkout (an unpacked archive): the tree minus local state
+        ignored = shutil.ignore_patterns(*LOCAL_ONLY)
+        return Path(shutil.copytree(PROJECT_DIR, dest, ignore=ignored))
+    for name in filter(None, (n.decode() for n in listed.stdout.split(b"\0"))):
+        source = PROJECT_DIR / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def bare_environment(**ports: str) -> dict[str, str]:
+    """PATH with the venv first and the venv itself; nothing else but the ports asked for."""
+    return {"PATH": f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin", "VIRTUAL_ENV": str(VENV_BIN.parent), **ports}
+
+
+def processes_in(root: Path) -> dict[int, str]:
+    """Pid -> command line of every live process (other than ours) working inside ``root``."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            cwd = os.readlink(entry / "cwd")
             state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker.encode() in environ and state != "Z":
-            found.append(int(entry.name))
+        if state != "Z" and (cwd == str(root) or cwd.startswith(f"{root}/")):
+            found[int(entry.name)] = cmd
     return found
+
+
+def children_of(pid: int) -> set[int]:
+    """Pids whose parent is ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "stat").read_text().rpartition(")")[2].split()[1] == str(pid):
+                    found.add(int(entry.name))
+    return found
+
+
+def kill_all_in(root: Path) -> None:
+    for pid in processes_in(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A non-interactive parent may have SIGINT ignored; give the child the default back.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+def alive_check(proc: subprocess.Popen[bytes], what: str, log_path: Path) -> Callable[[], str | None]:
+    def alive() -> str | None:
+        if proc.poll() is None:
+            return None
+        return f"`{what}` exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}"
+
+    return alive
+
+
+def ctrl_c(proc: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    """SIGINT to the process group, as a terminal delivers Ctrl-C; it must exit cleanly."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rc = proc.wait(STOP_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`{what}` did not stop within {STOP_DEADLINE_S:.0f} s after SIGINT")
+    assert rc in (0, 130, -signal.SIGINT), log_path.read_text(errors="replace")[-4000:]
+
+
+def wait_for_webserver(base: str, alive: Callable[[], str | None]) -> None:
+    """The webserver answers and the crypto_platform code location is loaded."""
+
+    def server_info() -> dict[str, Any] | None:
+        try:
+            return http_json(f"{base}/server_info")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    info = poll(server_info, BOOT_DEADLINE_S, "the webserver's /server_info", alive)
+    assert info["dagster_version"] == "1.13.27"
+
+    def location_loaded() -> bool:
+        query = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+        entries = http_json(f"{base}/graphql", {"query": query})["data"]["workspaceOrError"]["locationEntries"]
+        return {e["name"]: e["loadStatus"] for e in entries} == {"crypto_platform": "LOADED"}
+
+    poll(location_loaded, BOOT_DEADLINE_S, "the crypto_platform code location (and only it) to load", alive)
 
 
 def poll(condition: Callable[[], Any], deadline_s: float, what: str, alive: Callable[[], str | None]) -> Any:
@@ -126,30 +224,6 @@ def launch_partition_run(base: str, asset: str, day: str) -> str:
     answer = graphql(base, LAUNCH_RUN, {"params": params})["launchPipelineExecution"]
     assert answer["__typename"] == "LaunchRunSuccess", answer
     return str(answer["run"]["runId"])
-
-
-@pytest.fixture
-def dev_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    state = tmp_path / "state"
-    env = {k: v for k, v in child_environment().items() if k not in PRODUCTION_VARIABLES}
-    env.update(
-        {
-            "CRYPTO_STATE_DIR": str(state),
-            "CRYPTO_DATA_DIR": str(state / "data"),
-            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-            "CRYPTO_DAGSTER_PORT": str(free_port()),
-            "CRYPTO_FAKESNOW_PORT": str(free_port()),
-            "CRYPTO_SIMULATOR_PORT": str(free_port()),
-            "CRYPTO_SIMULATOR_S3_PORT": str(free_port()),
-            "CRYPTO_SEGMENT_MAX_AGE_S": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    yield env
-    # Whatever happened, nothing started with this state dir may outlive the test.
-    for pid in processes_with_env_value(str(state)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def check_ui_backfill_and_rebuild(base: str, state: Path, today: str, alive: Callable[[], str | None]) -> None:
@@ -232,51 +306,23 @@ def check_tables_as_an_analyst(env: dict[str, str], state: Path, day: str, alive
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # boots the whole stack and waits on several runs: bounded by the polls' deadlines
-def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, dev_env: dict[str, str]) -> None:
-    marker = dev_env["CRYPTO_STATE_DIR"]
-    port = int(dev_env["CRYPTO_DAGSTER_PORT"])
+@pytest.mark.timeout(1500)  # boots the whole stack and waits on several runs: bounded by the polls' deadlines
+def test_plain_dagster_dev_in_a_fresh_clone_runs_the_platform(tmp_path: Path) -> None:
+    project = fresh_copy(tmp_path / "clone")
+    ports = {
+        "CRYPTO_SIMULATOR_PORT": str(free_port()),
+        "CRYPTO_SIMULATOR_S3_PORT": str(free_port()),
+        "CRYPTO_FAKESNOW_PORT": str(free_port()),
+    }
+    env = bare_environment(**ports)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "dev.log"
-    simulator_expected = importlib.util.find_spec(SIMULATOR_CLI_MODULE) is not None
-
-    with open(log_path, "wb") as log:
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "crypto_platform.cli", "dev"],
-            cwd=PROJECT_DIR,  # as `make dev` runs it; the state goes where the env says
-            env=dev_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # A non-interactive parent may have SIGINT ignored; give the child the default back.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-
-    def dev_alive() -> str | None:
-        if dev.poll() is None:
-            return None
-        return f"`crypto-platform dev` exited with {dev.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}"
-
+    log_path = tmp_path / "dagster_dev.log"
+    state = project / "var"
+    dev = start([str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)], project, env, log_path)
+    alive = alive_check(dev, "dagster dev", log_path)
     try:
-
-        def server_info() -> dict[str, Any] | None:
-            try:
-                return http_json(f"{base}/server_info")
-            except (urllib.error.URLError, OSError, ValueError):
-                return None
-
-        info = poll(server_info, BOOT_DEADLINE_S, "the webserver's /server_info", dev_alive)
-        assert info["dagster_version"] == "1.13.27"
-
-        def location_loaded() -> bool:
-            query = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
-            entries = http_json(f"{base}/graphql", {"query": query})["data"]["workspaceOrError"]["locationEntries"]
-            statuses = {e["name"]: e["loadStatus"] for e in entries}
-            return statuses.get("crypto_platform") == "LOADED"
-
-        poll(location_loaded, BOOT_DEADLINE_S, "the crypto_platform code location to load", dev_alive)
-
+        wait_for_webserver(base, alive)
         query = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
             name location { name }
             sensors { name sensorState { status } }
@@ -290,62 +336,188 @@ def test_dev_boots_dagster_with_services_and_stops_everything(tmp_path: Path, de
         graph = definitions.defs.resolve_asset_graph()
         assert set(served_assets) == {k.to_user_string() for k in graph.get_all_asset_keys()}
         assert served_assets["landing_log"]["groupName"] == "ingest"
-        assert served_assets["landing_log"]["kinds"] == ["python"]
         assert served_assets["landing_log"]["isMaterializable"] is False
         assert sorted(s["name"] for s in repo["sensors"]) == sorted(s.name for s in definitions.defs.sensors or [])
 
-        # The services the defaults need are up, on their ports, under this state dir.
-        state = Path(marker)
-        assert port_open("127.0.0.1", int(dev_env["CRYPTO_FAKESNOW_PORT"]))
+        # Dagster runs on a temporary home here; the platform says where the state really goes.
+        said = log_path.read_text(errors="replace")
+        assert "Using temporary directory" in said
+        assert f"persist in {project / '.dagster_home'}" in said
+
+        # Nothing was started around Dagster: the stream sensor starts the simulator, then the ingester.
+        runs_query = """{ runsOrError(filter: {statuses: [SUCCESS]}) { ... on Runs { results {
+            runId tags { key value } assetSelection { path } } } } }"""
+
+        def sensor_run_succeeded() -> list[dict[str, Any]]:
+            runs = http_json(f"{base}/graphql", {"query": runs_query})["data"]["runsOrError"]["results"]
+            return [r for r in runs if any(t["key"] == "crypto/segments" for t in r["tags"])]
+
+        runs = poll(sensor_run_succeeded, BOOT_DEADLINE_S, "a successful stream_sensor run", alive)
+        tags = {t["key"]: t["value"] for t in runs[0]["tags"]}
+        assert tags["dagster/sensor_name"] == "stream_sensor" and tags["dagster/run_key"].startswith("landing:")
+        partition = state / "data" / "lake" / "raw_trades" / f"date={tags['dagster/partition']}" / "part.parquet"
+        assert partition.is_file()
+        assert (state / "run" / "simulator.pid").is_file() and (state / "log" / "simulator.log").is_file()
+        check_ui_backfill_and_rebuild(base, state, tags["dagster/partition"], alive)
+        analyst = {**env, "CRYPTO_PROJECT_DIR": str(project)}
+        check_tables_as_an_analyst(analyst, state, tags["dagster/partition"], alive)
+        # The Snowflake resource started the local server before its first connection.
+        assert port_open("127.0.0.1", int(ports["CRYPTO_FAKESNOW_PORT"]))
         assert (state / "run" / "fakesnow.pid").is_file()
-        assert port_open("127.0.0.1", int(dev_env["CRYPTO_SIMULATOR_PORT"])) is simulator_expected
-        # The instance is the project-local one: config installed, SQLite storage inside DAGSTER_HOME.
-        home = Path(dev_env["DAGSTER_HOME"])
-        assert (home / "dagster.yaml").read_text() == (PROJECT_DIR / "dagster.yaml").read_text()
-        assert (home / "history" / "runs.db").is_file()
-        started = processes_with_env_value(marker)
-        assert len(started) >= 5, started  # dev, dagster dev, webserver, daemon, code server, services
+        # The instance's state is the project-local one.
+        assert (project / ".dagster_home" / "history" / "runs.db").is_file()
 
-        # The stream sensor (on by default) starts the ingester, and its runs land sealed segments in raw_trades.
-        if simulator_expected:
-            runs_query = """{ runsOrError(filter: {statuses: [SUCCESS]}) { ... on Runs { results {
-                runId tags { key value } assetSelection { path } } } } }"""
+        ctrl_c(dev, "dagster dev", log_path)
+        settings = load_settings(analyst)
+        services = {
+            name: int(json.loads((state / "run" / f"{name}.pid").read_text())["pid"]) for name in BACKGROUND_SERVICES
+        }
+        ingester = supervision.holder_pid(settings)
+        assert ingester is not None
+        background = {*services.values(), ingester}
 
-            def sensor_run_succeeded() -> list[dict[str, Any]]:
-                runs = http_json(f"{base}/graphql", {"query": runs_query})["data"]["runsOrError"]["results"]
-                return [r for r in runs if any(t["key"] == "crypto/segments" for t in r["tags"])]
+        def not_background() -> dict[int, str]:
+            # The ingester's segment sealer is a child process of its own.
+            allowed = background | children_of(ingester)
+            return {pid: cmd for pid, cmd in processes_in(project).items() if pid not in allowed}
 
-            runs = poll(sensor_run_succeeded, BOOT_DEADLINE_S, "a successful stream_sensor run", dev_alive)
-            tags = {t["key"]: t["value"] for t in runs[0]["tags"]}
-            assert tags["dagster/sensor_name"] == "stream_sensor" and tags["dagster/run_key"].startswith("landing:")
-            partition = state / "data" / "lake" / "raw_trades" / f"date={tags['dagster/partition']}" / "part.parquet"
-            assert partition.is_file()
-            assert (state / "data" / "ingester" / "heartbeat.json").is_file()
-            check_ui_backfill_and_rebuild(base, state, tags["dagster/partition"], dev_alive)
-            check_tables_as_an_analyst(dev_env, state, tags["dagster/partition"], dev_alive)
+        # What is left is the documented background services: Dagster's processes all ended.
+        poll(lambda: not not_background(), STOP_DEADLINE_S, "dagster dev's processes to exit", lambda: None)
+        assert background <= set(processes_in(project))  # the services stay up until `make stop`
+        assert not list(project.glob(".tmp_dagster_home_*"))
 
-        # Ctrl-C, as a terminal delivers it: SIGINT to the foreground process group.
-        os.killpg(dev.pid, signal.SIGINT)
-        try:
-            rc = dev.wait(STOP_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`crypto-platform dev` did not stop within {STOP_DEADLINE_S:.0f} s after SIGINT")
-        assert rc in (0, 130), log_path.read_text(errors="replace")[-4000:]
-
-        poll(
-            lambda: not processes_with_env_value(marker),
-            STOP_DEADLINE_S,
-            "every started process to exit",
-            lambda: None,
+        stop = subprocess.run(
+            [str(VENV_BIN / "crypto-platform"), "services", "stop"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
         )
-        for key in ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT"):
-            assert not port_open("127.0.0.1", int(dev_env[key])), key
-        assert not list((state / "run").glob("*.pid"))
+        assert stop.returncode == 0, stop.stderr
+        assert "ingester: stopped" in stop.stdout and "simulator: stopped" in stop.stdout, stop.stdout
+        assert "fakesnow: stopped" in stop.stdout, stop.stdout
+        poll(lambda: not processes_in(project), STOP_DEADLINE_S, "every started process to exit", lambda: None)
+        for key in ("CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT"):
+            assert not port_open("127.0.0.1", int(ports[key])), key
+        assert not port_open("127.0.0.1", port)
         # Runs, cursors and sensor state stay for the next start.
-        assert (home / "history" / "runs.db").is_file()
-        assert (home / "schedules" / "schedules.db").is_file()
+        assert (project / ".dagster_home" / "history" / "runs.db").is_file()
+        assert (project / ".dagster_home" / "schedules" / "schedules.db").is_file()
     finally:
+        print(log_path.read_text(errors="replace")[-8000:])  # shown when the test fails
         if dev.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(dev.pid, signal.SIGKILL)
             dev.wait(30)
+        kill_all_in(project)
+
+
+def run_command(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run a one-shot command to completion; it must succeed. Returns stdout and stderr together."""
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=BOOT_DEADLINE_S)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(argv)} exited with {done.returncode}:\n{said[-4000:]}"
+    return said
+
+
+def serve_and_stop(argv: list[str], cwd: Path, env: dict[str, str], port: int, log_path: Path) -> None:
+    """Start a long-running Dagster command, wait until its UI serves the code location, Ctrl-C it."""
+    proc = start(argv, cwd, env, log_path)
+    try:
+        wait_for_webserver(f"http://127.0.0.1:{port}", alive_check(proc, " ".join(argv[:2]), log_path))
+        ctrl_c(proc, " ".join(argv[:2]), log_path)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+RUNS = "{ runsOrError { ... on Runs { results { runId status } } } }"
+DAEMONS = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # several Dagster processes boot one after the other; each wait has its deadline
+def test_every_dagster_and_dg_command_works_from_the_root_of_a_fresh_clone(tmp_path: Path) -> None:
+    project = fresh_copy(tmp_path / "clone")
+    env = bare_environment(
+        CRYPTO_SIMULATOR_PORT=str(free_port()),
+        CRYPTO_SIMULATOR_S3_PORT=str(free_port()),
+        CRYPTO_FAKESNOW_PORT=str(free_port()),
+    )
+    bin_ = VENV_BIN
+    keys = {k.to_user_string() for k in definitions.defs.resolve_asset_graph().get_all_asset_keys()}
+    try:
+        said = run_command([str(bin_ / "dagster"), "definitions", "validate"], project, env)
+        assert "All code locations passed validation." in said
+        assert f"persist in {project / '.dagster_home'}" in said  # the line beside Dagster's temporary home
+
+        said = run_command([str(bin_ / "dagster"), "asset", "list", "-m", "crypto_platform.definitions"], project, env)
+        assert keys <= set(said.split())
+
+        said = run_command([str(bin_ / "dg"), "check", "defs"], project, env)
+        assert "All definitions loaded successfully." in said
+
+        listing = subprocess.run(
+            [str(bin_ / "dg"), "list", "defs", "--json"], cwd=project, env=env, capture_output=True, text=True
+        )
+        assert listing.returncode == 0, listing.stderr[-4000:]
+        listed = json.loads(listing.stdout)
+        assert {a["asset_key"] for a in listed["assets"]} == keys
+        assert "stream_sensor" in {s["name"] for s in listed["sensors"]}
+
+        # One partition in the foreground: the REST resource starts the simulator it needs.
+        day = (date.today() - timedelta(days=2)).isoformat()
+        materialize = ["asset", "materialize", "-m", "crypto_platform.definitions", "--select", "daily_open_close"]
+        said = run_command([str(bin_ / "dagster"), *materialize, "--partition", day], project, env)
+        assert "RUN_SUCCESS" in said
+        assert (project / "var" / "data" / "lake" / "daily_open_close" / f"date={day}" / "part.parquet").is_file()
+        assert (project / "var" / "run" / "simulator.pid").is_file()
+        assert (project / ".dagster_home" / "history" / "runs.db").is_file()
+
+        port = free_port()
+        dev_w = [str(bin_ / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+        serve_and_stop(dev_w, project, env, port, tmp_path / "dagster_dev_w.log")
+        port = free_port()
+        dg_dev = [str(bin_ / "dg"), "dev", "-h", "127.0.0.1", "-p", str(port)]
+        serve_and_stop(dg_dev, project, env, port, tmp_path / "dg_dev.log")
+
+        # The webserver and the daemon as two processes, on the same instance as everything above.
+        # The daemon refuses to run without a home: `make env` writes DAGSTER_HOME to .env.
+        run_command(["make", "env"], project, env)
+        assert f"DAGSTER_HOME=${{DAGSTER_HOME:-{project}}}" in (project / ".env").read_text()
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        web_log, daemon_log = tmp_path / "webserver.log", tmp_path / "daemon.log"
+        webserver = start([str(bin_ / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)], project, env, web_log)
+        daemon = start([str(bin_ / "dagster-daemon"), "run"], project, env, daemon_log)
+        try:
+            wait_for_webserver(base, alive_check(webserver, "dagster-webserver", web_log))
+            # The foreground materialization is in this instance's history: one persistent state.
+            runs = graphql(base, RUNS)["runsOrError"]["results"]
+            assert "SUCCESS" in {r["status"] for r in runs}
+
+            def sensor_daemon_healthy() -> bool:
+                statuses = graphql(base, DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+                return any(s["daemonType"] == "SENSOR" and s["healthy"] for s in statuses)
+
+            poll(
+                sensor_daemon_healthy,
+                BOOT_DEADLINE_S,
+                "dagster-daemon's sensor daemon",
+                alive_check(daemon, "dagster-daemon run", daemon_log),
+            )
+            assert not list(project.glob(".tmp_dagster_home_*"))  # with .env there is no temporary home
+            ctrl_c(daemon, "dagster-daemon run", daemon_log)
+            ctrl_c(webserver, "dagster-webserver", web_log)
+        finally:
+            for proc in (daemon, webserver):
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(30)
+    finally:
+        subprocess.run([str(bin_ / "crypto-platform"), "services", "stop"], cwd=project, env=env, capture_output=True)
+        kill_all_in(project)
+    assert not processes_in(project)

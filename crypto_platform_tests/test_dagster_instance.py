@@ -48,6 +48,8 @@ def test_mysql_instance_stores_and_executes_a_run(
         assert isinstance(instance.event_log_storage, MySQLEventLogStorage)
         assert isinstance(instance.schedule_storage, MySQLScheduleStorage)
         assert instance.get_settings("sensors")["use_threads"] is True
+        # Tick history is purged by status (stream_sensor's skipped ticks after a day).
+        assert instance.get_settings("retention")["sensor"]["purge_after_days"]["skipped"] == 1
         result = dg.materialize([probe_partition], instance=instance, partition_key="2025-01-02")
         assert result.success
         run_id = result.run_id

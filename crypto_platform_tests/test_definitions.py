@@ -79,7 +79,12 @@ def test_every_module_is_listed_once() -> None:
 
 def test_resources_follow_the_settings_and_hold_no_plain_secrets(tmp_path: Path) -> None:
     local = build_resources(local_settings(tmp_path))
-    assert set(local) == {"snowflake", "sql_tables", "mlflow", "polygon_rest", "lake", "stream"}
+    assert set(local) == {"snowflake", "sql_tables", "mlflow", "polygon_rest", "lake", "stream", "dagster_storage"}
+    assert local["dagster_storage"].run_retention_days == 7
+    assert (
+        build_resources(local_settings(tmp_path, CRYPTO_RUN_RETENTION_DAYS="3"))["dagster_storage"].run_retention_days
+        == 3
+    )
     sf_args = local["snowflake"].additional_snowflake_connection_args
     assert sf_args["host"] == "127.0.0.1" and sf_args["protocol"] == "http"
     assert sf_args["session_parameters"]["CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED"] is False

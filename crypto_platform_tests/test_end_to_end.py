@@ -222,11 +222,11 @@ def test_every_trade_reaches_mysql_and_snowflake_once_exactly_and_bars_match(
             with dg.build_sensor_context(
                 instance=instance, cursor=mlflow_cursor, resources={"mlflow": defs.resources["mlflow"]}
             ) as ctx:
-                logged = mlflow_sensor(ctx)
-            assert isinstance(logged, dg.SensorResult)
-            if logged.cursor == mlflow_cursor:
+                mlflow_sensor(ctx)
+                logged_cursor = ctx.cursor
+            if logged_cursor == mlflow_cursor:
                 break
-            mlflow_cursor = logged.cursor
+            mlflow_cursor = logged_cursor
 
     from mlflow.tracking import MlflowClient
 

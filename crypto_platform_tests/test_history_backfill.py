@@ -28,18 +28,13 @@ from crypto_platform.settings import child_environment, load_settings
 from crypto_platform.simulator.flat_files import object_key
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform_tests.conftest import free_port
-from crypto_platform_tests.test_dagster_dev import (
-    BACKFILL_STATUS,
-    LAUNCH_BACKFILL,
-    PRODUCTION_VARIABLES,
-    graphql,
-    http_json,
-    poll,
-)
+from crypto_platform_tests.test_dagster_dev import BACKFILL_STATUS, LAUNCH_BACKFILL, graphql, http_json, poll
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAYS = 30
 DEADLINE_S = 1500.0
+# Variables that would switch a part of the stack to production; the test wants the local defaults.
+PRODUCTION_VARIABLES = ("POLYGON_API_KEY", "POLYGON_WS_URL", "POLYGON_REST_URL", "MYSQL_URL", "SNOWFLAKE_ACCOUNT")
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"CRYPTO_FAKESNOW_PORT": "snow"}, "CRYPTO_FAKESNOW_PORT"),
         ({"CRYPTO_SIMULATOR_PORT": "0"}, "CRYPTO_SIMULATOR_PORT"),
         ({"CRYPTO_DAGSTER_PORT": "-1"}, "CRYPTO_DAGSTER_PORT"),
+        ({"CRYPTO_DASHBOARD_PORT": "web"}, "CRYPTO_DASHBOARD_PORT"),
         ({"CRYPTO_PAIRS": "BTCUSD"}, "CRYPTO_PAIRS"),
         ({"CRYPTO_PAIRS": " , "}, "CRYPTO_PAIRS"),
         ({"CRYPTO_CHANNELS": "XT,ZZ"}, "CRYPTO_CHANNELS"),
@@ -54,6 +55,7 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"CRYPTO_SEGMENT_MAX_BYTES": "10"}, "CRYPTO_SEGMENT_MAX_BYTES"),
         ({"CRYPTO_SEGMENT_MAX_AGE_S": "soon"}, "CRYPTO_SEGMENT_MAX_AGE_S"),
         ({"CRYPTO_RETENTION_DAYS": "1.5"}, "CRYPTO_RETENTION_DAYS"),
+        ({"CRYPTO_RUN_RETENTION_DAYS": "-1"}, "CRYPTO_RUN_RETENTION_DAYS"),
         ({"CRYPTO_LAKE_CACHE_MB": "-1"}, "CRYPTO_LAKE_CACHE_MB"),
         ({"CRYPTO_START_DATE": "2025-13-01"}, "CRYPTO_START_DATE"),
         ({"CRYPTO_REPAIR_TRADES": "sometimes"}, "CRYPTO_REPAIR_TRADES"),
@@ -128,7 +130,9 @@ def test_readme_settings_table_is_generated_from_the_model() -> None:
     readme = (root / "README.md").read_text()
     section = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
     assert settings_table() in section, "README settings table is stale: paste `python -m crypto_platform.settings`"
-    variables = [str(f.validation_alias) for f in Settings.model_fields.values()]
+    variables = [
+        str(f.validation_alias) for f in Settings.model_fields.values() if not str(f.validation_alias).startswith("_")
+    ]
     assert len(variables) > 25 and len(set(variables)) == len(variables)
     assert all(f"| `{v}` |" in section for v in variables)
 

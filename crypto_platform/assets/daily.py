@@ -95,7 +95,9 @@ def daily_open_close(
         context.log.info(f"{key}: {len(rows)} pairs, {sum(r['status'] == 'no_data' for r in rows)} without data")
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": rows_written,
+            # Each partition holds one row per pair (status no_data included): its row count.
+            "dagster/row_count": len(pairs),
+            "rows_written": rows_written,
             "pairs": len(pairs),
             "days": len(context.partition_keys),
             "days_without_data": dg.MetadataValue.text(", ".join(no_data) or "none"),

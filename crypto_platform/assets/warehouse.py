@@ -211,12 +211,19 @@ def _materialized(
 ) -> dg.MaterializeResult:
     results = [d.result for d in loads]
     rows = sum(r.rows for r in results)
+    day_rows = {r.day: r.day_rows for r in results if r.day is not None and r.day_rows is not None}
     metadata: dict[str, Any] = {
-        "dagster/row_count": rows,
+        # What this run wrote (a stream batch, or the days it replaced): not the partition's size.
+        "batch_rows": rows,
         "mode": "per-batch upsert" if incremental else "day rebuild",
         "method": ", ".join(sorted({r.method for r in results})),
         "rows_per_s": round(rows / max(1e-9, sum(r.seconds for r in results))),
+        "day_rows": dg.MetadataValue.json(day_rows),
     }
+    if len(day_rows) == 1:
+        # Dagster's meaning: the rows the partition holds. A run over several days attaches one set of
+        # metadata to every partition, so no single figure is right there; day_rows has each.
+        (metadata["dagster/row_count"],) = day_rows.values()
     marks = [r.watermark for r in results if r.watermark is not None]
     if marks:
         metadata["watermark_segment"] = max(marks)
@@ -278,35 +285,37 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
         @decorator
         def load(
             context: dg.AssetExecutionContext, sql_tables: SqlTablesResource, lake: LakeResource, stream: StreamResource
-        ) -> dg.MaterializeResult:
-            return run(context, sql_tables, Sources(lake, stream))
+        ) -> Iterator[dg.MaterializeResult]:
+            result = run(context, sql_tables, Sources(lake, stream))
+            yield result
+            raise_failed_parity(name, result)
 
     else:
 
         @decorator
         def load(
             context: dg.AssetExecutionContext, snowflake: SnowflakeResource, lake: LakeResource, stream: StreamResource
-        ) -> dg.MaterializeResult:
-            return run(context, snowflake, Sources(lake, stream))
+        ) -> Iterator[dg.MaterializeResult]:
+            result = run(context, snowflake, Sources(lake, stream))
+            yield result
+            raise_failed_parity(name, result)
 
     return load
 
 
-WAREHOUSE_ASSETS: dict[str, dg.AssetsDefinition] = {
-    c.asset_name(b): warehouse_asset(c, b) for c in COPIES for b in BACKENDS
-}
-# Module-scope names, so definitions.py (which collects module-scope assets) finds each one.
-mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
-mysql_quotes = WAREHOUSE_ASSETS["mysql_quotes"]
-mysql_aggregates = WAREHOUSE_ASSETS["mysql_aggregates"]
-mysql_minute_bars = WAREHOUSE_ASSETS["mysql_minute_bars"]
-mysql_daily_open_close = WAREHOUSE_ASSETS["mysql_daily_open_close"]
-mysql_stream_sessions = WAREHOUSE_ASSETS["mysql_stream_sessions"]
-snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
-snowflake_quotes = WAREHOUSE_ASSETS["snowflake_quotes"]
-snowflake_aggregates = WAREHOUSE_ASSETS["snowflake_aggregates"]
-snowflake_minute_bars = WAREHOUSE_ASSETS["snowflake_minute_bars"]
-snowflake_daily_open_close = WAREHOUSE_ASSETS["snowflake_daily_open_close"]
-snowflake_stream_sessions = WAREHOUSE_ASSETS["snowflake_stream_sessions"]
-# What the stream sensor's per-batch runs load (daily open/close comes from REST backfills instead).
-STREAM_WAREHOUSE_ASSETS = [WAREHOUSE_ASSETS[c.asset_name(b)] for c in COPIES if c.stream for b in BACKENDS]
+def raise_failed_parity(asset: str, result: dg.MaterializeResult) -> None:
+    """Fail the run with the reasons of a failed parity check, once its evaluation is recorded.
+
+    Dagster's own failure for a blocking check names only the check; the rows that differ
+    ("… trade_id='777'): only in lake") belong in the message an operator reads first.
+    """
+    for check in result.check_results or ():
+        if check.check_name == PARITY and not check.passed:
+            details = check.metadata.get("details") if check.metadata else None
+            reason = getattr(details, "value", details) or "no details"
+            raise dg.Failure(description=f"{asset}: {PARITY} did not pass:\n{reason}")
+
+
+# Every warehouse asset, defined here (a module-scope list is what Dagster's loader collects).
+warehouse_assets: list[dg.AssetsDefinition] = [warehouse_asset(c, b) for c in COPIES for b in BACKENDS]
+WAREHOUSE_ASSETS: dict[str, dg.AssetsDefinition] = {a.key.to_user_string(): a for a in warehouse_assets}

@@ -19,6 +19,7 @@ Warning only, because they describe the feed rather than a broken table:
 """
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import dagster as dg
@@ -72,6 +73,10 @@ def _relative_off(built: Decimal, xa: Decimal, tolerance: Decimal) -> bool:
     return abs(built - xa) > tolerance * abs(xa)
 
 
+def _minute_text(minute_ms: int) -> str:
+    return datetime.fromtimestamp(minute_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
 def xa_figures(table: pa.Table) -> Figures:
     """Settled stream bars that disagree with their XA bar beyond the tolerances (exact decimals).
 
@@ -81,16 +86,19 @@ def xa_figures(table: pa.Table) -> Figures:
     compared = table.filter(
         pc.and_(pc.and_(table["settled"], pc.invert(table["repaired"])), pc.is_valid(table["xa_close"]))
     ).to_pylist()
-    off = [
-        b
-        for b in compared
-        if _relative_off(b["volume"], b["xa_volume"], XA_VOLUME_TOLERANCE)
-        or any(_relative_off(b[c], b[f"xa_{c}"], XA_PRICE_TOLERANCE) for c in ("open", "high", "low", "close"))
-    ]
+    off = []
+    for b in compared:
+        fields = [c for c in ("open", "high", "low", "close") if _relative_off(b[c], b[f"xa_{c}"], XA_PRICE_TOLERANCE)]
+        if _relative_off(b["volume"], b["xa_volume"], XA_VOLUME_TOLERANCE):
+            fields.append("volume")
+        if fields:
+            off.append((b, fields))
+    # Each example names the bar (pair, minute) and every value off, built against XA.
     examples = [
-        f"pair={b['pair']}, minute_ms={b['minute_ms']}: close {b['close']} vs XA {b['xa_close']}, "
-        f"volume {b['volume']} vs XA {b['xa_volume']}"
-        for b in off[:MAX_EXAMPLES]
+        f"pair={b['pair']}, minute={_minute_text(b['minute_ms'])} (minute_ms={b['minute_ms']}): "
+        + "; ".join(f"{c} built {b[c]} vs XA {b[f'xa_{c}']}" for c in fields)
+        + f" ({b['trade_count']} trades)"
+        for b, fields in off[:MAX_EXAMPLES]
     ]
     return Figures(len(compared), len(off), examples, {"bars_compared": len(compared)})
 

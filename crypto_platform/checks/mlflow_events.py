@@ -18,7 +18,8 @@ What is logged (experiment ``crypto-ingestion`` for loads, ``crypto-quality`` fo
 tags ``dagster.asset``, ``dagster.check``, ``dagster.partition``, ``dagster.run_id``, ``dagster.job``,
 ``dagster.run_kind``, ``dagster.run_status``, ``dagster.code_version``; params: the secret-free
 settings (pairs, channels, ...); metrics: every numeric metadata value of the event plus
-``rows_loaded``, ``duration_s``, ``rows_per_s``, ``duplicate_rate`` (loads) and ``passed`` (checks).
+``rows_loaded`` (a load's ``batch_rows`` or ``rows_written`` where it reports one, else
+``dagster/row_count``), ``duration_s``, ``rows_per_s``, ``duplicate_rate`` (loads) and ``passed`` (checks).
 A run that materializes several partitions of an asset (a backfill range) is one MLflow run tagged
 with the range, since its metadata describes the whole range.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import dagster as dg
 import orjson
+from dagster._core.definitions.sensor_definition import DagsterRunReaction
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.event_log.base import EventLogCursor
 
@@ -167,7 +169,9 @@ def records_for_run(
         partition = partition_label(run.tags, [r.event_log_entry.dagster_event.partition for r in recs])
         metrics = numeric_metadata(mat.metadata)
         metrics["partitions"] = float(len(recs))
-        rows = metrics.get("dagster/row_count")
+        # What the run loaded: its batch where the asset reports one (warehouse copies), else the
+        # partition's rows (dagster/row_count; a lake partition is rewritten whole).
+        rows = metrics.get("batch_rows", metrics.get("rows_written", metrics.get("dagster/row_count")))
         if rows is not None:
             metrics["rows_loaded"] = rows
         started = step_start.get(event.step_key or "")
@@ -271,14 +275,19 @@ def code_versions_of(context: dg.SensorEvaluationContext) -> dict[str, str]:
 
 def log_new_runs(
     context: dg.SensorEvaluationContext, mlflow: MlflowTrackingResource, budget_s: float = TICK_BUDGET_S
-) -> tuple[dict[str, str], int, int]:
-    """Log the runs that finished since the cursor; returns (new cursor, runs, MLflow runs written)."""
+) -> tuple[dict[str, str], int, int, list[Any]]:
+    """Log the runs that finished since the cursor.
+
+    Returns the new cursor, the runs looked at, the MLflow runs written and the Dagster runs that
+    got at least one.
+    """
     cursor: dict[str, str] = orjson.loads(context.cursor) if context.cursor else {}
     instance = context.instance
     client = mlflow.client()
     versions = code_versions_of(context)
     started = time.monotonic()
     runs = written = 0
+    logged: list[Any] = []
     for event_type, status in TERMINAL.items():
         changes = instance.fetch_run_status_changes(
             event_type, limit=RUNS_PER_TICK, cursor=cursor.get(event_type.value), ascending=True
@@ -288,15 +297,20 @@ def log_new_runs(
             if run is not None:
                 records = records_for_run(instance, run, status, versions)
                 if records:
-                    written += write_records(mlflow, client, records, already_logged(mlflow, client, run.run_id))
+                    new = write_records(mlflow, client, records, already_logged(mlflow, client, run.run_id))
+                    written += new
+                    if new:
+                        logged.append(run)
                 runs += 1
             cursor[event_type.value] = EventLogCursor.from_storage_id(change.storage_id).to_string()
             if time.monotonic() - started > budget_s:
-                return cursor, runs, written
-    return cursor, runs, written
+                return cursor, runs, written, logged
+    return cursor, runs, written, logged
 
 
-@dg.sensor(
+# Dagster's sensor type names a single run reaction, while its evaluation takes a list of them too
+# (as run-status sensors return): the ignore on the decorator is for that.
+@dg.sensor(  # type: ignore[arg-type]
     name="mlflow_sensor",
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -305,8 +319,20 @@ def log_new_runs(
         "to MLflow, whatever launched the run and however it ended; no MLflow run is left RUNNING."
     ),
 )
-def mlflow_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTrackingResource) -> dg.SensorResult:
-    cursor, runs, written = log_new_runs(context, mlflow)
+def mlflow_sensor(
+    context: dg.SensorEvaluationContext, mlflow: MlflowTrackingResource
+) -> list[DagsterRunReaction] | dg.SkipReason:
+    """A tick that logged runs answers with one run reaction per Dagster run it logged.
+
+    A sensor tick counts as a success only when it requested runs or reacted to runs; one that
+    logged to MLflow did the latter, so it is recorded as a success naming those runs (and each of
+    them shows "mlflow_sensor acted on run status ..." in its log), never as "skipped: empty result".
+    A tick with nothing new is skipped with the reason.
+    """
+    cursor, runs, written, logged = log_new_runs(context, mlflow)
     summary = f"{runs} finished run(s): {written} MLflow run(s) logged" if runs else "no finished runs"
     context.log.info(summary)
-    return dg.SensorResult(cursor=orjson.dumps(cursor).decode(), skip_reason=None if written else summary)
+    context.update_cursor(orjson.dumps(cursor).decode())
+    if not logged:
+        return dg.SkipReason(summary)
+    return [DagsterRunReaction(dagster_run=run, run_status=run.status) for run in logged]

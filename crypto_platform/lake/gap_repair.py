@@ -7,6 +7,13 @@ That holds whatever the offset between the two clocks (a replay, a simulator run
 60x); a session with no rows in the day falls back to the ledger's receive times, which is right
 for a live feed, where the clocks agree to within the feed's latency.
 
+The stream's very beginning is a gap too: the first session that received data began inside a
+minute whose earlier trades (and the corrections of the minutes before it) were never received. It
+is a window of one instant, the first session's first event time, after no session
+(``after_session`` 0); the minutes it touches are partial, so they are in a gap and repaired like
+any other, instead of being settled from part of their trades. A session that ends inside a minute
+is followed by a gap that opens at its last event, so that minute is in a gap already.
+
 A minute is *in a gap* when the window in which its data (trades, and corrections up to the
 revision window after its end) could arrive overlaps the gap: ``[minute, minute + 60 s +
 revision window)`` against ``[gap start, gap end]``. Such minutes are repaired from REST
@@ -32,6 +39,8 @@ from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.stream.session_ledger import gaps, sessions
 
 LEDGER_FILE = "sessions.ndjson"
+# ``after_session`` of the gap before the first session: no session was before it.
+BEFORE_THE_STREAM = 0
 REST_SOURCE = "rest_repair"
 
 # Per session: the event time of its first frame (the freshest event in it) and its last event
@@ -107,6 +116,11 @@ def ledger_windows(
         if first < day_hi and last >= day_lo:
             spans.append(SessionWindow(s.session, first, last))
     windows: list[GapWindow] = []
+    opening = next((s for s in all_sessions if s.first_frame_ns is not None), None)
+    if opening is not None:
+        start = clock[opening.session][0] if opening.session in clock else _ms(opening.first_frame_ns) or 0
+        if day_lo <= start < day_hi:
+            windows.append(GapWindow(start, start, BEFORE_THE_STREAM, opening.session, "before the first session"))
     for gap in gaps(all_sessions):
         start = clock[gap.after_session][1] if gap.after_session in clock else _ms(gap.start_ns) or 0
         if gap.before_session is None:

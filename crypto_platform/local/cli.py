@@ -1,33 +1,21 @@
 """``crypto-platform dev`` and ``crypto-platform services start|stop|status``.
 
-``dev`` is the whole local stack in one command: it prepares the project-local Dagster home, starts
-(idempotently) the background services the settings need, exports absolute state paths to every
-child, runs ``dagster dev`` in the foreground, and on Ctrl-C (or SIGTERM) shuts ``dagster dev`` down
-and stops the services *it* started; services that were already running are left running.
-
-``dagster dev`` runs in its own process group so that exactly one interrupt reaches it: a
-terminal's Ctrl-C goes to this process, which forwards SIGINT to the whole ``dagster dev`` group
-(webserver, daemon, code server), just as a terminal would. It also means a ``dev`` started from a
-non-interactive shell (where SIGINT is inherited as ignored) still stops cleanly: our handler is a
-real handler, so the exec'd child gets the default disposition back.
+``dev`` is plain ``dagster dev`` on loopback (``make dev`` runs it after creating the venv): the
+platform starts what it needs on demand, from the resource or sensor that needs it (the simulator
+before the ingester starts, the fakesnow server before a Snowflake connection), so there is nothing
+to prepare around Dagster. ``services`` starts, stops (``make stop``, the ingester too) or shows those
+background services by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from types import FrameType
 
 from crypto_platform.local import stack as ls
 from crypto_platform.settings import Settings, child_environment, load_settings
-
-DAGSTER_STOP_TIMEOUT_S = 60.0
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -40,15 +28,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             help="seconds to wait for each service to listen (default %(default)s)",
         )
     elif name == "dev":
-        parser.add_argument(
-            "--ready-timeout",
-            type=float,
-            default=ls.DEFAULT_READY_TIMEOUT_S,
-            help="seconds to wait for each background service to listen (default %(default)s)",
-        )
-        parser.add_argument(
-            "--no-services", action="store_true", help="do not start background services; only `dagster dev`"
-        )
+        pass
     else:  # pragma: no cover - cli.py only routes dev/services here
         raise ValueError(f"unknown command {name!r}")
 
@@ -57,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
         if args.command == "dev":
-            return run_dev(settings, ready_timeout=args.ready_timeout, with_services=not args.no_services)
+            return run_dev(settings)
         if args.action == "start":
             return services_start(settings, ready_timeout=args.ready_timeout)
         if args.action == "stop":
@@ -134,83 +114,18 @@ def services_status(settings: Settings) -> int:
     return 0
 
 
-def run_dev(
-    settings: Settings, *, ready_timeout: float = ls.DEFAULT_READY_TIMEOUT_S, with_services: bool = True
-) -> int:
-    """The foreground local stack; returns ``dagster dev``'s exit status."""
-    paths = ls.stack_paths(settings)
-    paths.ensure()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _say(ls.prepare_dagster_home(settings))
+def run_dev(settings: Settings) -> int:
+    """Replace this process with ``dagster dev`` on 127.0.0.1:CRYPTO_DAGSTER_PORT, run from the project root."""
     ls.ensure_port_free(ls.LOOPBACK, settings.dagster_port, "CRYPTO_DAGSTER_PORT", "the Dagster UI")
-
-    stop_requested = False
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-
-    proc: subprocess.Popen[bytes] | None = None
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    started: list[ls.Service] = []
-    try:
-        if with_services:
-            started = _start_required(settings, ready_timeout)
-        if stop_requested:
-            return 130
-        argv = ls.dagster_dev_argv(settings)
-        _say(f"Dagster UI on http://{ls.LOOPBACK}:{settings.dagster_port} (Ctrl-C stops it)")
-        # Dagster then warns that ./dagster.yaml "will not be used": it is in use, as the copy above.
-        _say(f"instance config: {settings.dagster_home / 'dagster.yaml'} (copied from ./dagster.yaml)")
-        proc = subprocess.Popen(
-            argv,
-            cwd=str(settings.project_dir),
-            env=_child_env(settings),
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-        )
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # only if a handler was swapped out underneath us
-                on_signal(signal.SIGINT, None)
-        return 130 if stop_requested and rc in (0, -signal.SIGINT) else rc
-    finally:
-        if proc is not None:
-            _shutdown_dagster(proc)
-        _stop(settings, started)
-        if started and any(s.name == "simulator" for s in started):
-            # Without its simulator an ingester would only reconnect forever.
-            _say(ls.stop_ingester(settings))
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _shutdown_dagster(proc: subprocess.Popen[bytes]) -> None:
-    """Make sure the ``dagster dev`` process group is gone: SIGINT, then SIGKILL after a deadline."""
-    for sig in (signal.SIGINT, signal.SIGKILL):
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(DAGSTER_STOP_TIMEOUT_S)
-        # Its children (webserver, daemon, code server) share the group; wait for them as well.
-        deadline = time.monotonic() + DAGSTER_STOP_TIMEOUT_S
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _group_alive(proc.pid):
-            return
-    _say(f"warning: processes of the dagster dev group {proc.pid} are still alive")
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a live (non-zombie) process is in group ``pgid``; zombies may linger unreaped
-    in containers whose pid 1 does not reap orphans, so ``killpg(pgid, 0)`` alone would hang us."""
-    return any(ls.pid_alive(pid) for pid in ls.process_group_members(pgid))
+    argv = ls.dagster_dev_argv(settings)
+    # The market page is for people, not for a resource: `make dev` starts it beside Dagster.
+    _say(ls.ensure_service(ls.dashboard_service(settings), settings.state_dir) or "dashboard: already serving")
+    _say(f"Dashboard on http://{ls.LOOPBACK}:{settings.dashboard_port}")
+    _say(f"Dagster UI on http://{ls.LOOPBACK}:{settings.dagster_port} (Ctrl-C stops it; `make stop` the services)")
+    os.chdir(settings.project_dir)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover - execv does not return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

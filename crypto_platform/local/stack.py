@@ -1,22 +1,26 @@
-"""The zero-setup local stack: background services and the project-local Dagster home.
+"""The zero-setup local stack: the background services behind the defaults, and the Dagster instance notes.
 
-Two background services back the defaults (DESIGN §4): the Polygon-protocol simulator (when no
-``POLYGON_API_KEY`` is set) and the persistent fakesnow server (when no ``SNOWFLAKE_ACCOUNT`` is
-set). Each runs detached in its own session so it survives the terminal and ``dagster dev``
-reloads, and is tracked by a pid file under ``<state>/run`` with its log under ``<state>/log``.
+Two background services back the defaults, so that a fresh clone needs no account, key or server:
+the Polygon-protocol simulator (when no ``POLYGON_API_KEY`` is set) and the persistent fakesnow
+server (when no ``SNOWFLAKE_ACCOUNT`` is set). The resource or sensor that needs one starts it on
+demand (:func:`ensure_service`); ``crypto-platform services start|stop|status`` drives them by hand
+and ``make stop`` ends them. Each runs detached in its own session so it survives the terminal and
+``dagster dev`` itself, and is tracked by a pid file under ``<state>/run`` with its log under
+``<state>/log``.
 
 Rules that keep it safe to run from several terminals at once:
 
 - Start and stop hold an ``flock`` on ``<state>/run/<name>.lock``, so two starts never race.
 - A pid file counts only if the pid is alive, not a zombie, and its command line is the service's
   own (pids are reused); anything else is stale and removed.
-- A port already served by something that is not our service is an error naming the setting to
-  change; we never start a second copy on another port behind the user's back.
+- ``services start`` on a port already served by something that is not our service is an error
+  naming the setting to change; we never start a second copy on another port behind the user's
+  back. On demand, whatever serves the port is used (the client's own error names it if it is wrong).
 - Readiness is a TCP connect polled against a deadline, while also watching the process: a child
   that exits early is reported with the tail of its log.
 - Everything binds 127.0.0.1. Secrets reach children only through their environment.
 
-Nothing here runs at import; ``crypto_platform.local.cli`` drives it.
+Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,13 +41,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from crypto_platform.settings import Settings
+from crypto_platform.settings import Settings, child_environment
 
 LOOPBACK = "127.0.0.1"
 FAKESNOW_MODULE = "crypto_platform.local.fakesnow_server"
 SIMULATOR_CLI_MODULE = "crypto_platform.simulator.cli"
-# First line of the repo's dagster.yaml; marks a DAGSTER_HOME copy as ours to refresh.
-LOCAL_INSTANCE_MARKER = "# crypto_platform local Dagster instance"
 
 DEFAULT_READY_TIMEOUT_S = 90.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -128,8 +131,12 @@ def stack_paths(settings: Settings) -> StackPaths:
 
 
 def fakesnow_service(settings: Settings, python: str = sys.executable) -> Service:
-    paths = stack_paths(settings)
-    port = settings.snowflake.port
+    return fakesnow_service_at(settings.state_dir, settings.snowflake.port, python)
+
+
+def fakesnow_service_at(state_dir: Path, port: int, python: str = sys.executable) -> Service:
+    """The persistent fakesnow server on ``port``, its databases under ``<state_dir>/fakesnow``."""
+    paths = StackPaths(state_dir)
     return Service(
         name="fakesnow",
         port=port,
@@ -152,8 +159,14 @@ def fakesnow_service(settings: Settings, python: str = sys.executable) -> Servic
 
 
 def simulator_service(settings: Settings, python: str = sys.executable) -> Service:
-    """The simulator, started through the CLI as ``crypto-platform simulate`` would be."""
-    port = settings.simulator_port
+    return simulator_service_at(settings.simulator_port, python, s3_port=settings.simulator_s3_port)
+
+
+def simulator_service_at(port: int, python: str = sys.executable, s3_port: int | None = None) -> Service:
+    """The simulator, started through the CLI as ``crypto-platform simulate`` would be.
+
+    With ``s3_port`` it also publishes Flat Files there (history for past days).
+    """
     # Another part of the project provides it; until it exists `dev` runs without a simulator.
     available = importlib.util.find_spec(SIMULATOR_CLI_MODULE) is not None
     return Service(
@@ -169,8 +182,7 @@ def simulator_service(settings: Settings, python: str = sys.executable) -> Servi
             LOOPBACK,
             "--port",
             str(port),
-            "--s3-port",
-            str(settings.simulator_s3_port),
+            *(("--s3-port", str(s3_port)) if s3_port is not None else ()),
         ),
         identity=("crypto_platform.cli", "\x00simulate\x00"),
         available=available,
@@ -178,19 +190,61 @@ def simulator_service(settings: Settings, python: str = sys.executable) -> Servi
     )
 
 
+def dashboard_service(settings: Settings, python: str = sys.executable) -> Service:
+    """The live market page (``crypto-platform dashboard``), beside Dagster under every setting."""
+    port = settings.dashboard_port
+    return Service(
+        name="dashboard",
+        port=port,
+        port_setting="CRYPTO_DASHBOARD_PORT",
+        argv=(python, "-m", "crypto_platform.cli", "dashboard", "--host", LOOPBACK, "--port", str(port)),
+        identity=("crypto_platform.cli", "\x00dashboard\x00"),
+    )
+
+
 def required_services(settings: Settings, python: str = sys.executable) -> list[Service]:
-    """The services the current settings need: the simulator and/or fakesnow, in start order."""
+    """The services the current settings need: the simulator and/or fakesnow, then the dashboard."""
     services = []
     if settings.uses_simulator:
         services.append(simulator_service(settings, python))
     if settings.snowflake.local:
         services.append(fakesnow_service(settings, python))
+    services.append(dashboard_service(settings, python))
     return services
 
 
 def all_services(settings: Settings, python: str = sys.executable) -> list[Service]:
-    """Every service this stack can run, whether or not the settings need it (for stop/status)."""
-    return [simulator_service(settings, python), fakesnow_service(settings, python)]
+    """Every background service this stack can run, whether or not the settings need it (for stop/status).
+
+    One line per service: a new background service is one more entry here and in
+    :func:`required_services`, plus a ``*_service`` constructor like the ones above.
+    """
+    return [
+        simulator_service(settings, python),
+        fakesnow_service(settings, python),
+        dashboard_service(settings, python),
+    ]
+
+
+def ensure_service(service: Service, state_dir: Path, *, ready_timeout: float = DEFAULT_READY_TIMEOUT_S) -> str | None:
+    """Start ``service`` on demand, for the resource or sensor about to use it; say what was done (None: it serves).
+
+    Cheap when it already runs: one TCP connect. Anything already serving the port is used as it is
+    (a server started by ``crypto-platform services start``, another checkout's, a test's), and the
+    client's own error says so if it is not the service. Otherwise it starts detached exactly as
+    ``services start`` does: one instance (flock), pid file under ``<state>/run``, log under
+    ``<state>/log``; it outlives ``dagster dev`` and ``make stop`` ends it.
+    """
+    if port_open(service.host, service.port):
+        return None
+    result = start_service(service, StackPaths(state_dir), child_environment(), ready_timeout=ready_timeout)
+    log = StackPaths(state_dir).log_file(service.name)
+    if not result.started:
+        return f"{service.name}: already running, pid {result.pid}, {service.host}:{service.port}"
+    return (
+        f"{service.name}: started on demand, pid {result.pid}, {service.host}:{service.port}, log {log} "
+        "(it keeps running after dagster dev; `make stop` ends it)"
+    )
 
 
 def stack_environment(settings: Settings) -> dict[str, str]:
@@ -203,11 +257,11 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "CRYPTO_PROJECT_DIR": str(settings.project_dir),
         "CRYPTO_STATE_DIR": str(settings.state_dir),
         "CRYPTO_DATA_DIR": str(settings.data_dir),
-        "DAGSTER_HOME": str(settings.dagster_home),
         "CRYPTO_SIMULATOR_PORT": str(settings.simulator_port),
         "CRYPTO_SIMULATOR_S3_PORT": str(settings.simulator_s3_port),
         "CRYPTO_FAKESNOW_PORT": str(settings.snowflake.port),
         "CRYPTO_DAGSTER_PORT": str(settings.dagster_port),
+        "CRYPTO_DASHBOARD_PORT": str(settings.dashboard_port),
     }
 
 
@@ -493,48 +547,41 @@ def stop_ingester(settings: Settings) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the Dagster home
+# the Dagster instance
 
 
-def prepare_dagster_home(settings: Settings) -> str:
-    """Create DAGSTER_HOME and install the repo's ``dagster.yaml`` into it; return what was done.
+def temporary_home_notice(settings: Settings) -> str | None:
+    """The line to print where Dagster runs on a temporary home, or None where it does not.
 
-    The file is *copied*, not linked: DAGSTER_HOME may live anywhere (a test's temp dir, a shared
-    disk), a link would break when the checkout moves, and Dagster reads the file only at start.
-    A copy we made earlier (it starts with :data:`LOCAL_INSTANCE_MARKER`) is refreshed when the repo
-    file changes; any other ``dagster.yaml`` there (say, a MySQL one from ``deploy/``) is left alone.
+    Without DAGSTER_HOME, `dagster dev`, `dg dev`, `dagster-webserver` and the one-shot commands
+    read ./dagster.yaml but put the instance in a `.tmp_dagster_home_*` directory that they delete on
+    exit, and say "set DAGSTER_HOME to persist". That advice is not needed here: the repo's
+    dagster.yaml places every store under `.dagster_home/`, so this line says so.
     """
-    home = settings.dagster_home
-    if not home.is_absolute():
-        raise LocalStackError(f"DAGSTER_HOME={home} must be an absolute path")
+    if settings.dagster_home_set:
+        return None
+    root = settings.project_dir
+    return (
+        f"crypto_platform: nothing is lost with Dagster's temporary directory: runs, event logs, sensor "
+        f"cursors and run logs persist in {root / '.dagster_home'} (./dagster.yaml), the platform's data "
+        f"in {settings.state_dir}. To run without a temporary directory (and for `dagster-daemon run`, "
+        f"which needs a home), put DAGSTER_HOME={root} in {root / '.env'}: `make env` does it."
+    )
+
+
+def install_instance_config(settings: Settings, home: Path) -> Path:
+    """Write the repo's ``dagster.yaml`` into ``home`` with its stores under ``home`` (absolute paths).
+
+    For a throwaway instance (a benchmark's DAGSTER_HOME): the repo's file keeps its stores in the
+    project's ``.dagster_home/``, relative to the folder Dagster runs in.
+    """
+    text = (settings.project_dir / "dagster.yaml").read_text()
     home.mkdir(parents=True, exist_ok=True)
-    source = settings.project_dir / "dagster.yaml"
-    if not source.is_file():
-        raise LocalStackError(f"{source} is missing: run from the project directory (or set CRYPTO_PROJECT_DIR)")
-    wanted = source.read_text()
     target = home / "dagster.yaml"
-    if target.exists():
-        current = target.read_text()
-        if current == wanted:
-            return f"Dagster home {home}: instance config up to date"
-        if not current.startswith(LOCAL_INSTANCE_MARKER):
-            return f"Dagster home {home}: keeping its own dagster.yaml (not the repo's local config)"
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(wanted)
-    os.replace(tmp, target)
-    return f"Dagster home {home}: installed {source.name}"
+    target.write_text(re.sub(r"(base_dir: )\.dagster_home", lambda m: m.group(1) + str(home), text))
+    return target
 
 
 def dagster_dev_argv(settings: Settings, python: str = sys.executable) -> list[str]:
-    return [
-        python,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(settings.project_dir / "workspace.yaml"),
-        "-h",
-        LOOPBACK,
-        "-p",
-        str(settings.dagster_port),
-    ]
+    """Plain ``dagster dev`` on loopback (it finds the code location through pyproject.toml's [tool.dg])."""
+    return [python, "-m", "dagster", "dev", "-h", LOOPBACK, "-p", str(settings.dagster_port)]

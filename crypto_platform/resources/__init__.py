@@ -14,6 +14,7 @@ from crypto_platform.settings import Settings
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Resource key -> resource for ``dg.Definitions(resources=...)``."""
+    from crypto_platform.resources.dagster_storage import build_dagster_storage_resource
     from crypto_platform.resources.lake import build_lake_resource
     from crypto_platform.resources.mlflow import build_mlflow_resource
     from crypto_platform.resources.mysql import build_sql_tables_resource
@@ -28,4 +29,5 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "polygon_rest": build_polygon_rest_resource(settings),
         "lake": build_lake_resource(settings),
         "stream": build_stream_resource(settings),
+        "dagster_storage": build_dagster_storage_resource(settings),
     }

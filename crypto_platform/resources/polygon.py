@@ -6,6 +6,9 @@ UI and run config show the variable name, never the key. The simulator's key is 
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import dagster as dg
 
 from crypto_platform.polygon.rest_client import PolygonRest, RestPolicy
@@ -22,8 +25,17 @@ class PolygonRestResource(dg.ConfigurableResource):
     read_timeout_s: float = 30.0
     retries: int = 5
     max_retry_after_s: float = 60.0
+    # Set when the URL is the built-in simulator's: it is started (detached, once) before the first call.
+    local_simulator_state_dir: str = ""
 
     def client(self) -> PolygonRest:
+        if self.local_simulator_state_dir:
+            from crypto_platform.local.stack import ensure_service, simulator_service_at
+
+            port = urlsplit(self.base_url).port or 80
+            said = ensure_service(simulator_service_at(port), Path(self.local_simulator_state_dir))
+            if said:
+                dg.get_dagster_logger().info(said)
         policy = RestPolicy(
             connect_timeout_s=self.connect_timeout_s,
             read_timeout_s=self.read_timeout_s,
@@ -35,4 +47,11 @@ class PolygonRestResource(dg.ConfigurableResource):
 
 def build_polygon_rest_resource(settings: Settings) -> PolygonRestResource:
     key: str = SIMULATOR_API_KEY if settings.uses_simulator else dg.EnvVar("POLYGON_API_KEY")  # type: ignore[assignment]
-    return PolygonRestResource(base_url=settings.rest_url, api_key=key, pairs=list(settings.pairs))
+    simulator_url = f"http://{settings.simulator_host}:{settings.simulator_port}"
+    local = settings.uses_simulator and settings.rest_url == simulator_url and settings.simulator_host == "127.0.0.1"
+    return PolygonRestResource(
+        base_url=settings.rest_url,
+        api_key=key,
+        pairs=list(settings.pairs),
+        local_simulator_state_dir=str(settings.state_dir) if local else "",
+    )

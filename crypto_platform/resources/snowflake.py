@@ -13,6 +13,9 @@ login (fake/snow) is not a secret.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -38,11 +41,34 @@ def local_connection_args(sf: SnowflakeSettings) -> dict[str, Any]:
     }
 
 
+class LocalSnowflakeResource(SnowflakeResource):
+    """``SnowflakeResource`` on the local fakesnow server, which it starts (detached, once) before connecting.
+
+    An asset, check or sensor that connects needs no server started beforehand: when nothing serves
+    the port, the server starts with its databases under ``<local_state_dir>/fakesnow``, its pid file
+    and log under ``<local_state_dir>/run`` and ``/log``, and keeps running until ``make stop``.
+    """
+
+    local_state_dir: str
+
+    @contextmanager
+    def get_connection(self, raw_conn: bool = True) -> Iterator[Any]:
+        from crypto_platform.local.stack import ensure_service, fakesnow_service_at
+
+        port = int((self.additional_snowflake_connection_args or {})["port"])
+        said = ensure_service(fakesnow_service_at(Path(self.local_state_dir), port), Path(self.local_state_dir))
+        if said:
+            dg.get_dagster_logger().info(said)
+        with super().get_connection(raw_conn=raw_conn) as conn:
+            yield conn
+
+
 def build_snowflake_resource(settings: Settings) -> SnowflakeResource:
     """A ``SnowflakeResource`` for the settings: fakesnow on loopback, or the configured account."""
     sf = settings.snowflake
     if sf.local:
-        return SnowflakeResource(
+        return LocalSnowflakeResource(
+            local_state_dir=str(settings.state_dir),
             account=sf.account,
             user=sf.user,
             password=sf.password.reveal() if sf.password else "snow",

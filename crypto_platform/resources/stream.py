@@ -24,6 +24,8 @@ class StreamResource(dg.ConfigurableResource):
     data_dir: str
     # The sensor starts the ingester when none runs; off for deployments that run it as a service.
     autostart: bool = True
+    # Start the local simulator (when the settings use it and nothing serves its port) before the ingester.
+    start_simulator: bool = False
     max_segments_per_tick: int = 500
 
     def settings(self) -> Settings:
@@ -56,15 +58,23 @@ class StreamResource(dg.ConfigurableResource):
         return supervision.read_status(self.settings())
 
     def ensure_running(self) -> str:
-        """Start the ingester when none holds the lock; say what was done."""
+        """Start the ingester when none holds the lock (and the local simulator first); say what was done."""
         settings = self.settings()
+        simulator = ""
+        if self.autostart and self.start_simulator and settings.uses_simulator:
+            # Every tick, not only before a start: an ingester whose simulator went away only reconnects.
+            from crypto_platform.local.stack import ensure_service, simulator_service
+
+            said = ensure_service(simulator_service(settings), settings.state_dir)
+            simulator = f"; {said}" if said else ""
         status = supervision.read_status(settings)
         if status.running:
-            return "running" if not status.stale else f"running (pid {status.pid}) but its heartbeat is stale"
+            state = "running" if not status.stale else f"running (pid {status.pid}) but its heartbeat is stale"
+            return state + simulator
         if not self.autostart:
             return "not running (autostart is off)"
         pid = supervision.start_detached(settings)
-        return f"started (pid {pid})"
+        return f"started (pid {pid}){simulator}"
 
 
 def build_stream_resource(settings: Settings) -> StreamResource:
@@ -73,4 +83,5 @@ def build_stream_resource(settings: Settings) -> StreamResource:
         state_dir=str(settings.state_dir),
         data_dir=str(settings.data_dir),
         autostart=settings.ingester_autostart,
+        start_simulator=settings.uses_simulator,
     )

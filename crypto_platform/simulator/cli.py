@@ -29,7 +29,14 @@ def _fault(text: str) -> tuple[str, dict[str, Any]]:
         if not sep:
             raise argparse.ArgumentTypeError(f"fault {text!r}: parameters are key=value (e.g. close:code=1011)")
         params[key] = int(value) if value.lstrip("-").isdigit() else value
-    if name not in ONE_SHOT_FAULTS | PERSISTENT_FAULTS:
+    if name in ONE_SHOT_FAULTS:
+        # A one-shot fault acts once on the connections open when it fires; at start there are none,
+        # so it would be dropped silently. Say how to fire it instead.
+        raise argparse.ArgumentTypeError(
+            f"fault {name!r} fires once on the open connections, and at start there are none: fire it while "
+            f"running with GET /_sim/fault?name={name}, or switch on one of {', '.join(sorted(PERSISTENT_FAULTS))}"
+        )
+    if name not in PERSISTENT_FAULTS:
         raise argparse.ArgumentTypeError(
             f"unknown fault {name!r}: at start only switches apply: {', '.join(sorted(PERSISTENT_FAULTS))}"
         )
@@ -81,7 +88,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record-trades",
         action="store_true",
-        help="keep the key of every trade sent, per connection, in GET /_sim/counters (benchmarks count misses)",
+        help="keep every sent trade's key per connection, listed as trade_keys by GET /_sim/counters "
+        "(memory grows with the trades sent: for tests)",
     )
     parser.add_argument(
         "--fault",

@@ -215,7 +215,7 @@ class Schedule:
                 end = start + 60_000
                 if minute.first_bar is not None:
                     push(end + XA_DELAY_MS, "XA", pair, render.bar("XA", pair, minute.first_bar, start, end))
-                if minute.late is not None and minute.final_bar is not None:
+                if minute.late and minute.final_bar is not None:
                     push(end + XA_CORRECTION_DELAY_MS, "XA", pair, render.bar("XA", pair, minute.final_bar, start, end))
 
     def advance(self, until_ms: int) -> list[Event]:

@@ -2,11 +2,15 @@
 
 Why it is shaped like this:
 
-- **Any window is computable on its own.** Every second of every pair is generated from an RNG
-  seeded by ``(seed, pair, second)``, and prices follow per-minute anchors made of multi-scale
+- **Any window is computable on its own.** Every block of ten minutes of every pair is drawn from
+  an RNG seeded by ``(seed, pair, block)``, and prices follow per-minute anchors made of multi-scale
   value noise (a random walk's look, computable without the past). So the WebSocket feed and the
   REST history agree for the same simulated time, and a day's open/close needs only the day's
   first and last trades.
+- **Bars are cheap.** What a bar depends on (arrivals, times, prices, sizes) is drawn first and
+  aggregated with array reductions; the rest of each trade (side, exchange, id, its quote) only
+  when its minute is streamed or listed. A day's bar at the default density (about 1.2M trades a
+  pair) takes well under a second this way; rendering every trade took two minutes.
 - **Exact numbers.** Prices and sizes are integers of ticks and size units; their JSON text is
   rendered from the integers, so the wire carries exact decimals (the platform must keep them).
 - **Polygon's quirks are reproduced.** Trades come in bursts; quotes bracket trades; XAS and XA
@@ -43,6 +47,7 @@ KNOWN_PAIRS: dict[str, tuple[float, int, int]] = {
 EXCHANGES = (1, 2, 4, 23)
 # Per-minute log-price volatility of the finest noise octave; octaves up to ~2 years.
 _MINUTE_VOL = 0.0006
+DAY_MS = 86_400_000
 _OCTAVES = 21
 
 K = TypeVar("K", bound=Hashable)
@@ -62,10 +67,20 @@ class _Lru(Generic[K, V]):
             data.move_to_end(key)
             return data[key]
         value = make()
-        data[key] = value
-        if len(data) > self.maxsize:
-            data.popitem(last=False)
+        self.put(key, value)
         return value
+
+    def find(self, key: K) -> V | None:
+        data = self._data
+        if key in data:
+            data.move_to_end(key)
+            return data[key]
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        if len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
 
 
 def fixed(units: int, dp: int) -> str:
@@ -193,11 +208,38 @@ class Minute:
     minute: int
     first_bar: Agg | None  # the XA bar as first sent (without the late trade)
     final_bar: Agg | None  # the corrected bar (what REST serves)
-    late: Trade | None
+    late: bool  # a trade of this minute arrives after its first XA bar
+
+
+_BURSTS = np.array([0.3, 0.6, 1.0, 1.0, 1.4, 2.7])
+# Minutes drawn together (divisors of a day's 1,440): as many as keep a block near _BLOCK_TRADES
+# trades, so a day's bar at the default density draws 144 blocks, not 1,440 minutes, while a
+# full-speed stream does not draw ten minutes ahead of what it sends.
+_BLOCK_SIZES = (10, 5, 2, 1)
+_BLOCK_TRADES = 12_000
+
+
+class _Block(NamedTuple):
+    """What the bars of a block of minutes depend on: arrivals, times, prices and sizes."""
+
+    first_minute: int
+    counts: np.ndarray  # trades per second
+    within: np.ndarray  # ms since the block's start, sorted
+    ticks: np.ndarray  # prices in ticks
+    sizes: np.ndarray  # sizes in units
+    minute_starts: np.ndarray  # index of each minute's first trade (one more entry than minutes)
+    late: np.ndarray  # per minute: index of its late trade (the first of a second), or -1
 
 
 class Market:
-    """The deterministic market: a pure function of (seed, pair, time) plus bounded caches."""
+    """The deterministic market: a pure function of (seed, pair, time) plus bounded caches.
+
+    Drawn in two stages so bars are cheap. A pair's block of ``block_minutes`` minutes comes from one
+    seeded generator, vectorised: arrival counts, times, prices and sizes, which is all a bar needs,
+    so a day's bar (REST grouped daily) never makes a Python object per trade. The rest of a trade
+    (side, exchange, id, receive time, its quote) comes from a generator per minute, drawn only when
+    the WebSocket or the trades endpoint needs that minute's trades.
+    """
 
     def __init__(
         self,
@@ -213,11 +255,15 @@ class Market:
         self.trades_per_second = trades_per_second
         self.late_probability = late_probability
         self.book_levels = book_levels
-        self._seconds: _Lru[tuple[str, int], Second] = _Lru(max(64, 4 * len(pairs)))
-        self._summaries: _Lru[tuple[str, int], tuple[Agg | None, Trade | None]] = _Lru(200 * max(1, len(pairs)))
+        per_minute = trades_per_second * 60
+        self.block_minutes = next((m for m in _BLOCK_SIZES if m * per_minute <= _BLOCK_TRADES), 1)
+        npairs = max(1, len(pairs))
+        # One minute of trade objects per pair (at full speed about 24k trades each).
+        self._seconds: _Lru[tuple[str, int], list[Second]] = _Lru(npairs + 1)
+        self._blocks: _Lru[tuple[str, int], _Block] = _Lru(npairs + 2)
         self._minutes: _Lru[tuple[str, int], Minute] = _Lru(4096)
-        self._anchors: _Lru[tuple[str, int], float] = _Lru(8192)
-        self._activities: _Lru[tuple[str, int], float] = _Lru(4 * max(1, len(pairs)))
+        self._days: _Lru[tuple[str, int], Agg | None] = _Lru(64 * npairs)
+        self._anchors: _Lru[tuple[str, int], np.ndarray] = _Lru(4 * npairs)
         self._lattice: _Lru[tuple[str, int, int], float] = _Lru(65536)
 
     # -- prices -----------------------------------------------------------------------------------
@@ -227,97 +273,189 @@ class Market:
             (pair, octave, index), lambda: random.Random(f"{self.seed}|{pair}|n|{octave}|{index}").gauss(0.0, 1.0)
         )
 
-    def anchor(self, pair: str, minute: int) -> float:
-        """The pair's price at the start of ``minute`` (minutes since the epoch)."""
+    def _day_anchors(self, pair: str, day: int) -> np.ndarray:
+        """Anchor prices of the day's minutes 0..1440 (the last is the next day's first)."""
 
-        def make() -> float:
-            log_move = 0.0
+        def make() -> np.ndarray:
+            minutes = np.arange(day * 1440, day * 1440 + 1441, dtype=np.int64)
+            log_move = np.zeros(len(minutes))
             for octave in range(_OCTAVES):
                 span = 1 << octave
-                index, offset = divmod(minute, span)
-                frac = offset / span
+                index = minutes // span
+                frac = (minutes % span) / span
                 smooth = frac * frac * (3 - 2 * frac)
-                a = self._node(pair, octave, index)
-                b = self._node(pair, octave, index + 1)
+                lo = int(index[0])
+                nodes = np.array([self._node(pair, octave, i) for i in range(lo, int(index[-1]) + 2)])
+                a, b = nodes[index - lo], nodes[index - lo + 1]
                 log_move += _MINUTE_VOL * math.sqrt(span) * 0.5 * (a + (b - a) * smooth)
-            return self.specs[pair].price * math.exp(max(-3.0, min(3.0, log_move)))
+            return self.specs[pair].price * np.exp(np.clip(log_move, -3.0, 3.0))
 
-        return self._anchors.get((pair, minute), make)
+        return self._anchors.get((pair, day), make)
 
-    # -- seconds ----------------------------------------------------------------------------------
+    def anchor(self, pair: str, minute: int) -> float:
+        """The pair's price at the start of ``minute`` (minutes since the epoch)."""
+        day, index = divmod(minute, 1440)
+        return float(self._day_anchors(pair, day)[index])
 
-    def _activity(self, pair: str, minute: int) -> float:
-        """Bursty arrivals: a per-minute intensity (mean 1) times a per-second burst factor.
+    # -- draws ------------------------------------------------------------------------------------
 
-        Kept per minute: every second of the minute asks, and seeding a generator costs more than
-        an empty second's other work (history renders whole days of mostly empty seconds).
-        """
-        return self._activities.get(
-            (pair, minute), lambda: random.Random(f"{self.seed}|{pair}|a|{minute}").lognormvariate(-0.32, 0.8)
-        )
+    def _block(self, pair: str, block: int) -> _Block:
+        return self._blocks.get((pair, block), lambda: self._make_block(pair, block))
 
-    def _late_second(self, pair: str, minute: int) -> int | None:
-        rng = random.Random(f"{self.seed}|{pair}|late|{minute}")
-        return rng.randrange(60) if rng.random() < self.late_probability else None
-
-    def second(self, pair: str, second: int) -> Second:
-        return self._seconds.get((pair, second), lambda: self._make_second(pair, second))
-
-    def _make_second(self, pair: str, second: int) -> Second:
-        # Vectorised: one seeded numpy generator per (pair, second) draws every random number at once.
+    def _make_block(self, pair: str, block: int) -> _Block:
         spec = self.specs[pair]
-        g = np.random.Generator(np.random.PCG64(_seed(self.seed, pair, "s", second)))
-        minute, sec_in_minute = divmod(second, 60)
-        burst = (0.3, 0.6, 1.0, 1.0, 1.4, 2.7)[int(g.integers(6))]
-        n = int(g.poisson(self.trades_per_second * self._activity(pair, minute) * burst))
-        start_ms = second * 1000
-        late_index = 0 if n and self._late_second(pair, minute) == sec_in_minute else -1
-        if n == 0:
-            self._summaries.get((pair, second), lambda: (None, None))
-            return Second(pair, second, [], [], None, None)
-        a0, a1 = self.anchor(pair, minute), self.anchor(pair, minute + 1)
-        offsets = np.sort(g.integers(0, 1000, n))
-        u = g.random((8, n))
-        t = start_ms + offsets
-        price = (a0 + (a1 - a0) * ((sec_in_minute + offsets / 1000.0) / 60.0)) * (1.0 + 0.0002 * g.standard_normal(n))
+        g = np.random.Generator(np.random.PCG64(_seed(self.seed, pair, "b", block)))
+        size = self.block_minutes
+        first_minute = block * size
+        seconds = size * 60
+        # Bursty arrivals: a per-minute intensity (mean 1) times a per-second burst factor.
+        activity = g.lognormal(-0.32, 0.8, size)
+        late_draw, late_second = g.random(size), g.integers(0, 60, size)
+        burst = _BURSTS[g.integers(0, len(_BURSTS), seconds)]
+        counts = g.poisson(self.trades_per_second * np.repeat(activity, 60) * burst)
+        n = int(counts.sum())
+        offsets = g.integers(0, 1000, n, dtype=np.int32)
+        within = np.sort(np.repeat(np.arange(seconds, dtype=np.int64) * 1000, counts) + offsets)
+        day, offset = divmod(first_minute, 1440)
+        anchors = self._day_anchors(pair, day)[offset : offset + size + 1]
+        minute_of = within // 60_000
+        a0, a1 = anchors[minute_of], anchors[minute_of + 1]
+        noise, size_draw = g.standard_normal((2, n))
+        price = (a0 + (a1 - a0) * ((within % 60_000) / 60_000.0)) * (1.0 + 0.0002 * noise)
         ticks = np.maximum(1, np.rint(price / spec.tick)).astype(np.int64)
-        size = np.maximum(1, np.rint(g.lognormal(0.0, 1.1, n) * 2_000.0 / price * 10**spec.size_dp)).astype(np.int64)
+        # Log-normal sizes (sigma 1.1) worth about 2,000 in the quote currency; exp of a normal is
+        # the same law as Generator.lognormal at half its cost.
+        sizes = np.maximum(1, np.rint(np.exp(1.1 * size_draw) * (2_000.0 * 10**spec.size_dp) / price)).astype(np.int64)
+        second_starts = np.cumsum(counts) - counts
+        minute_starts = np.append(second_starts[::60], n)
+        at = np.arange(size) * 60 + late_second
+        late = np.where((late_draw < self.late_probability) & (counts[at] > 0), second_starts[at], -1)
+        return _Block(first_minute, counts, within, ticks, sizes, minute_starts, late)
+
+    def _minute_seconds(self, pair: str, minute: int) -> list[Second]:
+        """The minute's 60 seconds with every trade and quote."""
+        return self._seconds.get((pair, minute), lambda: self._make_seconds(pair, minute))
+
+    def _make_seconds(self, pair: str, minute: int) -> list[Second]:
+        b = self._block(pair, minute // self.block_minutes)
+        k = minute - b.first_minute
+        lo, hi = int(b.minute_starts[k]), int(b.minute_starts[k + 1])
+        n = hi - lo
+        counts = b.counts[k * 60 : k * 60 + 60]
+        start_ms = b.first_minute * 60_000
+        t = start_ms + b.within[lo:hi]
+        ticks, sizes = b.ticks[lo:hi], b.sizes[lo:hi]
+        g = np.random.Generator(np.random.PCG64(_seed(self.seed, pair, "t", minute)))
+        u = g.random((8, n))
         exchange = np.select([u[0] < 0.45, u[0] < 0.7, u[0] < 0.9], list(EXCHANGES[:3]), EXCHANGES[3])
         side = np.where(u[1] < 0.5, 2, 1)
         received = t + 5 + (u[2] * 36).astype(np.int64)
         spread = np.maximum(1, np.rint(ticks * 0.00008)).astype(np.int64)
         below = (u[3] * (spread + 1)).astype(np.int64)
-        qt = np.maximum(start_ms, t - 1 - (u[4] * 50).astype(np.int64))
-        bid_size = np.maximum(1, np.rint(size * (0.5 + 3.5 * u[5]))).astype(np.int64)
-        ask_size = np.maximum(1, np.rint(size * (0.5 + 3.5 * u[6]))).astype(np.int64)
+        qt = np.maximum(t - t % 1000, t - 1 - (u[4] * 50).astype(np.int64))
+        bid_size = np.maximum(1, np.rint(sizes * (0.5 + 3.5 * u[5]))).astype(np.int64)
+        ask_size = np.maximum(1, np.rint(sizes * (0.5 + 3.5 * u[6]))).astype(np.int64)
         q_received = qt + 5 + (u[7] * 36).astype(np.int64)
-        ex_list = exchange.tolist()
         uuid_bits = g.integers(0, 2**63, (n, 2), dtype=np.int64).tolist()
+        ex_list = exchange.tolist()
+        first_second = minute * 60
+        second_of = np.repeat(np.arange(first_second, first_second + 60), counts)
+        index_in_second = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
         ids = [
-            str(uuid.UUID(int=(hi << 64) | lo)) if ex == 23 else str(second * 1_000_000 + j)
-            for j, (ex, (hi, lo)) in enumerate(zip(ex_list, uuid_bits, strict=True))
+            str(uuid.UUID(int=(h << 64) | low)) if ex == 23 else str(sid)
+            for ex, (h, low), sid in zip(
+                ex_list, uuid_bits, (second_of * 1_000_000 + index_in_second).tolist(), strict=True
+            )
         ]
         late = [False] * n
+        late_index = int(b.late[k]) - lo if b.late[k] >= 0 else -1
         if late_index >= 0:
             late[late_index] = True
-        ticks_l, size_l = ticks.tolist(), size.tolist()
-        trades = list(map(Trade, t.tolist(), ticks_l, size_l, side.tolist(), ids, ex_list, received.tolist(), late))
+        trades = list(
+            map(Trade, t.tolist(), ticks.tolist(), sizes.tolist(), side.tolist(), ids, ex_list, received.tolist(), late)
+        )
         bids = (ticks - below).tolist()
         asks = (ticks + spread - below).tolist()
         quotes = list(
             map(Quote, qt.tolist(), bids, bid_size.tolist(), asks, ask_size.tolist(), ex_list, q_received.tolist())
         )
-        on_time = agg_of(trades[1:] if late_index == 0 else trades)
-        late_trade = trades[0] if late_index == 0 else None
-        self._summaries.get((pair, second), lambda: (on_time, late_trade))
-        return Second(pair, second, trades, quotes, on_time, late_trade)
+        out = []
+        i = 0
+        for j, count in enumerate(counts.tolist()):
+            sec_trades, sec_quotes = trades[i : i + count], quotes[i : i + count]
+            late_here = count > 0 and i == late_index
+            on_time = agg_of(sec_trades[1:] if late_here else sec_trades)
+            out.append(
+                Second(pair, first_second + j, sec_trades, sec_quotes, on_time, sec_trades[0] if late_here else None)
+            )
+            i += count
+        return out
 
-    def _summary(self, pair: str, second: int) -> tuple[Agg | None, Trade | None]:
-        def make() -> tuple[Agg | None, Trade | None]:
-            sec = self._make_second(pair, second)
-            return sec.on_time, sec.late
+    def second(self, pair: str, second: int) -> Second:
+        return self._minute_seconds(pair, second // 60)[second % 60]
 
-        return self._summaries.get((pair, second), make)
+    # -- bars -------------------------------------------------------------------------------------
+
+    def minute(self, pair: str, minute: int) -> Minute:
+        """The minute's bars, from its block's draws alone (no trade objects are made)."""
+        found = self._minutes.find((pair, minute))
+        if found is None:
+            for m in self._make_minutes(pair, minute // self.block_minutes):
+                self._minutes.put((pair, m.minute), m)
+                if m.minute == minute:
+                    found = m
+        assert found is not None
+        return found
+
+    def _make_minutes(self, pair: str, block: int) -> list[Minute]:
+        """Every minute of a block: per-minute aggregates with one reduction per field."""
+        b = self._block(pair, block)
+        start_ms = b.first_minute * 60_000
+        on_time = np.ones(len(b.within), dtype=bool)
+        on_time[b.late[b.late >= 0]] = False
+        keep = np.flatnonzero(on_time)
+        # Each minute's first on-time trade, in ``keep`` positions (a minute's trades are contiguous).
+        starts = np.searchsorted(keep, b.minute_starts)
+        firsts = _aggs_by_segment(start_ms, b.within[keep], b.ticks[keep], b.sizes[keep], starts)
+        out = []
+        for k, first in enumerate(firsts):
+            late_index = int(b.late[k])
+            if late_index < 0:
+                out.append(Minute(pair, b.first_minute + k, first, first, False))
+                continue
+            one = slice(late_index, late_index + 1)
+            (late,) = _aggs_by_segment(start_ms, b.within[one], b.ticks[one], b.sizes[one], np.array([0, 1]))
+            out.append(Minute(pair, b.first_minute + k, first, merge(first, late), True))
+        return out
+
+    def bar(self, pair: str, start_ms: int, end_ms: int) -> Agg | None:
+        """The final (corrected) bar over ``[start_ms, end_ms)``: whole days, then minutes, then trades."""
+        result: Agg | None = None
+        t = start_ms
+        while t < end_ms:
+            if t % DAY_MS == 0 and t + DAY_MS <= end_ms:
+                result = merge(result, self._day(pair, t // DAY_MS))
+                t += DAY_MS
+            elif t % 60_000 == 0 and t + 60_000 <= end_ms:
+                result = merge(result, self.minute(pair, t // 60_000).final_bar)
+                t += 60_000
+            else:
+                nxt = min(end_ms, (t // 1000 + 1) * 1000)
+                sec = self.second(pair, t // 1000)
+                result = merge(result, agg_of([tr for tr in sec.trades if t <= tr.t < nxt]))
+                t = nxt
+        return result
+
+    def _day(self, pair: str, day: int) -> Agg | None:
+        """A whole UTC day's bar, kept once drawn."""
+
+        def make() -> Agg | None:
+            result: Agg | None = None
+            for minute in range(day * 1440, day * 1440 + 1440):
+                result = merge(result, self.minute(pair, minute).final_bar)
+            return result
+
+        return self._days.get((pair, day), make)
 
     def book(self, pair: str, second: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """An XL2 snapshot for the end of ``second``: (bids, asks) as (price ticks, size units)."""
@@ -332,36 +470,6 @@ class Market:
         asks = [(mid + step * (i + 1), max(1, round(rng.uniform(0.01, 3.0) * unit))) for i in range(self.book_levels)]
         return [b for b in bids if b[0] > 0], asks
 
-    # -- minutes, days ----------------------------------------------------------------------------
-
-    def minute(self, pair: str, minute: int) -> Minute:
-        def make() -> Minute:
-            first: Agg | None = None
-            late: Trade | None = None
-            for s in range(minute * 60, minute * 60 + 60):
-                on_time, late_here = self._summary(pair, s)
-                first = merge(first, on_time)
-                late = late_here or late
-            final = merge(first, agg_of([late])) if late else first
-            return Minute(pair, minute, first, final, late)
-
-        return self._minutes.get((pair, minute), make)
-
-    def bar(self, pair: str, start_ms: int, end_ms: int) -> Agg | None:
-        """The final (corrected) bar over ``[start_ms, end_ms)``, built from minutes where aligned."""
-        result: Agg | None = None
-        t = start_ms
-        while t < end_ms:
-            if t % 60_000 == 0 and t + 60_000 <= end_ms:
-                result = merge(result, self.minute(pair, t // 60_000).final_bar)
-                t += 60_000
-            else:
-                nxt = min(end_ms, (t // 1000 + 1) * 1000)
-                sec = self.second(pair, t // 1000)
-                result = merge(result, agg_of([tr for tr in sec.trades if t <= tr.t < nxt]))
-                t = nxt
-        return result
-
     def first_trade(self, pair: str, start_ms: int, end_ms: int) -> Trade | None:
         for s in range(start_ms // 1000, end_ms // 1000):
             trades = self.second(pair, s).trades
@@ -375,6 +483,46 @@ class Market:
             if trades:
                 return trades[-1]
         return None
+
+
+def _aggs_by_segment(
+    start_ms: int, within: np.ndarray, ticks: np.ndarray, sizes: np.ndarray, starts: np.ndarray
+) -> list[Agg | None]:
+    """``agg_of`` of each segment ``[starts[k], starts[k+1])`` of trades given as arrays in time order.
+
+    ``pv`` is exact: each price x size fits int64 (checked), and the sums are taken over the high
+    and low 32 bits separately, so a busy minute's total cannot overflow.
+    """
+    n = len(ticks)
+    out: list[Agg | None] = [None] * (len(starts) - 1)
+    if not n:
+        return out
+    if int(ticks.max()) * int(sizes.max()) >= 2**63:
+        raise OverflowError("price x size passes 2**63 ticks x units: use fewer decimals for this pair")
+    pv = ticks * sizes
+    counts = np.diff(starts)
+    full = np.flatnonzero(counts > 0)
+    idx = starts[full]
+    highs = np.maximum.reduceat(ticks, idx)
+    lows = np.minimum.reduceat(ticks, idx)
+    volumes = np.add.reduceat(sizes, idx)
+    pv_high = np.add.reduceat(pv >> 32, idx)
+    pv_low = np.add.reduceat(pv & 0xFFFFFFFF, idx)
+    ends = idx + counts[full] - 1
+    for j, k in enumerate(full.tolist()):
+        first, last = int(idx[j]), int(ends[j])
+        out[k] = Agg(
+            start_ms + int(within[first]),
+            int(ticks[first]),
+            int(highs[j]),
+            int(lows[j]),
+            start_ms + int(within[last]),
+            int(ticks[last]),
+            int(volumes[j]),
+            (int(pv_high[j]) << 32) + int(pv_low[j]),
+            int(counts[k]),
+        )
+    return out
 
 
 def _seed(*parts: object) -> int:

@@ -1,10 +1,11 @@
 """The simulator's REST endpoints, answering from the same market the WebSocket streams.
 
-A pure request -> response layer (no sockets), so the server stays small. Shapes follow
-reference/polygon.md §4 and §6.12-16: ``status``/``request_id`` envelopes, absolute ``next_url``
-with an opaque cursor that carries every filter (the official client re-sends only path and query),
-404 ``NOT_FOUND`` for unknown data, 401 ``Unknown API Key``. Numbers are written from integers as
-exact decimal text. Nothing after the simulated "now" is served.
+A pure request -> response layer (no sockets), so the server stays small. Shapes follow Polygon's
+spec (the official client's ``.massive/rest.json``): ``status``/``request_id`` envelopes, absolute
+``next_url`` with an opaque cursor that carries every filter (the official client re-sends only path and query),
+404 ``NOT_FOUND`` for unknown data, 401 ``Unknown API Key``, 400 ``ERROR`` for a malformed request
+(aggregates want ``X:BTCUSD``; trades take ``X:BTC-USD`` as in the spec, or ``X:BTCUSD``). Numbers are
+written from integers as exact decimal text. Nothing after the simulated "now" is served.
 """
 
 from __future__ import annotations
@@ -124,6 +125,13 @@ class RestApi:
                 return pair
         raise RestError(404, f"Data not found: unknown ticker {ticker}.")
 
+    def _aggs_pair(self, ticker: str) -> str:
+        """Aggregates name a crypto pair ``X:BTCUSD``: the ``X:`` prefix, no dash (Polygon's spec)."""
+        if not ticker.startswith("X:") or "-" in ticker:
+            fixed = "X:" + ticker.removeprefix("X:").replace("-", "")
+            raise RestError(400, f"ticker {ticker!r} is not a crypto aggregates ticker: write it {fixed}")
+        return self._pair(ticker)
+
     def _trade_obj(self, pair: str, tr: Trade) -> dict[str, Any]:
         tx = self.render.text[pair]
         return {
@@ -191,7 +199,7 @@ class RestApi:
         return _day_start_ms(text) + (DAY_MS if end else 0)
 
     def aggs(self, ticker: str, mult_text: str, timespan: str, frm: str, to: str, query: dict[str, str]) -> dict:
-        pair = self._pair(ticker)
+        pair = self._aggs_pair(ticker)
         if timespan not in TIMESPAN_MS or not mult_text.isdigit() or int(mult_text) < 1:
             raise RestError(
                 400,

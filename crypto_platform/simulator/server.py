@@ -39,8 +39,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from crypto_platform.polygon import protocol as p
 from crypto_platform.settings import SIMULATOR_S3_ACCESS_KEY_ID, SIMULATOR_S3_SECRET_ACCESS_KEY
+from crypto_platform.simulator import wire
 from crypto_platform.simulator.feed import Event, Renderer, Schedule
 from crypto_platform.simulator.flat_files import FlatFiles
 from crypto_platform.simulator.market import Market
@@ -49,7 +49,7 @@ from crypto_platform.simulator.s3_server import FlatFilesEndpoint
 
 # Faults that act once on every open connection, versus switches that stay on until cleared.
 ONE_SHOT_FAULTS = frozenset(
-    {"drop", "close", "slow_consumer", "force_disconnect", "malformed", "oversize", "delay_pongs"}
+    {"drop", "close", "slow_consumer", "force_disconnect", "malformed", "oversize", "delay_pongs", "trade"}
 )
 PERSISTENT_FAULTS = frozenset(
     {"withhold_greeting", "drop_after_subscribe", "drop_every", "pause", "rest_429", "rest_5xx", "rest_latency"}
@@ -157,6 +157,7 @@ class Simulator:
         self._conns: dict[int, _Conn] = {}
         self._closed: dict[int, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        self._planted = itertools.count(1)
         self._faults: dict[str, dict[str, Any]] = {}
         self._rest_counts: dict[str, int] = {}
         self._server: Server | None = None
@@ -172,8 +173,12 @@ class Simulator:
             raise ValueError("prerender needs full speed (rate 0) and total_events")
         for name, params in config.faults:
             self._validate_fault(name, params)
-            if name in PERSISTENT_FAULTS:
-                self._faults[name] = dict(params)
+            if name not in PERSISTENT_FAULTS:
+                raise ValueError(
+                    f"fault {name!r} fires once on the open connections and cannot be set at start: "
+                    "fire it with set_fault() (GET /_sim/fault) once a client is connected"
+                )
+            self._apply_fault(name, dict(params))  # as when switched on while running (REST counts too)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -318,6 +323,8 @@ class Simulator:
             _malformed_payload(str(params.get("kind", "not_array")))
         if name == "close" and int(params.get("code", 1011)) not in (1000, 1001, 1008, 1011):
             raise ValueError("fault close: code must be 1000, 1001, 1008 or 1011")
+        if name == "trade":
+            _planted_numbers(params)
 
     def set_fault(self, name: str, **params: Any) -> None:
         """Switch a fault on (persistent ones) or fire it at every open connection (one-shot ones).
@@ -345,6 +352,11 @@ class Simulator:
             return
         for conn in self._conns.values():
             conn.actions.append((name, dict(params)))
+
+    def plant_trade(self, pair: str, price: str, size: str) -> None:
+        """Send one extra XT trade (exchange 1, id ``planted-N``, time now) to every open connection,
+        e.g. a whale trade for the alert rules; also ``GET /_sim/fault?name=trade&pair=&price=&size=``."""
+        self.set_fault("trade", pair=pair, price=price, size=size)
 
     def clear_faults(self) -> None:
         def clear() -> None:
@@ -449,7 +461,7 @@ class Simulator:
         self._tasks.add(pump)
         try:
             if "withhold_greeting" not in self._faults:
-                await ws.send(p.status_frame(p.STATUS_CONNECTED).decode())
+                await ws.send(wire.status_frame(wire.STATUS_CONNECTED))
             async for message in ws:
                 await self._on_message(conn, message)
         except ConnectionClosed:
@@ -459,7 +471,7 @@ class Simulator:
             self._tasks.discard(pump)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
-            conn.closed = ws.close_code if ws.close_code is not None else p.CLOSE_ABNORMAL
+            conn.closed = ws.close_code if ws.close_code is not None else wire.CLOSE_ABNORMAL
             self._closed[cid] = self._conn_counters(conn)
             del self._conns[cid]
 
@@ -468,26 +480,26 @@ class Simulator:
             msg = orjson.loads(message)
             action, params = msg["action"], str(msg.get("params", ""))
         except (ValueError, KeyError, TypeError):
-            await conn.ws.send(p.status_frame(p.STATUS_ERROR, "invalid message").decode())
+            await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, "invalid message"))
             return
         if action == "auth":
             await self._auth(conn, params)
         elif action in ("subscribe", "unsubscribe"):
             if conn.key is None:
-                await conn.ws.send(p.status_frame(p.STATUS_AUTH_REQUIRED).decode())
+                await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_REQUIRED))
                 return
             await self._subscribe(conn, params, unsubscribe=action == "unsubscribe")
         else:
-            await conn.ws.send(p.status_frame(p.STATUS_ERROR, f"unknown action: {action}").decode())
+            await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, f"unknown action: {action}"))
 
     async def _auth(self, conn: _Conn, key: str) -> None:
         if key not in self.config.api_keys:
-            await conn.ws.send(p.status_frame(p.STATUS_AUTH_FAILED).decode())
-            await conn.ws.close(p.CLOSE_POLICY_VIOLATION, "authentication failed")
+            await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_FAILED))
+            await conn.ws.close(wire.CLOSE_POLICY_VIOLATION, "authentication failed")
             return
         others = self._authenticated(key)
         conn.key = key
-        await conn.ws.send(p.status_frame(p.STATUS_AUTH_SUCCESS).decode())
+        await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_SUCCESS))
         if len(others) >= self.config.max_connections:
             if self.config.evict_older:
                 others[0].actions.append(("max_connections", {}))
@@ -496,20 +508,20 @@ class Simulator:
 
     async def _subscribe(self, conn: _Conn, params: str, unsubscribe: bool) -> None:
         try:
-            topics = p.parse_topics(params)
-        except p.TopicError as exc:
-            await conn.ws.send(p.status_frame(p.STATUS_ERROR, str(exc)).decode())
+            topics = wire.parse_topics(params)
+        except wire.TopicError as exc:
+            await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, str(exc)))
             return
         for topic in topics:
-            if topic.channel not in p.CRYPTO_CHANNELS:
-                await conn.ws.send(p.status_frame(p.STATUS_ERROR, f"unknown channel: {topic}").decode())
+            if topic.channel not in wire.CRYPTO_CHANNELS:
+                await conn.ws.send(wire.status_frame(wire.STATUS_ERROR, f"unknown channel: {topic}"))
                 continue
             key = (topic.channel, topic.pair)
             if unsubscribe:
                 conn.topics.discard(key)
             else:
                 conn.topics.add(key)
-            await conn.ws.send(p.subscribe_ack(topic, unsubscribe).decode())
+            await conn.ws.send(wire.subscribe_ack(topic, unsubscribe))
         conn.schedule.set_topics(conn.topics)
         if not unsubscribe:
             conn.subscribed_once = True
@@ -525,11 +537,11 @@ class Simulator:
             ws.transport.abort()
             return False
         if name == "close":
-            await ws.close(int(params.get("code", p.CLOSE_INTERNAL_ERROR)), str(params.get("reason", "")))
+            await ws.close(int(params.get("code", wire.CLOSE_INTERNAL_ERROR)), str(params.get("reason", "")))
             return False
         if name in ("slow_consumer", "force_disconnect", "max_connections"):
-            await ws.send(p.status_frame(name).decode())
-            await ws.close(p.CLOSE_POLICY_VIOLATION, name)
+            await ws.send(wire.status_frame(name))
+            await ws.close(wire.CLOSE_POLICY_VIOLATION, name)
             return False
         if name == "malformed":
             conn.malformed += 1
@@ -538,6 +550,19 @@ class Simulator:
             pad = "x" * int(params.get("bytes", 1_200_000))
             conn.frames += 1
             self._write(conn, orjson.dumps([{"ev": "status", "status": "info", "message": pad}]))
+        elif name == "trade" and {("XT", params["pair"]), ("XT", "*")} & conn.topics:
+            price, size = _planted_numbers(params)
+            now, planted = self.now_ms(), next(self._planted)
+            event = (
+                f'{{"ev":"XT","pair":"{params["pair"]}","p":{price},"t":{now},"s":{size},"c":[1],'
+                f'"i":"planted-{planted}","x":1,"r":{now}}}'
+            )
+            conn.frames += 1
+            conn.sent += 1
+            conn.events[("XT", str(params["pair"]))] += 1
+            if self.config.record_trades:
+                conn.trade_keys.append(f"{params['pair']}|1|planted-{planted}")
+            self._write(conn, f"[{event}]".encode())
         elif name == "delay_pongs":
             # Not reading means pings are not answered until reading resumes.
             ws.transport.pause_reading()
@@ -602,8 +627,8 @@ class Simulator:
                 if not await self._act(conn, name, params):
                     return
             if conn.key is None and cfg.auth_timeout_s and loop.time() - connected_at > cfg.auth_timeout_s:
-                await conn.ws.send(p.status_frame(p.STATUS_AUTH_TIMEOUT).decode())
-                await conn.ws.close(p.CLOSE_POLICY_VIOLATION, "auth timeout")
+                await conn.ws.send(wire.status_frame(wire.STATUS_AUTH_TIMEOUT))
+                await conn.ws.close(wire.CLOSE_POLICY_VIOLATION, "auth timeout")
                 return
             budget_left = cfg.total_events is None or conn.sent < cfg.total_events
             # "pause" holds data back (nothing is dropped: what fell due is sent on resume).
@@ -641,6 +666,24 @@ def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
     for (channel, pair), n in sorted(counts.items()):
         out.setdefault(channel, {})[pair] = n
     return out
+
+
+def _planted_numbers(params: dict[str, Any]) -> tuple[str, str]:
+    """A planted trade's price and size as JSON number text (positive decimals, exact)."""
+    from decimal import Decimal, InvalidOperation
+
+    if not str(params.get("pair", "")).strip():
+        raise ValueError("fault trade: give pair, price and size, e.g. pair=BTC-USD&price=97000&size=20")
+    out = []
+    for key in ("price", "size"):
+        try:
+            value = Decimal(str(params.get(key, "")))
+        except InvalidOperation:
+            value = Decimal(-1)
+        if not value.is_finite() or value <= 0:
+            raise ValueError(f"fault trade: {key} must be a positive number, got {params.get(key)!r}")
+        out.append(format(value, "f"))
+    return out[0], out[1]
 
 
 def _resume(ws: ServerConnection) -> None:

@@ -18,7 +18,13 @@ Connection behaviour:
   ``max_connections`` cools down (at least a minute by default): another connection uses the key;
 - every session subscribes to the full wanted topic set, so a change is never lost on reconnect;
 - status frames and connection events go to the session ledger; malformed frames to quarantine
-  (the landing log's sealer takes them out of their segment when it seals it).
+  (the landing log's sealer takes them out of their segment when it seals it);
+- a full disk is a state of its own, not a connection failure: the frame that did not fit is cut
+  back out of its segment, the session is closed cleanly with the reason in the ledger (a gap,
+  repaired like any other), the heartbeat says "disk full at <path>" with the free space, and the
+  ingester looks for room every ``CRYPTO_DISK_FULL_RETRY_S`` and reconnects once there is;
+- no traceback: an unexpected error is recorded with its cause in the heartbeat (state ``failed``)
+  and the ledger, and the process exits with code 1; the stream sensor starts a new one.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from crypto_platform.durable import DiskFull, free_bytes, is_disk_full
 from crypto_platform.polygon import protocol as p
 from crypto_platform.settings import Settings, mask_url_password
 from crypto_platform.stream import supervision
@@ -52,6 +59,14 @@ class AuthRefused(Exception):
 
 class HandshakeTimeout(Exception):
     """A greeting, auth reply or subscription ack did not come in time."""
+
+
+class LandingWriteFailed(Exception):
+    """Writing a frame to the landing log failed for a reason other than a full disk."""
+
+
+# Reading resumes after a full disk once the reserve is back and at least this much more is free.
+RESUME_FREE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -105,9 +120,15 @@ class Ingester:
         self.frames = 0
         self.events = 0
         self.last_error: dict[str, Any] | None = None
+        self.reserve = supervision.DiskReserve(settings)
+        # "disk full at <path> (<n> free)" while the ingester waits for room, else None.
+        self.disk_full: str | None = None
+        # An unexpected error: recorded, then the process exits (code 1) for a fresh start.
+        self.fatal: BaseException | None = None
         self._ws: ClientConnection | None = None
         self._session_frames = 0
         self._session_events = 0
+        self._session_open = False
         self._session_first_data: int | None = None
         self._session_last_frame: int | None = None
         self._cooldown_s: float | None = None
@@ -129,7 +150,12 @@ class Ingester:
         with ``"status"`` always has one, so none is missed).
         """
         recv_ns = time.time_ns()
-        self.landing.append(recv_ns, self.session, frame)
+        try:
+            self.landing.append(recv_ns, self.session, frame)
+        except OSError as exc:  # the disk, not the connection: never reported as a connection failure
+            if is_disk_full(exc):
+                raise
+            raise LandingWriteFailed(f"cannot write the landing log: {_cause(exc)}") from exc
         self.frames += 1
         self._session_frames += 1
         self._session_last_frame = recv_ns
@@ -274,32 +300,117 @@ class Ingester:
         )
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Connect, land, reconnect until ``stop``; return the process exit code."""
-        report = self.landing.open()
-        if report.torn_bytes or report.sealed_on_open or report.manifest_rebuilt:
-            log.warning(f"landing log repaired: {report}")
-        self.ledger = SessionLedger(self.settings.landing_dir / "sessions.ndjson")
-        self._close_dangling_session()
-        housekeeping = asyncio.create_task(self._housekeeping(stop))
+        """Connect, land, reconnect until ``stop``; return the process exit code (1: an unexpected error)."""
+        housekeeping: asyncio.Task[None] | None = None
         try:
-            while not stop.is_set():
+            report = self.landing.open()
+            if report.torn_bytes or report.sealed_on_open or report.manifest_rebuilt or report.resized:
+                log.warning(f"landing log repaired: {report}")
+            self.ledger = SessionLedger(self.settings.landing_dir / "sessions.ndjson")
+            self._close_dangling_session()
+            if not self.reserve.take():
+                self._enter_disk_full(DiskFull(self.settings.landing_dir))
+            housekeeping = asyncio.create_task(self._housekeeping(stop))
+            while not stop.is_set() and self.fatal is None:
+                if self.disk_full is not None:
+                    await self._wait_for_room(stop)
+                    continue
                 await self._one_session(stop)
-                if stop.is_set():
-                    break
+                if stop.is_set() or self.fatal is not None or self.disk_full is not None:
+                    continue
                 delay = self._next_delay()
                 self.state = self._delay_kind
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 self.reconnects += 1
+        except Exception as exc:
+            self.fatal = exc
         finally:
-            self.state = "stopped"
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
-            self.landing.close()
-            self._heartbeat()
-            self.ledger.close()
-        return 0
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+            self._shut_down()
+        return 0 if self.fatal is None else 1
+
+    def _shut_down(self) -> None:
+        """Record, seal and release; every step is tried, and a failure is recorded, never raised.
+
+        After an unexpected error the ledger and the heartbeat get its cause first, before the
+        sealing, which may wait for the sealer process.
+        """
+        if self.fatal is not None:
+            message = f"the ingester stopped on an unexpected {_cause(self.fatal)}"
+            self.last_error = {"kind": "internal", "message": message, "ts_ns": time.time_ns()}
+            log.error(message)
+        self.state = "stopped" if self.fatal is None else "failed"
+        steps: list[Any] = []
+        if self.ledger is not None and self.fatal is not None and self._session_open:
+            steps += [self._record_failure, self._heartbeat]
+        steps.append(self.landing.close)
+        if self.ledger is not None:
+            steps.append(self.ledger.close)
+        steps.append(self._heartbeat)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                if is_disk_full(exc):
+                    self._enter_disk_full(exc)
+                    self.state = "stopped" if self.fatal is None else "failed"
+                else:
+                    self._error("internal", f"while stopping: {_cause(exc)}")
+
+    def _record_failure(self) -> None:
+        assert self.ledger is not None and self.fatal is not None
+        self._session_open = False
+        self.ledger.record(
+            self.session,
+            "disconnect",
+            time.time_ns(),
+            code=None,
+            reason=f"ingester failed: {_cause(self.fatal)}",
+            last_frame_ns=self._session_last_frame,
+            frames=self._session_frames,
+            events=self._session_events,
+        )
+
+    # -- a full disk ------------------------------------------------------------------------------
+
+    def _enter_disk_full(self, exc: BaseException) -> None:
+        """Stop reading until there is room; give up the reserve so the records of why still fit."""
+        self.reserve.release()
+        message = str(exc) if isinstance(exc, DiskFull) else str(DiskFull(self.settings.landing_dir))
+        first = self.disk_full is None
+        self.disk_full = message
+        self.state = "disk_full"
+        if first:
+            self._error(
+                "disk_full",
+                f"{message}: stopped reading the feed; retrying every {self.settings.disk_full_retry_s:g}s "
+                "and resuming by itself once there is room (free space on that disk)",
+            )
+
+    def _has_room(self) -> bool:
+        assert self.ledger is not None
+        if not self.reserve.take():
+            return False
+        return free_bytes(self.settings.landing_dir) >= RESUME_FREE_BYTES and self.ledger.flush()
+
+    async def _wait_for_room(self, stop: asyncio.Event) -> None:
+        """Look for room at a slow, bounded rate; clear the disk-full state once there is."""
+        self.state = "disk_full"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), self.settings.disk_full_retry_s)
+        if stop.is_set():
+            return
+        if self._has_room():
+            log.warning(f"room again on {self.settings.landing_dir} after '{self.disk_full}': reconnecting")
+            self.disk_full = None
+            self.reconnects += 1
+            self.backoff.reset()
+        else:
+            self.disk_full = str(DiskFull(self.settings.landing_dir))  # the free space, as of now
 
     def _next_delay(self) -> float:
         if self._delay_kind == "auth_failed":
@@ -318,6 +429,7 @@ class Ingester:
         self._delay_kind = "backoff"
         started = time.monotonic()
         self.ledger.record(self.session, "connect", time.time_ns(), url=mask_url_password(self.url))
+        self._session_open = True
         task = asyncio.create_task(self._run_session())
         stopper = asyncio.create_task(stop.wait())
         code: int | None = None
@@ -339,11 +451,14 @@ class Ingester:
         finally:
             stopper.cancel()
             self._ws = None
+        if self.fatal is not None:
+            return  # recorded with its cause by _shut_down
         stable = self._session_first_data is not None and time.monotonic() - started >= self.settings.reconnect_reset_s
         if stable:
             self.backoff.reset()
         if self._session_first_data is not None and reason != "stopped":
             self.gaps += 1  # data stopped flowing until the next session's first frame
+        self._session_open = False
         self.ledger.record(
             self.session,
             "disconnect",
@@ -356,6 +471,10 @@ class Ingester:
         )
 
     def _classify(self, exc: BaseException | None) -> tuple[int | None, str]:
+        if exc is not None and is_disk_full(exc):
+            self._enter_disk_full(exc)
+        if self.disk_full is not None:  # the landing log or the heartbeat found the disk full
+            return None, self.disk_full
         if isinstance(exc, ConnectionClosed):
             frame = exc.rcvd or exc.sent
             code = frame.code if frame else 1006
@@ -380,17 +499,20 @@ class Ingester:
                 message += " (is the simulator running? `crypto-platform services start`)"
             self._error("connect", message)
             return None, message
-        self._error("internal", f"unexpected {type(exc).__name__}: {exc}")
-        return None, f"{type(exc).__name__}: {exc}"
+        self.fatal = exc if exc is not None else RuntimeError("the session ended without a cause")
+        return None, f"ingester failed: {_cause(self.fatal)}"
 
     # -- housekeeping -----------------------------------------------------------------------------
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Seal on age, write the heartbeat, pick up topic changes."""
+        """Seal on age, write the heartbeat, pick up topic changes; a full disk stops the reading."""
         last_beat = 0.0
         while not stop.is_set():
             try:
-                self.landing.poll()
+                try:
+                    self.landing.poll()
+                except RuntimeError as exc:  # the sealer process died; poll restarts it
+                    self._error("sealer", str(exc))
                 if self.landing.due():
                     self.landing.seal()
                 now = time.monotonic()
@@ -400,8 +522,15 @@ class Ingester:
                     if requested is not None and sorted(requested) != sorted(self.topics):
                         await self._apply_topic_change(requested)
                     self._heartbeat()
-            except Exception as exc:  # a full disk must be reported, not end sealing for good
-                self._error("housekeeping", f"sealing/heartbeat failed: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    self.fatal = exc  # recorded by _shut_down; the supervisor starts a fresh ingester
+                    stop.set()
+                    return
+                self._enter_disk_full(exc)
+                if self._ws is not None:  # stop reading: a clean close, the reason goes to the ledger
+                    with contextlib.suppress(Exception):
+                        await self._ws.close()
             await asyncio.sleep(0.1)
 
     def _heartbeat(self) -> None:
@@ -428,8 +557,22 @@ class Ingester:
                 "reconnects": self.reconnects,
                 "gaps": self.gaps,
                 "last_error": self.last_error,
+                "disk_full": self.disk_full,
+                "free_bytes": _free_or_none(self.settings.landing_dir),
             },
         )
+
+
+def _free_or_none(path: Any) -> int | None:
+    try:
+        return free_bytes(path)
+    except OSError:
+        return None
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def run_foreground(settings: Settings) -> int:

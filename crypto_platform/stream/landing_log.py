@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import mmap
 import os
 import signal
@@ -43,6 +44,20 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+from crypto_platform.durable import (
+    AppendFile,
+    as_disk_full,
+    crash_point,
+    cut_torn_tail,
+    finish_short_write,
+    is_disk_full,
+    iter_json_lines,
+    publish,
+    undo_short_write,
+)
+
+log = logging.getLogger("crypto_platform.landing_log")
 
 DAY_MS = 86_400_000
 FSYNC_POLICIES = ("never", "seal", "frame")
@@ -186,14 +201,6 @@ def _seq_name(seq: int) -> str:
     return f"{seq:012d}.ndjson"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Checked:
     """One pass over a closed segment: the statistics of its good lines and what is wrong with the rest."""
@@ -234,12 +241,21 @@ def scan_segment(path: Path) -> SegmentStats:
     return check_segment(path).stats
 
 
+class SealCheckFailed(RuntimeError):
+    """The file about to be published is not what the check of its segment found; nothing was published."""
+
+
 class Sealer:
     """Turns closed segments in ``active/`` into sealed, announced ones; the only writer of the manifest.
 
     ``seal`` is idempotent over a crash at any step, so it is also the repair: quarantine records
     are written before the segment is renamed (a crash in between writes them again on the next
     try, never loses them), and a segment already renamed only gets its missing manifest line.
+    What is published is exactly the checked lines: the segment cut back to them (a torn tail), or a
+    copy without the malformed ones; its size is checked against the check's count before it is
+    flushed and renamed. A failed write (a full disk) abandons the seal and keeps the segment in
+    ``active/`` for the next try. The crash points (``seal.written``, ``seal.before_fsync``,
+    ``seal.before_rename``, ``seal.after_rename``) are for the fault-injection tests.
     """
 
     def __init__(self, root: Path, fsync: str = "seal") -> None:
@@ -247,60 +263,90 @@ class Sealer:
         self.fsync = fsync
         self.active_dir = root / "active"
         self.segments_dir = root / "segments"
-        self._manifest_fd = os.open(root / "manifest.ndjson", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._quarantine_fd = os.open(root / "quarantine.ndjson", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._manifest = AppendFile(root / "manifest.ndjson", fsync=fsync != "never")
+        self._quarantine = AppendFile(root / "quarantine.ndjson")
         # Malformed frames of a segment that held nothing else are counted on the next sealed one.
         self._carried_quarantined = 0
 
     def close(self) -> None:
-        for fd in (self._manifest_fd, self._quarantine_fd):
-            os.close(fd)
+        self._manifest.close()
+        self._quarantine.close()
 
     def seal(self, seq: int) -> dict[str, Any] | None:
-        """Check, clean, rename and announce segment ``seq``; return its manifest entry (None: nothing to seal)."""
+        """Check, clean, publish and announce segment ``seq``; return its manifest entry (None: nothing to seal)."""
         source = self.active_dir / f"{_seq_name(seq)}.open"
         target = self.segments_dir / _seq_name(seq)
         name = f"segments/{_seq_name(seq)}"
-        if target.exists():  # renamed, then a crash before its manifest line (its quarantine count is lost)
-            return self._announce(scan_segment(target).manifest_entry(seq, name, 0))
+        if target.exists():  # published, then a crash before its manifest line
+            source.unlink(missing_ok=True)  # the original of a published copy
+            quarantined = sum(1 for r in iter_json_lines(self._quarantine.path) if r.get("seq") == seq)
+            return self._announce(scan_segment(target).manifest_entry(seq, name, quarantined))
         if not source.exists():
             return None
         checked = check_segment(source)
         stats = checked.stats
-        for _, recv_ns, session, frame, reason in checked.bad:
-            record = {"r": recv_ns, "n": session, "reason": reason, "frame": frame.decode("utf-8", "replace")}
-            os.write(self._quarantine_fd, orjson.dumps(record) + b"\n")
+        if checked.bad and self._last_quarantined_seq() != seq:  # not written by a try cut short
+            # One write for the segment's records: a crash leaves all of them or none.
+            records = (
+                {"r": recv_ns, "n": session, "seq": seq, "reason": reason, "frame": frame.decode("utf-8", "replace")}
+                for _, recv_ns, session, frame, reason in checked.bad
+            )
+            self._quarantine.append(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            if self.fsync != "never":
+                self._quarantine.flush_to_disk()
         quarantined = len(checked.bad) + self._carried_quarantined
-        if checked.bad and self.fsync != "never":
-            os.fsync(self._quarantine_fd)
         if stats.frames == 0:  # only malformed frames (or none): empty segments are never sealed
             source.unlink()
             self._carried_quarantined = quarantined
             return None
-        if checked.bad:
-            self._write_without(source, {b[0] for b in checked.bad})
-        elif self.fsync != "never":
-            _fsync_path(source)
-        os.replace(source, target)
-        if self.fsync != "never":
-            _fsync_path(self.segments_dir)
+        ready = self._write_without(source, {b[0] for b in checked.bad}) if checked.bad else self._cut_to(source, stats)
+        crash_point("seal.written")
+        size = ready.stat().st_size
+        if size != stats.bytes:
+            if ready != source:
+                ready.unlink()
+            raise SealCheckFailed(f"segment {seq}: {ready} holds {size} bytes, its checked lines {stats.bytes}")
+        publish(ready, target, self.fsync != "never", "seal")
+        source.unlink(missing_ok=True)  # the original, when a copy was published
         self._carried_quarantined = 0
         return self._announce(stats.manifest_entry(seq, name, quarantined))
 
-    def _write_without(self, source: Path, drop: set[int]) -> None:
-        """Replace ``source`` by a copy without the malformed lines (renamed over it: never half-cleaned)."""
+    def _last_quarantined_seq(self) -> int | None:
+        """The segment of the quarantine's last record (its records are written in seq order)."""
+        if self._quarantine.size == 0:
+            return None
+        with open(self._quarantine.path, "rb") as f:
+            window = 1 << 16
+            while True:
+                start = max(0, self._quarantine.size - window)
+                f.seek(start)
+                data = f.read(self._quarantine.size - start)
+                before = data.rfind(b"\n", 0, len(data) - 1)
+                if before >= 0 or start == 0:
+                    last = orjson.loads(data[before + 1 :])
+                    return last.get("seq") if isinstance(last, dict) else None
+                window *= 2
+
+    @staticmethod
+    def _cut_to(source: Path, stats: SegmentStats) -> Path:
+        """The segment itself, cut back to its checked lines (a torn tail left by a crash or a full disk)."""
+        if source.stat().st_size > stats.bytes:
+            os.truncate(source, stats.bytes)
+        return source
+
+    def _write_without(self, source: Path, drop: set[int]) -> Path:
+        """A copy of ``source`` without the malformed lines (a failed write leaves no copy behind)."""
         clean = source.with_name(source.name + ".clean")
-        with open(source, "rb") as src, open(clean, "wb") as out:
-            out.writelines(line for number, line in enumerate(src) if number not in drop and line.endswith(b"\n"))
-            out.flush()
-            if self.fsync != "never":
-                os.fsync(out.fileno())
-        os.replace(clean, source)
+        try:
+            with open(source, "rb") as src, open(clean, "wb") as out:
+                out.writelines(line for number, line in enumerate(src) if number not in drop and line.endswith(b"\n"))
+        except OSError:
+            clean.unlink(missing_ok=True)
+            raise
+        return clean
 
     def _announce(self, entry: dict[str, Any]) -> dict[str, Any]:
-        os.write(self._manifest_fd, orjson.dumps(entry) + b"\n")
-        if self.fsync != "never":
-            os.fsync(self._manifest_fd)
+        self._manifest.append_json(entry)
         return entry
 
 
@@ -309,6 +355,10 @@ class RepairReport:
     torn_bytes: int = 0
     sealed_on_open: list[int] = field(default_factory=list)
     manifest_rebuilt: list[int] = field(default_factory=list)
+    # Sealed segments longer than their manifest line says (a torn tail published by an older
+    # version on a full disk), cut back to it; and those that cannot be (named in the log).
+    resized: list[int] = field(default_factory=list)
+    damaged: list[int] = field(default_factory=list)
 
 
 class LandingLog:
@@ -377,35 +427,68 @@ class LandingLog:
         newest = last_manifest_entry(self.root)
         # The manifest is in seq order, so only segments after its last line can lack theirs.
         announced = int(newest["seq"]) if newest else 0
+        self._check_sealed_sizes(announced, report)
         sealed = sorted(int(p.name.split(".")[0]) for p in self.segments_dir.glob("*.ndjson"))
-        for leftover in self.active_dir.glob("*.ndjson.open.clean"):  # a cleaning cut short by a crash
-            leftover.unlink()
         active = sorted(int(p.name.split(".")[0]) for p in self.active_dir.glob("*.ndjson.open"))
+        for leftover in self.active_dir.glob("*.ndjson.open.clean"):  # a copy cut short by a crash
+            if int(leftover.name.split(".")[0]) not in sealed:
+                leftover.unlink()
         self.next_seq = max([announced, *sealed, *active]) + 1
-        for seq in sealed:
-            if seq > announced:
-                sealer.seal(seq)
-                report.manifest_rebuilt.append(seq)
-        for seq in active:
-            report.torn_bytes += _cut_torn_tail(self.active_dir / f"{_seq_name(seq)}.open")
-            entry = sealer.seal(seq)
-            if entry is not None:
-                self._fold(entry)
-                report.sealed_on_open.append(seq)
+        for seq in sorted({s for s in sealed if s > announced} | set(active)):
+            if seq in active:
+                report.torn_bytes += cut_torn_tail(self.active_dir / f"{_seq_name(seq)}.open")
+            try:
+                entry = sealer.seal(seq)
+            except OSError as exc:  # a full disk: the sealer process (or the next seal) tries again
+                log.warning(f"landing log: segment {seq} stays in active/ for now: {exc}")
+                self._handed.append(seq)
+                continue
+            if entry is None:
+                continue
+            self._fold(entry)
+            (report.sealed_on_open if seq in active else report.manifest_rebuilt).append(seq)
         self._manifest_offset = self.manifest_path.stat().st_size
         if self.sealer_mode == "inline":
             self._sealer = sealer
         else:
             sealer.close()
             self._start_sealer()
+            for seq in self._handed:
+                self._send(seq)
         return report
+
+    # The newest sealed segments whose sizes are compared with their manifest lines at each open:
+    # sealing is in order and a crash or full disk can only hit the newest seals, and this open
+    # runs after every one of them.
+    SIZE_CHECKED = 1000
+
+    def _check_sealed_sizes(self, announced: int, report: RepairReport) -> None:
+        """Cut a sealed segment longer than its manifest line back to it (its end is a torn tail)."""
+        for entry in iter_manifest(self.root, after_seq=max(0, announced - self.SIZE_CHECKED)):
+            path = self.root / entry["file"]
+            want = int(entry["bytes"])
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue  # removed by retention
+            if size == want:
+                continue
+            if size > want and _byte_at(path, want - 1) == b"\n":
+                os.truncate(path, want)
+                report.resized.append(int(entry["seq"]))
+            else:
+                log.error(f"landing log: {path} holds {size} bytes, its manifest line says {want}; not repairable")
+                report.damaged.append(int(entry["seq"]))
 
     def close(self) -> None:
         """Seal what is pending and release the files (a clean stop: waits for the sealer process)."""
         self.seal()
         if self._sealer is not None:
-            self._sealer.close()
-            self._sealer = None
+            try:
+                self._seal_handed_inline()
+            finally:
+                self._sealer.close()
+                self._sealer = None
         if self.sealer_mode == "process":
             if self._proc is not None:
                 proc, self._proc = self._proc, None
@@ -431,17 +514,42 @@ class LandingLog:
         if b"\n" in frame or b"\r" in frame:
             frame = frame.replace(b"\n", b" ").replace(b"\r", b" ")
         line = b'{"r":%d,"n":%d,"f":%b}\n' % (recv_ns, session, frame)
-        if self._fd is None:
-            path = self.active_dir / f"{_seq_name(self.next_seq)}.open"
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._active_opened = time.monotonic()
-        os.write(self._fd, line)
+        fd = self._fd
+        if fd is None:
+            fd = self._open_segment()
+        try:
+            written = os.write(fd, line)
+        except OSError as exc:
+            raise self._undo_append(exc) from None
+        if written != len(line):
+            self._finish_append(line, written)
         if self.fsync == "frame":
-            os.fsync(self._fd)
+            os.fsync(fd)
         self._active_frames += 1
         self._active_bytes += len(line)
         if self._active_bytes >= self.max_bytes:
             self.seal()
+
+    def _open_segment(self) -> int:
+        path = self._active_path()
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise as_disk_full(exc, path) from None
+        self._active_opened = time.monotonic()
+        return self._fd
+
+    def _active_path(self) -> Path:
+        return self.active_dir / f"{_seq_name(self.next_seq)}.open"
+
+    def _undo_append(self, cause: OSError) -> OSError:
+        """A frame that did not fit: the segment is cut back to its last whole line (never half a frame)."""
+        assert self._fd is not None
+        return undo_short_write(self._fd, self._active_bytes, self._active_path(), cause)
+
+    def _finish_append(self, line: bytes, written: int) -> None:
+        assert self._fd is not None
+        finish_short_write(self._fd, line, written, self._active_bytes, self._active_path())
 
     # -- sealing ----------------------------------------------------------------------------------
 
@@ -471,16 +579,26 @@ class LandingLog:
             (self.active_dir / f"{_seq_name(seq)}.open").unlink(missing_ok=True)
             return None
         self.next_seq += 1
-        if self._sealer is not None:
-            entry = self._sealer.seal(seq)
-            if entry is None:
-                return None
-            self._fold(entry)
-            self._retention.apply(seq)
-            return seq
         self._handed.append(seq)
+        if self._sealer is not None:
+            return seq if self._seal_handed_inline() else None
         self._send(seq)
         return seq
+
+    def _seal_handed_inline(self) -> bool:
+        """Seal what is pending, in order; False when the newest held only malformed frames.
+
+        A failure (a full disk) raises and keeps the rest pending for the next seal or ``close``.
+        """
+        assert self._sealer is not None
+        entry = None
+        while self._handed:
+            entry = self._sealer.seal(self._handed[0])
+            seq = self._handed.pop(0)
+            if entry is not None:
+                self._fold(entry)
+                self._retention.apply(seq)
+        return entry is not None
 
     def poll(self) -> None:
         """Take in what the sealer process announced; restart it if it died (raising to say so)."""
@@ -534,7 +652,9 @@ class LandingLog:
         end = data.rfind(b"\n") + 1
         self._manifest_offset += end
         for line in data[:end].splitlines():
-            entry = orjson.loads(line)
+            entry = _entry(line, self.manifest_path)
+            if entry is None:
+                continue
             self._fold(entry)
             with contextlib.suppress(ValueError):
                 self._handed.remove(int(entry["seq"]))
@@ -591,32 +711,6 @@ class Retention:
         return removed
 
 
-def _cut_torn_tail(path: Path) -> int:
-    """Cut a partial last line (a write cut short by a crash); return the bytes removed."""
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as f:
-        chunk = 1 << 16
-        pos = size
-        while pos > 0:
-            start = max(0, pos - chunk)
-            f.seek(start)
-            data = f.read(pos - start)
-            nl = data.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        else:
-            keep = 0
-        if keep < size:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - keep
-
-
 def _sealer_main(argv: list[str]) -> int:
     """The sealer process: seal each seq read from stdin, in order, until stdin closes.
 
@@ -629,20 +723,42 @@ def _sealer_main(argv: list[str]) -> int:
     # group stops the ingester, which closes the pipe; the sealer then finishes and exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sealer = Sealer(root, fsync)
-    retention = Retention(root / "segments", retention_days)
-    for raw in sys.stdin.buffer:
-        seq = int(raw)
-        while True:
-            try:
-                sealer.seal(seq)
-                retention.apply(seq)
-                break
-            except OSError as exc:
-                print(f"landing log sealer: segment {seq}: {type(exc).__name__}: {exc}; retrying", file=sys.stderr)
-                time.sleep(1.0)
-    sealer.close()
+    try:
+        sealer = Sealer(root, fsync)
+        retention = Retention(root / "segments", retention_days)
+        for raw in sys.stdin.buffer:
+            _seal_until_done(sealer, retention, int(raw))
+        sealer.close()
+    except Exception as exc:  # one line for the ingester's log, no traceback; the ingester restarts it
+        print(f"landing log sealer: stopped by {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+SEAL_RETRY_MAX_S = 10.0
+
+
+def _seal_until_done(sealer: Sealer, retention: Retention, seq: int) -> None:
+    """Seal ``seq``, retrying a failed seal (a full disk must not lose a segment) at a bounded, slowing rate.
+
+    A failure is reported once, and again when it changes or clears, not at every try.
+    """
+    delay, reported = 0.5, ""
+    while True:
+        try:
+            sealer.seal(seq)
+            retention.apply(seq)
+        except (OSError, SealCheckFailed) as exc:
+            text = str(exc) if is_disk_full(exc) else f"{type(exc).__name__}: {exc}"
+            if text != reported:
+                print(f"landing log sealer: segment {seq} not sealed yet ({text}); retrying", file=sys.stderr)
+                reported = text
+            time.sleep(delay)
+            delay = min(SEAL_RETRY_MAX_S, delay * 2)
+            continue
+        if reported:
+            print(f"landing log sealer: segment {seq} sealed", file=sys.stderr)
+        return
 
 
 # -- readers (the sensor and the assets) -----------------------------------------------------------
@@ -675,12 +791,17 @@ def iter_manifest(
         for line in f if marker is None else _lines_with(f, marker):
             if not line.endswith(b"\n"):
                 break
-            seq = _line_seq(line)
-            if through_seq is not None and seq > through_seq:
+            try:
+                seq = _line_seq(line)
+            except (ValueError, KeyError, TypeError):
+                seq = None  # a damaged line: _entry names it
+            if seq is not None and through_seq is not None and seq > through_seq:
                 break
-            if seq <= after_seq:
+            if seq is not None and seq <= after_seq:
                 continue
-            entry = orjson.loads(line)
+            entry = _entry(line, path)
+            if entry is None:
+                continue
             if day is None or day in (entry.get("days") or {}):
                 yield entry
 
@@ -719,9 +840,10 @@ def last_manifest_entry(root: Path) -> dict[str, Any] | None:
                 window *= 2  # a line longer than the window: look further back
                 continue
             line = data[before + 1 : last]
-            if line.strip():
-                return orjson.loads(line)
-            end = start + last  # a blank line (never written, but harmless): the one before it
+            entry = _entry(line, path) if line.strip() else None
+            if entry is not None:
+                return entry
+            end = start + last  # a blank or damaged line: the one before it
     return None
 
 
@@ -735,6 +857,16 @@ def count_manifest(root: Path) -> int:
 
 
 _PROBE_BYTES = 65_536  # below this much, reading on beats bisecting
+
+
+def _entry(line: bytes, path: Path) -> dict[str, Any] | None:
+    """A manifest line's entry; None, with a warning, for a line an older version damaged."""
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        log.warning(f"{path}: skipped a damaged manifest line ({exc}): {line[:80]!r}")
+        return None
+    return entry if isinstance(entry, dict) and "seq" in entry else None
 
 
 def _line_seq(line: bytes) -> int:
@@ -757,13 +889,23 @@ def _offset_after(f: BinaryIO, after_seq: int) -> int:
         f.readline()  # to the next line start
         start = f.tell()
         line = f.readline()
-        if start >= hi or not line.endswith(b"\n"):
+        try:
+            seq = _line_seq(line) if line.endswith(b"\n") else None
+        except ValueError:  # a damaged line: look before it
+            seq = None
+        if start >= hi or seq is None:
             hi = mid
-        elif _line_seq(line) <= after_seq:
+        elif seq <= after_seq:
             lo = start + len(line)
         else:
             hi = mid
     return lo
+
+
+def _byte_at(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(max(0, offset))
+        return f.read(1)
 
 
 def segment_path(root: Path, entry: dict[str, Any]) -> Path:

@@ -9,7 +9,6 @@ landing log, and the gap windows that drive REST repair are computed from it.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,34 +16,56 @@ from typing import Any
 
 import orjson
 
+from crypto_platform.durable import AppendFile, is_disk_full, iter_json_lines
+
 
 class SessionLedger:
-    """The writer: appends records and hands out increasing session ids (across restarts)."""
+    """The writer: appends records and hands out increasing session ids (across restarts).
+
+    Opening cuts a torn last line (:class:`~crypto_platform.durable.AppendFile`). A record that does
+    not fit on a full disk is kept in memory, in order, and written before the next one once there
+    is room (:meth:`flush`); ``pending`` says how many wait. A crash meanwhile loses them, and the
+    next start closes the dangling session from the landing log instead.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = AppendFile(path)
         self.last_session = max((int(r.get("session", 0)) for r in read_records(path)), default=0)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._pending: list[bytes] = []
 
     def new_session(self) -> int:
         self.last_session += 1
         return self.last_session
 
     def record(self, session: int, event: str, ts_ns: int, **fields: Any) -> None:
-        os.write(self._fd, orjson.dumps({"session": session, "event": event, "ts_ns": ts_ns, **fields}) + b"\n")
+        self._pending.append(orjson.dumps({"session": session, "event": event, "ts_ns": ts_ns, **fields}) + b"\n")
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the records that waited for room; False while the disk is still full."""
+        while self._pending:
+            try:
+                self._file.append(self._pending[0])
+            except OSError as exc:
+                if is_disk_full(exc):
+                    return False
+                raise
+            self._pending.pop(0)
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def close(self) -> None:
-        os.close(self._fd)
+        self.flush()
+        self._file.close()
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        for line in f:
-            if line.endswith(b"\n"):
-                yield orjson.loads(line)
+    """Every complete, readable record (a damaged line is skipped and reported, never raised)."""
+    return iter_json_lines(path)
 
 
 @dataclass

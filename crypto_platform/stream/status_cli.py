@@ -43,7 +43,12 @@ def collect() -> dict[str, Any]:
         "gaps": len(all_gaps),
         "gap_seconds": round(sum(g.seconds or 0.0 for g in all_gaps), 1),
         "last_error": beat.get("last_error"),
+        "disk_full": beat.get("disk_full"),
+        "free_bytes": beat.get("free_bytes"),
         "data_dir": str(settings.data_dir),
+        "state_dir": str(settings.state_dir),
+        "state_dir_exists": settings.state_dir.exists(),
+        "project_dir": str(settings.project_dir),
     }
 
 
@@ -52,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0 if info["healthy"] else 1
+    # Run from another folder, the default state directory is that folder's ./var: say which was read.
+    print(f"state:    {info['state_dir']}" + ("" if info["state_dir_exists"] else " (does not exist)"))
+    if not info["state_dir_exists"] or not info["running"]:
+        print(
+            f"          read for project {info['project_dir']}; run from the project folder, or set "
+            "CRYPTO_PROJECT_DIR=/path/to/project (or CRYPTO_STATE_DIR / CRYPTO_DATA_DIR) to read another"
+        )
+    if info["disk_full"]:
+        print(f"DISK FULL: {info['disk_full']}; the ingester stopped reading and resumes once there is room")
     if not info["running"]:
         print(f"ingester: not running (data dir {info['data_dir']})")
     else:

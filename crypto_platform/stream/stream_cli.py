@@ -28,3 +28,6 @@ def run(args: argparse.Namespace) -> int:
     except supervision.IngesterAlreadyRunning as exc:
         print(f"crypto-platform stream: {exc}", file=sys.stderr)
         return 3
+    except Exception as exc:  # before the ingester could record it (the lock, the event loop): one line
+        print(f"crypto-platform stream: stopped by {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

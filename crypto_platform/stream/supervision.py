@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from crypto_platform.durable import is_disk_full, replace_file
 from crypto_platform.settings import Settings, child_environment
 
 STALE_AFTER_S = 15.0
@@ -116,11 +117,41 @@ def holder_pid(settings: Settings) -> int | None:
 
 
 def write_heartbeat(settings: Settings, state: dict[str, Any]) -> None:
+    """Replace the heartbeat atomically (on a full disk it raises ``DiskFull`` and the old one stays)."""
     path = heartbeat_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".heartbeat.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps({**state, "pid": os.getpid(), "ts_ns": time.time_ns()}))
-    os.replace(tmp, path)
+    replace_file(path, orjson.dumps({**state, "pid": os.getpid(), "ts_ns": time.time_ns()}))
+
+
+class DiskReserve:
+    """A little space held back on the data directory's disk, given up when the disk is full.
+
+    Once the landing log cannot write, the ingester still has to record why: the session's last
+    ledger line, the heartbeat saying "disk full", the sealer's last manifest lines. Deleting this
+    file makes room for them; it is taken again before reading resumes, and reading resumes only
+    when it can be (so there is room for more than the reserve).
+    """
+
+    SIZE = 256 * 1024
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = ingester_dir(settings) / "reserve"
+
+    def take(self) -> bool:
+        """Hold the reserve (written out, so the space is really taken); False when it does not fit."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size == self.SIZE:
+                return True
+            replace_file(self.path, bytes(self.SIZE))
+            return True
+        except OSError as exc:
+            if is_disk_full(exc):
+                return False
+            raise
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -214,9 +245,7 @@ def request_topics(settings: Settings, topics: list[str]) -> None:
     """Change the wanted subscriptions of the running (and every later) ingester session."""
     path = subscriptions_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".subscriptions.tmp")
-    tmp.write_bytes(orjson.dumps({"topics": sorted(set(topics))}))
-    os.replace(tmp, path)
+    replace_file(path, orjson.dumps({"topics": sorted(set(topics))}))
 
 
 def requested_topics(settings: Settings) -> list[str] | None:

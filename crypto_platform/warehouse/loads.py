@@ -147,18 +147,28 @@ def load_day(
     labels = (source, target.label)
     if incremental and t.has_segments:
         result = target.upsert_new_segments(t, day, lake)
-        return DayLoad(result, batch_parity(target, t, day, lake, (result.watermark_before, result.watermark), labels))
+        segments = (result.watermark_before, result.watermark)
+        return DayLoad(result, batch_parity(target, t, day, lake, segments, labels, result.day_rows))
     result = target.upsert_day(t, day, lake) if incremental else target.rebuild(t, day, lake)
     return DayLoad(result, compare(t, lake, target.read(t, day), labels))
 
 
 def batch_parity(
-    target: Target, t: Table, day: str, lake: pd.DataFrame, segments: Segments, labels: tuple[str, str]
+    target: Target,
+    t: Table,
+    day: str,
+    lake: pd.DataFrame,
+    segments: Segments,
+    labels: tuple[str, str],
+    day_rows: int | None = None,
 ) -> ParityReport:
-    """Rows of segments ``(after, upto]`` column by column, plus the whole day's row counts."""
+    """Rows of segments ``(after, upto]`` column by column, plus the whole day's row counts.
+
+    ``day_rows``: the day's rows in the target as the load counted them (saves counting again).
+    """
     after, upto = segments
     report = compare(t, lake[segment_mask(lake, after, upto)], target.read(t, day, segments), labels)
-    counts = (lake_row_count(t, lake), target.count(t, day))
+    counts = (lake_row_count(t, lake), target.count(t, day) if day_rows is None else day_rows)
     differences = report.differences
     if counts[0] != counts[1] and not differences:
         differences = diff_rows(t, lake, target.read(t, day), labels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from crypto_platform.warehouse.errors import WarehouseSchemaError
 from crypto_platform.warehouse.tables import ALL_TABLES, Column, Index, Table, table
@@ -46,7 +46,19 @@ class AddIndex:
     columns: tuple[str, ...]
 
 
-Step = CreateTable | AddColumn | AddIndex
+@dataclass(frozen=True)
+class ExactKeys:
+    """MySQL/MariaDB: the table's text compared byte for byte, trailing spaces included.
+
+    ``utf8mb4_bin`` is PAD SPACE on MariaDB (and on MySQL before 8.0): ``'777'`` and ``'777 '`` are
+    one key there, so one trade silently replaced another. SQLite and Snowflake compare text exactly
+    already, so the step does nothing there.
+    """
+
+    table: str
+
+
+Step = CreateTable | AddColumn | AddIndex | ExactKeys
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             AddColumn("crypto_daily_open_close", "status"),
         ),
     ),
+    Migration(
+        4,
+        "text keys compared exactly on MySQL/MariaDB: a no-pad binary collation ('777' and '777 ' differ)",
+        tuple(ExactKeys(t.name) for t in ALL_TABLES),
+    ),
 )
+# From this version on, MySQL/MariaDB text compares without padding (see ExactKeys).
+EXACT_KEYS_VERSION = 4
+# What releases before EXACT_KEYS_VERSION created tables with (PAD SPACE on MariaDB).
+PAD_SPACE_COLLATION = "utf8mb4_bin"
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -158,7 +179,8 @@ def human_expression(col: Column) -> str:
     return f"TO_TIMESTAMP_NTZ(FLOOR(s.{col.name.upper()} / 1000000), 3)"
 
 
-def create_table_sql(t: Table, dialect: Dialect, version: int) -> list[str]:
+def create_table_sql(t: Table, dialect: Dialect, version: int, collation: str = PAD_SPACE_COLLATION) -> list[str]:
+    """The table as at schema ``version``; ``collation``: MySQL/MariaDB's for text (see ExactKeys)."""
     name = table_name(t, dialect)
     defs = [d for c in t.columns_at(version) for d in _column_defs(c, dialect)]
     pk = ", ".join(column_name(k, dialect) for k in t.key)
@@ -167,8 +189,8 @@ def create_table_sql(t: Table, dialect: Dialect, version: int) -> list[str]:
         for ix in t.indexes_at(version):
             defs.append(f"KEY {ix.name} ({', '.join(ix.columns)})")
         body = ",\n  ".join(defs)
-        # utf8mb4_bin: keys compare exactly ('h:abc' and 'h:ABC' are different trade ids).
-        options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        # A binary collation: 'h:abc' and 'h:ABC' are different trade ids (no-pad from EXACT_KEYS_VERSION).
+        options = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
         return [f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n) {options}"]
     body = ",\n  ".join(defs)
     stmts = [f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"]
@@ -238,6 +260,19 @@ class SchemaTarget(Protocol):
     def record_version(self, version: int, description: str) -> None: ...
 
 
+class MysqlSchemaTarget(SchemaTarget, Protocol):
+    """A MySQL/MariaDB schema: also knows its server's no-pad binary collation and each table's collation."""
+
+    def text_collation(self) -> str: ...
+
+    def table_collation(self, table_name: str) -> str | None: ...
+
+
+def exact_keys_sql(t: Table, collation: str) -> list[str]:
+    """Convert a MySQL/MariaDB table's text (default and every column) to ``collation``."""
+    return [f"ALTER TABLE {t.name} CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"]
+
+
 def apply_migrations(
     db: SchemaTarget, target: int | None = None, after: Callable[[int], None] | None = None
 ) -> list[int]:
@@ -264,8 +299,18 @@ def apply_migrations(
             name = table_name(t, db.dialect).lower()
             if isinstance(step, CreateTable):
                 if name not in db.existing_tables():
-                    for sql in create_table_sql(t, db.dialect, m.version):
+                    collation = PAD_SPACE_COLLATION
+                    if db.dialect == "mysql" and m.version >= EXACT_KEYS_VERSION:
+                        collation = cast(MysqlSchemaTarget, db).text_collation()
+                    for sql in create_table_sql(t, db.dialect, m.version, collation):
                         db.execute_ddl(sql)
+            elif isinstance(step, ExactKeys):
+                if db.dialect == "mysql":
+                    mysql = cast(MysqlSchemaTarget, db)
+                    collation = mysql.text_collation()
+                    if mysql.table_collation(name) != collation:
+                        for sql in exact_keys_sql(t, collation):
+                            db.execute_ddl(sql)
             elif isinstance(step, AddIndex):
                 ix = next(i for i in t.indexes_at(m.version) if i.columns == step.columns)
                 if db.dialect != "snowflake" and index_name(t, ix, db.dialect) not in db.existing_indexes(name):

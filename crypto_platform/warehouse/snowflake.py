@@ -305,7 +305,7 @@ def load_snowflake(
     stage_table = f"{target}__STAGE_{batch[:12].upper()}"
     workdir = tempfile.mkdtemp(prefix="crypto_sf_")
     deleted = 0
-    before = after = None
+    before = after = day_rows = None
     with _connection(source) as conn:
         use_schema(conn, database, schema)
         version_columns = _table_columns(conn, database, schema, target)
@@ -337,7 +337,9 @@ def load_snowflake(
                 before = _read_watermark(conn, t, day)
                 top = max_segment_of(prepared)
                 after = top if rebuild else highest_segment(highest_segment(before, _watermark_floor), top)
-                _write_watermark(conn, t, day, after, "rebuild" if rebuild else "upsert", prepared.num_rows)
+                where, params = _day_where(t, day)
+                day_rows = int(_execute(conn, f"SELECT COUNT(*) FROM {target} WHERE {where}", params)[0][0])
+                _write_watermark(conn, t, day, after, "rebuild" if rebuild else "upsert", day_rows)
         except WarehouseLoadError:
             raise
         except Exception as exc:
@@ -358,6 +360,7 @@ def load_snowflake(
         dropped_duplicates=prepared.dropped_duplicates,
         watermark_before=before,
         watermark=after,
+        day_rows=day_rows,
     )
 
 

@@ -55,6 +55,7 @@ from crypto_platform.warehouse.errors import (
     WarehouseAuthError,
     WarehouseConnectionError,
     WarehouseLoadError,
+    WarehouseSchemaError,
 )
 from crypto_platform.warehouse.frames import (
     Prepared,
@@ -107,6 +108,9 @@ class LoadResult:
     # load watermark (highest landing segment loaded) of the (table, day) before and after the load
     watermark_before: int | None = None
     watermark: int | None = None
+    # rows of the day the table holds after the load, counted in the load's transaction (a load of a
+    # day only): what the partition is, whatever the batch was (``rows``)
+    day_rows: int | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -319,9 +323,11 @@ class SqlWarehouse:
             if day is not None:
                 before = self._read_watermark(conn, t, day, lock=True)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
+            day_rows = None
             if day is not None:
                 after = highest_segment(before, max_segment_of(prepared))
-                self._write_watermark(conn, t, day, after, "upsert", prepared.num_rows)
+                day_rows = self._count_day(conn, t, day)
+                self._write_watermark(conn, t, day, after, "upsert", day_rows)
         return LoadResult(
             t.name,
             prepared.num_rows,
@@ -331,6 +337,7 @@ class SqlWarehouse:
             dropped_duplicates=prepared.dropped_duplicates,
             watermark_before=before,
             watermark=after,
+            day_rows=day_rows,
         )
 
     def upsert_new_segments(
@@ -365,7 +372,8 @@ class SqlWarehouse:
                 prepared = self._prepare(t, frame[segment_mask(frame, before)], validate)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
             after = highest_segment(before, top)
-            self._write_watermark(conn, t, day, after, "upsert", prepared.num_rows)
+            day_rows = self._count_day(conn, t, day)
+            self._write_watermark(conn, t, day, after, "upsert", day_rows)
         return LoadResult(
             t.name,
             prepared.num_rows,
@@ -375,6 +383,7 @@ class SqlWarehouse:
             dropped_duplicates=prepared.dropped_duplicates,
             watermark_before=before,
             watermark=after,
+            day_rows=day_rows,
         )
 
     def watermark(self, name: str | Table, day: date | str) -> int | None:
@@ -438,7 +447,8 @@ class SqlWarehouse:
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
             deleted = self._delete_stale(conn, prepared, day, load_data=used == "load_data") if existing else 0
             after = max_segment_of(prepared)
-            self._write_watermark(conn, t, day, after, "rebuild", prepared.num_rows)
+            day_rows = self._count_day(conn, t, day)
+            self._write_watermark(conn, t, day, after, "rebuild", day_rows)
         return LoadResult(
             t.name,
             prepared.num_rows,
@@ -450,6 +460,7 @@ class SqlWarehouse:
             fallback_reason=fallback,
             watermark_before=before,
             watermark=after,
+            day_rows=day_rows,
         )
 
     def read_partition(
@@ -516,13 +527,15 @@ class SqlWarehouse:
             cur.close()
         return None if row is None or row[0] is None else int(row[0])
 
-    def _write_watermark(self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str, rows: int) -> None:
+    def _write_watermark(
+        self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str, day_rows: int
+    ) -> None:
         row = {
             "table_name": t.name,
             "day": day_text(day),
             "segment": segment,
             "mode": mode,
-            "rows_loaded": rows,
+            "rows_loaded": day_rows,
             "loaded_ms": int(time.time() * 1000),
         }
         frame = pd.DataFrame([row]).astype({"segment": "Int64"})
@@ -644,9 +657,10 @@ class SqlWarehouse:
         keys = Prepared(t, prepared.data.select(list(t.key)))
         cols = ", ".join(f"{k} {column_type(t.column(k), self.dialect)} NOT NULL" for k in t.key)
         if self.dialect == "mysql":
-            # utf8mb4_bin like the tables, so keys compare as they do there
+            # The table's own collation, so keys compare as they do there.
+            collation = _table_collation(conn, self.database, t.name) or "utf8mb4_bin"
             ddl = f"CREATE TEMPORARY TABLE {_KEEP} ({cols}, PRIMARY KEY ({', '.join(t.key)})) ENGINE=InnoDB "
-            ddl += "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            ddl += f"DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
             drop = f"DROP TEMPORARY TABLE IF EXISTS {_KEEP}"
         else:
             ddl = f"CREATE TEMP TABLE {_KEEP} ({cols}, PRIMARY KEY ({', '.join(t.key)}))"
@@ -811,6 +825,45 @@ def _string_bytes(arr: pa.Array) -> memoryview:
     return memoryview(arr.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
+# No-pad binary collations, by server: MariaDB 10.2+, then MySQL 8.0.17+ (whose utf8mb4_bin pads).
+_NO_PAD_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
+
+
+def no_pad_collation(conn: Any) -> str:
+    """The server's utf8mb4 collation that compares bytes without padding (``'777' <> '777 '``)."""
+    cur = conn.cursor()
+    try:
+        cur.execute("SELECT VERSION()")
+        version = str(cur.fetchone()[0])
+        cur.execute(
+            "SELECT collation_name FROM information_schema.collations WHERE collation_name IN (%s, %s)",
+            _NO_PAD_COLLATIONS,
+        )
+        found = {str(r[0]).lower() for r in cur.fetchall()}
+    finally:
+        cur.close()
+    for name in _NO_PAD_COLLATIONS:
+        if name in found:
+            return name
+    raise WarehouseSchemaError(
+        f"the MySQL server ({version}) has no no-pad binary collation ({' or '.join(_NO_PAD_COLLATIONS)}), so "
+        "trade ids '777' and '777 ' would be one key: use MariaDB 10.2+ or MySQL 8.0.17+"
+    )
+
+
+def _table_collation(conn: Any, database: str, table_name: str) -> str | None:
+    cur = conn.cursor()
+    try:
+        cur.execute(
+            "SELECT table_collation FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (database, table_name),
+        )
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return None if row is None or row[0] is None else str(row[0]).lower()
+
+
 class _SqlSchema:
     """:class:`~crypto_platform.warehouse.migrations.SchemaTarget` over one DB-API connection."""
 
@@ -854,6 +907,12 @@ class _SqlSchema:
                 (self.database, table_name),
             )
         return {str(r[0]).lower() for r in rows}
+
+    def text_collation(self) -> str:
+        return no_pad_collation(self.conn)
+
+    def table_collation(self, table_name: str) -> str | None:
+        return _table_collation(self.conn, self.database, table_name)
 
     def existing_indexes(self, table_name: str) -> set[str]:
         if self.dialect == "sqlite":

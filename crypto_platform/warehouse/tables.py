@@ -324,7 +324,7 @@ LOAD_WATERMARKS = Table(
         # highest landing segment whose rows of this day are in the table (NULL: not segment-tracked)
         Column("segment", "int", doc="highest landing segment whose rows of the day are in the table"),
         Column("mode", "str", 16, nullable=False, doc="'rebuild' (whole day replaced) or 'upsert'"),
-        Column("rows_loaded", "int", nullable=False, doc="rows written by that load"),
+        Column("rows_loaded", "int", nullable=False, doc="rows of the day the table held after that load"),
         _ms("loaded_ms", "when the load committed (epoch ms)", nullable=False),
     ),
     key=("table_name", "day"),

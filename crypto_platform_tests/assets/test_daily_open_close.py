@@ -85,10 +85,14 @@ def test_a_backfill_range_runs_as_one_multi_partition_run(rest_simulator: Simula
     tags = {"dagster/asset_partition_range_start": "2025-06-04", "dagster/asset_partition_range_end": "2025-06-06"}
     result = dg.materialize([daily_open_close], tags=tags, resources=resources(rest_simulator, tmp_path))
     assert result.success
-    keys = sorted(m.partition for m in result.asset_materializations_for_node("daily_open_close"))
+    mats = result.asset_materializations_for_node("daily_open_close")
+    keys = sorted(m.partition for m in mats)
     assert keys == ["2025-06-04", "2025-06-05", "2025-06-06"]
-    for key in keys:
-        assert (tmp_path / "daily_open_close" / f"date={key}" / "part.parquet").exists()
+    for mat in mats:
+        # dagster/row_count is each partition's row count (one row per pair), not the range's.
+        held = pq.read_table(tmp_path / "daily_open_close" / f"date={mat.partition}" / "part.parquet").num_rows
+        assert mat.metadata["dagster/row_count"].value == held == 2
+        assert mat.metadata["rows_written"].value == 3 * held
 
 
 def test_a_refused_key_fails_the_run_naming_the_setting(rest_simulator: Simulator, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.assets.warehouse import PARITY, mysql_trades, snowflake_trades
+from crypto_platform.assets.warehouse import PARITY, WAREHOUSE_ASSETS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import build_snowflake_resource
@@ -18,6 +18,9 @@ from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
 
 DAY = "2025-11-24"
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
+snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
 
 
 def lake_day(tmp_path: Path) -> tuple[Landing, LakeResource]:

@@ -47,13 +47,14 @@ class World:
             raise_on_error=False,
         )
 
-    def tick(self) -> dg.SensorResult:
+    def tick(self) -> Any:
+        """One tick: the run reactions of the runs it logged, or the skip reason when there were none."""
         with dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, resources={"mlflow": self.mlflow}
         ) as ctx:
             result = mlflow_sensor(ctx)
-        assert isinstance(result, dg.SensorResult)
-        self.cursor = result.cursor
+            self.cursor = ctx.cursor
+        assert isinstance(result, list | dg.SkipReason)
         return result
 
     def logged(self, run_id: str) -> list[Any]:
@@ -84,7 +85,8 @@ def test_each_kind_of_run_is_logged_finished_with_its_tags(
 ) -> None:
     result = world.run(tags)
     assert result.success
-    world.tick()
+    reactions = world.tick()
+    assert [r.dagster_run.run_id for r in reactions] == [result.run_id]  # the tick names the run it logged
     runs = world.logged(result.run_id)
     loads = [r for r in runs if world.experiment_of(r) == INGESTION_EXPERIMENT]
     checks = [r for r in runs if world.experiment_of(r) == QUALITY_EXPERIMENT]
@@ -98,6 +100,18 @@ def test_each_kind_of_run_is_logged_finished_with_its_tags(
     for r in checks:
         assert r.data.metrics["passed"] == float(evaluated[r.data.tags["dagster.check"]].passed)
         assert r.data.tags["dagster.partition"] == DAY
+
+
+def test_a_tick_that_logged_runs_is_a_success_not_an_empty_skip(world: World) -> None:
+    result = world.run()
+    with dg.build_sensor_context(instance=world.instance, resources={"mlflow": world.mlflow}) as ctx:
+        data = mlflow_sensor.evaluate_tick(ctx)
+    # What the sensor daemon reads: run reactions and no skip message make the tick a SUCCESS.
+    assert data.skip_message is None and [r.dagster_run.run_id for r in data.dagster_run_reactions] == [result.run_id]
+    resources = {"mlflow": world.mlflow}
+    with dg.build_sensor_context(instance=world.instance, cursor=data.cursor, resources=resources) as ctx:
+        again = mlflow_sensor.evaluate_tick(ctx)
+    assert again.skip_message == "no finished runs" and not again.dagster_run_reactions
 
 
 def test_a_failed_run_is_logged_failed_and_nothing_stays_running(world: World) -> None:
@@ -120,7 +134,7 @@ def test_a_repeated_tick_logs_nothing_twice(world: World) -> None:
     world.cursor = None  # as if the tick had died before its cursor was stored
     world.tick()
     assert len(world.logged(first.run_id)) == count > 0
-    assert world.tick().skip_reason is not None  # nothing new: the cursor is past every run
+    assert isinstance(world.tick(), dg.SkipReason)  # nothing new: the cursor is past every run
 
 
 def test_dagster_mlflow_leaves_its_run_running_on_an_asset_run(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from dagster_snowflake import SnowflakeResource
 from crypto_platform.local import cli as local_stack_cli
 from crypto_platform.local import stack as ls
 from crypto_platform.resources.snowflake import build_snowflake_resource
-from crypto_platform.settings import Settings, child_environment
+from crypto_platform.settings import Settings, child_environment, load_settings
 from crypto_platform_tests.conftest import free_port, local_settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -175,7 +176,7 @@ def test_services_are_detached_and_loopback_only(own_fakesnow: tuple[Settings, l
 
 def test_required_services_follow_the_settings(tmp_path: Path) -> None:
     local = local_settings(tmp_path)
-    assert [s.name for s in ls.required_services(local)] == ["simulator", "fakesnow"]
+    assert [s.name for s in ls.required_services(local)] == ["simulator", "fakesnow", "dashboard"]
     prod = local_settings(
         tmp_path,
         POLYGON_API_KEY="k" * 20,
@@ -183,7 +184,7 @@ def test_required_services_follow_the_settings(tmp_path: Path) -> None:
         SNOWFLAKE_USER="loader",
         SNOWFLAKE_PASSWORD="pw-not-logged",
     )
-    assert ls.required_services(prod) == []
+    assert [s.name for s in ls.required_services(prod)] == ["dashboard"]  # the market page runs under every setting
     for service in ls.all_services(local):
         assert "--host" in service.argv and service.argv[service.argv.index("--host") + 1] == "127.0.0.1"
 
@@ -193,64 +194,81 @@ def test_stack_environment_is_absolute_and_secret_free(tmp_path: Path) -> None:
         tmp_path, POLYGON_API_KEY="secret-polygon-key-123", MYSQL_URL="mysql+pymysql://u:pw9@h/db"
     )
     env = ls.stack_environment(settings)
-    for key in ("CRYPTO_PROJECT_DIR", "CRYPTO_STATE_DIR", "CRYPTO_DATA_DIR", "DAGSTER_HOME"):
+    for key in ("CRYPTO_PROJECT_DIR", "CRYPTO_STATE_DIR", "CRYPTO_DATA_DIR"):
         assert Path(env[key]).is_absolute(), key
     assert "secret-polygon-key-123" not in repr(env) and "pw9" not in repr(env)
 
 
 # ------------------------------------------------------------------------------------------------
-# the Dagster home
+# the Dagster instance
 
 
-def test_dagster_home_gets_the_repo_config_and_keeps_a_foreign_one(tmp_path: Path) -> None:
-    settings = local_settings(tmp_path)
-    home = settings.dagster_home
-    assert "installed" in ls.prepare_dagster_home(settings)
-    assert (home / "dagster.yaml").read_text() == (PROJECT_DIR / "dagster.yaml").read_text()
-    assert "up to date" in ls.prepare_dagster_home(settings)
-
-    # An older copy of ours is refreshed ...
-    (home / "dagster.yaml").write_text(ls.LOCAL_INSTANCE_MARKER + "\ntelemetry: {enabled: false}\n")
-    assert "installed" in ls.prepare_dagster_home(settings)
-    # ... but a config someone put there on purpose is left alone.
-    (home / "dagster.yaml").write_text("# production\nstorage: {}\n")
-    assert "keeping its own" in ls.prepare_dagster_home(settings)
-    assert (home / "dagster.yaml").read_text() == "# production\nstorage: {}\n"
+def _project_copy(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT_DIR / "dagster.yaml", project / "dagster.yaml")
+    return project
 
 
-def test_local_instance_keeps_runs_and_cursors_across_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The repo's dagster.yaml in a project-local home: SQLite under DAGSTER_HOME, state survives."""
+def test_the_repo_instance_config_keeps_state_in_the_project_on_a_temporary_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `dagster dev` does without DAGSTER_HOME (a temporary home, ./dagster.yaml as config), twice:
+    runs and cursors outlive the temporary home, in <project>/.dagster_home; DAGSTER_HOME=<project>
+    (what `make env` writes to .env) opens the same state."""
+    from dagster._core.instance.ref import InstanceRef
     from dagster._core.storage.runs import SqliteRunStorage
 
-    settings = local_settings(tmp_path)
-    ls.prepare_dagster_home(settings)
-    home = settings.dagster_home
-    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the {env: DAGSTER_HOME} in dagster.yaml
+    project = _project_copy(tmp_path)
+    monkeypatch.chdir(project)  # every Dagster process runs from the project root
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
 
     @dg.asset
     def probe() -> int:
         return 1
 
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    def temporary_home_instance() -> dg.DagsterInstance:
+        home = tmp_path / f"tmp_home_{len(list(tmp_path.iterdir()))}"
+        home.mkdir()
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(project)))
+
+    with temporary_home_instance() as instance:
         assert isinstance(instance.run_storage, SqliteRunStorage)
         assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
         assert instance.get_settings("sensors")["use_threads"] is True
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
         assert instance.run_monitoring_enabled
         assert not instance.telemetry_enabled
+        assert not instance.nux_enabled  # the UI opens on the graph
         run_id = dg.materialize([probe], instance=instance).run_id
         instance.run_storage.set_cursor_values({"crypto_test_cursor": "segment-42"})
 
-    assert (home / "history" / "runs.db").is_file()
-    assert (home / "schedules" / "schedules.db").is_file()
+    state = project / ".dagster_home"
+    assert (state / "history" / "runs.db").is_file()
+    assert (state / "schedules" / "schedules.db").is_file()
+    assert list((state / "storage").rglob("*"))  # run logs and outputs, not in the temporary home
 
-    with dg.DagsterInstance.from_config(str(home)) as reopened:
+    with temporary_home_instance() as reopened:
         run = reopened.get_run_by_id(run_id)
         assert run is not None and run.is_success
         assert reopened.run_storage.get_cursor_values({"crypto_test_cursor"}) == {"crypto_test_cursor": "segment-42"}
 
+    monkeypatch.setenv("DAGSTER_HOME", str(project))
+    with dg.DagsterInstance.get() as home_instance:
+        assert home_instance.get_run_by_id(run_id) is not None
 
-def test_workspace_and_pyproject_point_dagster_at_definitions() -> None:
+
+def test_temporary_home_notice_says_where_state_lives(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path, CRYPTO_PROJECT_DIR=str(tmp_path))
+    assert ls.temporary_home_notice(settings) is None  # local_settings sets DAGSTER_HOME
+    bare = load_settings({"CRYPTO_PROJECT_DIR": str(tmp_path)})
+    notice = ls.temporary_home_notice(bare)
+    assert notice is not None
+    assert str(tmp_path / ".dagster_home") in notice and f"DAGSTER_HOME={tmp_path}" in notice and "make env" in notice
+
+
+def test_workspace_and_pyproject_point_dagster_at_the_same_definitions() -> None:
+    """workspace.yaml (dagster dev -w, dagster-webserver, dagster-daemon) and [tool.dg] (dg, bare dagster dev) agree."""
     import tomllib
 
     import yaml
@@ -267,8 +285,36 @@ def test_workspace_and_pyproject_point_dagster_at_definitions() -> None:
             }
         ]
     }
-    tool = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text()).get("tool", {})
-    assert "dagster" not in tool and "dg" not in tool  # either would override workspace.yaml
+    tool = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]
+    assert "dagster" not in tool
+    assert tool["dg"]["directory_type"] == "project"
+    assert tool["dg"]["project"] == {
+        "root_module": "crypto_platform",
+        "code_location_target_module": "crypto_platform.definitions",
+        "code_location_name": "crypto_platform",
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# services started on demand
+
+
+def test_snowflake_resource_starts_the_local_server_on_demand_once(tmp_path: Path) -> None:
+    """Nothing started beforehand: the resource starts fakesnow before it connects, once, detached."""
+    settings = local_settings(tmp_path / "state", CRYPTO_FAKESNOW_PORT=str(free_port()))
+    service, paths = ls.fakesnow_service(settings), ls.stack_paths(settings)
+    assert not ls.port_open(service.host, service.port)
+    try:
+        assert _rows(settings, "SELECT 1") == [(1,)]
+        pid = ls.running_pid(service, paths)
+        assert pid is not None and os.getsid(pid) == pid
+        assert "--- starting fakesnow" in paths.log_file("fakesnow").read_text()
+        assert _rows(settings, "SELECT 2") == [(2,)]
+        assert ls.running_pid(service, paths) == pid  # the second connection reused it
+        assert ls.ensure_service(service, settings.state_dir) is None
+    finally:
+        assert local_stack_cli.services_stop(settings) == 0
+    assert not ls.port_open(service.host, service.port) and not paths.pid_file("fakesnow").exists()
 
 
 def test_cli_routes_dev_and_services_here() -> None:
@@ -302,3 +348,19 @@ def test_services_stop_with_no_ingester_running_says_so(tmp_path: Path, capsys: 
     assert local_stack_cli.services_stop(settings) == 0
     out = capsys.readouterr().out
     assert "ingester: not running" in out and "fakesnow: was not running" in out
+
+
+def test_a_throwaway_home_gets_the_repo_config_with_its_stores_inside(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    home = tmp_path / "home"
+    ls.install_instance_config(settings, home)
+
+    @dg.asset
+    def probe() -> int:
+        return 1
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert not instance.nux_enabled and not instance.telemetry_enabled
+        assert dg.materialize([probe], instance=instance).success
+    assert (home / "history" / "runs.db").is_file() and (home / "storage").is_dir()
+    assert not (PROJECT_DIR / ".dagster_home" / "storage" / "probe").exists()

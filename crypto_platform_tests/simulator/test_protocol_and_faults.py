@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crypto_platform.polygon.rest_client import PolygonRest, PolygonUnavailableError, RestPolicy
-from crypto_platform.simulator.server import Simulator, SimulatorConfig
+from crypto_platform.simulator.server import ONE_SHOT_FAULTS, Simulator, SimulatorConfig
 from crypto_platform_tests.simulator.conftest import HISTORY_START_MS, KEY, RawClient, wait_for
 
 
@@ -259,7 +260,8 @@ async def full_speed_events(
     async with Simulator(cfg) as sim:
         client = await RawClient.open(sim)
         await client.login(topics)
-        await wait_for(lambda: len([e for e in client.events() if e["ev"] != "status"]) >= n, what="n events")
+        # A generous deadline: 60k events at full speed take seconds, more on a loaded machine.
+        await wait_for(lambda: len([e for e in client.events() if e["ev"] != "status"]) >= n, 60, "n events")
         await client.close()
     return [e for e in client.events() if e["ev"] != "status"]
 
@@ -324,3 +326,48 @@ async def test_rest_history_equals_what_the_websocket_sent() -> None:
         assert (agg.open, agg.high, agg.low, agg.close, agg.volume, agg.vwap) == tuple(
             Decimal(str(bar[k])) for k in ("o", "h", "l", "c", "v", "vw")
         )
+
+
+async def test_a_planted_trade_reaches_subscribers_exactly(simulator: Simulator) -> None:
+    client = await RawClient.open(simulator)
+    await client.login("XT.BTC-USD")
+    await wait_for(lambda: client.events("XT"), what="trades")
+    simulator.plant_trade("ETH-USD", "3000", "1")  # not subscribed: not sent (actions run in order)
+    url = f"{simulator.rest_url}/_sim/fault?name=trade&pair=BTC-USD&price=97000.50&size=25"
+    await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).close())
+    await wait_for(lambda: [e for e in client.events("XT") if e["i"].startswith("planted-")], what="the planted trade")
+    (planted,) = [t for t in client.texts if "planted-" in t]
+    assert '"pair":"BTC-USD","p":97000.50,' in planted and '"s":25,' in planted and '"i":"planted-1"' in planted
+    keys = [k for c in simulator.counters()["connections"].values() for k in c["trade_keys"]]
+    assert "BTC-USD|1|planted-1" in keys and not any("ETH-USD|1|planted" in k for k in keys)
+    with pytest.raises(ValueError, match="price must be a positive number"):
+        simulator.plant_trade("BTC-USD", "-5", "1")
+    await client.close()
+
+
+@pytest.mark.parametrize("fault", sorted(ONE_SHOT_FAULTS))
+def test_a_one_shot_fault_at_start_is_refused_with_the_way_to_fire_it(
+    fault: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crypto_platform.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--fault", fault])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"fault {fault!r} fires once" in err and f"/_sim/fault?name={fault}" in err
+    with pytest.raises(ValueError, match="cannot be set at start"):
+        Simulator(SimulatorConfig(rate=10, faults=((fault, {}),)))
+
+
+def test_a_switch_given_at_start_is_on_from_the_first_request() -> None:
+    from crypto_platform.simulator.cli import _fault
+
+    fault = _fault("rest_429:count=1,retry_after=0")
+    with Simulator(SimulatorConfig(rate=5, faults=(fault,))).running_in_thread() as sim:
+        url = f"{sim.rest_url}/v1/open-close/crypto/BTC/USD/2025-06-01?apiKey={KEY}"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, timeout=10)
+        assert info.value.code == 429
+        with urllib.request.urlopen(url, timeout=10) as resp:  # count=1: only the first one
+            assert json.load(resp)["symbol"] == "BTC-USD"

@@ -21,7 +21,7 @@ import dagster as dg
 import pytest
 from dagster_snowflake import SnowflakeResource
 
-from crypto_platform.assets.warehouse import mysql_trades, snowflake_trades
+from crypto_platform.assets.warehouse import WAREHOUSE_ASSETS
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import LOCAL_NETWORK_TIMEOUT_S, local_connection_args
 from crypto_platform.settings import Settings
@@ -33,6 +33,9 @@ from crypto_platform_tests.conftest import free_port
 # Characters that need URL quoting, so the masking is tested on the encoded and the plain form.
 WRONG = "Wr0ng:p@ss/w%rd"
 RIGHT = "R1ght-pass"
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
+snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
 
 
 def _failure_text(result: dg.ExecuteInProcessResult) -> str:

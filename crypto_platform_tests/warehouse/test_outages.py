@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.assets.warehouse import PARITY, mysql_trades
+from crypto_platform.assets.warehouse import PARITY, WAREHOUSE_ASSETS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.stream_batches import SEGMENTS_TAG
@@ -29,6 +29,8 @@ pytestmark = pytest.mark.mysql
 
 DAY = "2025-11-24"
 PASSWORD = "0utage-Pw-x7"
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
 
 
 def _run(

@@ -20,7 +20,7 @@ import pytest
 from dagster_snowflake import SnowflakeResource
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.assets.warehouse import mysql_trades, snowflake_trades
+from crypto_platform.assets.warehouse import WAREHOUSE_ASSETS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import LOCAL_LOGIN_TIMEOUT_S, LOCAL_NETWORK_TIMEOUT_S, local_connection_args
@@ -32,6 +32,9 @@ from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_fr
 
 DAY = "2025-11-24"
 LONG_ID = "X" * 81
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
+snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
 
 
 def _frame_with_a_long_trade_id() -> bytes:
