@@ -46,9 +46,10 @@ DEFAULT_DASHBOARD_PORT = 8501
 # backfill fills from history, so a fresh start shows a month that can be filled, not two years
 # that look missing. A date (YYYY-MM-DD) fixes it; -N means N days before today (UTC).
 DEFAULT_START_DATE = "-30"
-# Partitions a run keeps in memory between its steps: about three of 2M rows (a stream
-# run reads the day's trades, quotes and bars, and the day before's for the alerts).
-DEFAULT_LAKE_CACHE_MB = 768
+# Where the lake's Delta tables may live: a local path, or an object store delta-rs writes to.
+LAKE_URL_SCHEMES = ("file", "s3", "s3a", "gs", "az", "abfs", "abfss")
+# The standard credential/endpoint variables of those stores, handed to delta-rs as storage options.
+LAKE_STORAGE_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 
 # The keys the simulator accepts by default (REST/WebSocket, and its Flat Files); they are not secrets.
 SIMULATOR_API_KEY = "simulator-key"
@@ -65,6 +66,7 @@ POLYGON_S3_BUCKET = "flatfiles"
 # Where relative paths are taken from; handed to validation beside the variables (not a variable).
 _CWD_KEY = "__cwd__"
 _HOME_SET_KEY = "__dagster_home_set__"
+_LAKE_STORAGE_KEY = "__lake_storage__"
 
 
 class SettingsError(ValueError):
@@ -238,14 +240,14 @@ class Settings(BaseSettings):
         "`0`: keep every run)",
         ge=0,
     )
-    lake_cache_mb: int = setting(
-        "CRYPTO_LAKE_CACHE_MB",
-        DEFAULT_LAKE_CACHE_MB,
-        "`768` (lake partitions a run keeps in memory between its steps, so the day's trades are read once, "
-        "not by each of six steps; `0`: none)",
-        "more on a busy day with memory to spare",
-        ge=0,
+    lake_url: str = setting(
+        "CRYPTO_LAKE_URL",
+        None,
+        "`<data>/lake` (a directory of Delta tables)",
+        "`s3://bucket/prefix` (or `gs://`, `az://`); credentials from `AWS_*` / `GOOGLE_*` / `AZURE_*`",
     )
+    # The object store's standard variables (AWS_*, GOOGLE_*, AZURE_*), handed to delta-rs as storage options.
+    lake_storage: tuple[tuple[str, Secret], ...] = Field((), validation_alias=_LAKE_STORAGE_KEY, exclude=True)
     reconnect_initial_s: float = setting(
         "CRYPTO_RECONNECT_INITIAL_S", 0.5, "`0.5` (first reconnect backoff step; it doubles)", ge=0.01
     )
@@ -388,6 +390,11 @@ class Settings(BaseSettings):
         env[_HOME_SET_KEY] = "DAGSTER_HOME" in env
         env["DAGSTER_HOME"] = (project / env.get("DAGSTER_HOME", project / ".dagster_home")).resolve()
         env.setdefault("MYSQL_URL", f"sqlite:///{data_dir / 'warehouse.sqlite'}")
+        lake = str(env.get("CRYPTO_LAKE_URL", data_dir / "lake"))
+        if "://" not in lake or lake.startswith("file://"):
+            lake = str((project / Path(lake.removeprefix("file://")).expanduser()).resolve())
+        env["CRYPTO_LAKE_URL"] = lake
+        env[_LAKE_STORAGE_KEY] = tuple(sorted((k, v) for k, v in env.items() if k.startswith(LAKE_STORAGE_PREFIXES)))
         env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
         key = str(env.get("POLYGON_API_KEY", "")).strip()
         if key == SIMULATOR_API_KEY:
@@ -469,6 +476,19 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.hostname:
             raise SettingsError(f"{variable}={value!r} is not a {'/'.join(schemes)} URL")
+        return value.rstrip("/")
+
+    @field_validator("lake_url")
+    @classmethod
+    def _check_lake_url(cls, value: str) -> str:
+        if "://" not in value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in LAKE_URL_SCHEMES or not parts.netloc:
+            raise SettingsError(
+                f"CRYPTO_LAKE_URL={value!r} is not a lake location: give a directory, or a "
+                f"{'/'.join(s + '://' for s in LAKE_URL_SCHEMES)} URL with a bucket (e.g. s3://bucket/prefix)"
+            )
         return value.rstrip("/")
 
     @field_validator("alert_price_above", "alert_price_below", mode="before")
@@ -621,8 +641,17 @@ class Settings(BaseSettings):
         return self.data_dir / "landing"
 
     @property
+    def lake_is_local(self) -> bool:
+        return "://" not in self.lake_url
+
+    @property
     def lake_dir(self) -> Path:
-        return self.data_dir / "lake"
+        """The lake's directory when it is local (else where a local lake would be)."""
+        return Path(self.lake_url) if self.lake_is_local else self.data_dir / "lake"
+
+    def lake_storage_options(self) -> dict[str, str]:
+        """delta-rs storage options for an object-store lake: the store's standard variables."""
+        return {name: value.reveal() for name, value in self.lake_storage}
 
     @property
     def history_enabled(self) -> bool:
@@ -640,6 +669,9 @@ class Settings(BaseSettings):
         """A secret-free view for logs, run metadata and MLflow params."""
         out: dict[str, Any] = {}
         for name, value in self:
+            if name == "lake_storage":
+                out[name] = ",".join(k for k, _ in value)  # names only: these hold credentials
+                continue
             if isinstance(value, SecretStr) or name == "snowflake_private_key_path":
                 if name == "mysql_url":
                     out[name] = mask_url_password(value.reveal())
@@ -696,7 +728,8 @@ def _environment_source() -> dict[str, Any]:
     from pydantic_settings import EnvSettingsSource
 
     source = EnvSettingsSource(Settings, case_sensitive=True)
-    found: dict[str, Any] = {}
+    # The object store's own variables are not fields of their own: they go to delta-rs whole.
+    found: dict[str, Any] = {k: v for k, v in os.environ.items() if k.startswith(LAKE_STORAGE_PREFIXES)}
     for name, info in Settings.model_fields.items():
         value, key, _ = source.get_field_value(info, name)
         if value is not None and key:

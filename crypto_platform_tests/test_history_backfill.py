@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from crypto_platform.local.stack import prepare_dagster_home
+from crypto_platform.local.stack import install_instance_config
 from crypto_platform.settings import child_environment, load_settings
 from crypto_platform.simulator.flat_files import object_key
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
@@ -67,9 +67,9 @@ def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        prepare_dagster_home(load_settings(env))
+        install_instance_config(load_settings(env), tmp_path / "dagster_home")
         log = (tmp_path / "dagster.log").open("wb")
-        argv = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_DIR / "workspace.yaml")]
+        argv = [sys.executable, "-m", "dagster", "dev"]  # the code location from pyproject.toml's [tool.dg]
         proc = subprocess.Popen(
             [*argv, "-h", "127.0.0.1", "-p", str(port)],
             cwd=PROJECT_DIR,

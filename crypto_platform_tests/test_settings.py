@@ -56,7 +56,8 @@ def test_relative_paths_are_made_absolute(tmp_path: Path) -> None:
         ({"CRYPTO_SEGMENT_MAX_AGE_S": "soon"}, "CRYPTO_SEGMENT_MAX_AGE_S"),
         ({"CRYPTO_RETENTION_DAYS": "1.5"}, "CRYPTO_RETENTION_DAYS"),
         ({"CRYPTO_RUN_RETENTION_DAYS": "-1"}, "CRYPTO_RUN_RETENTION_DAYS"),
-        ({"CRYPTO_LAKE_CACHE_MB": "-1"}, "CRYPTO_LAKE_CACHE_MB"),
+        ({"CRYPTO_LAKE_URL": "ftp://host/lake"}, "CRYPTO_LAKE_URL"),
+        ({"CRYPTO_LAKE_URL": "s3://"}, "CRYPTO_LAKE_URL"),
         ({"CRYPTO_START_DATE": "2025-13-01"}, "CRYPTO_START_DATE"),
         ({"CRYPTO_REPAIR_TRADES": "sometimes"}, "CRYPTO_REPAIR_TRADES"),
         ({"CRYPTO_BAR_REVISION_WINDOW_S": "-1"}, "CRYPTO_BAR_REVISION_WINDOW_S"),
@@ -169,6 +170,22 @@ def test_alert_rules_are_parsed_and_bad_ones_name_the_variable(tmp_path: Path) -
     for variable, value, why in bad:
         with pytest.raises(SettingsError, match=f"{variable}.*{why}"):
             load_settings({variable: value}, cwd=tmp_path)
+
+
+def test_the_lake_url_defaults_to_the_data_dir_and_object_store_credentials_stay_secret(tmp_path: Path) -> None:
+    local = load_settings({"CRYPTO_STATE_DIR": str(tmp_path)})
+    assert local.lake_url == str(local.data_dir / "lake") and local.lake_storage_options() == {}
+    env = {
+        "CRYPTO_STATE_DIR": str(tmp_path),
+        "CRYPTO_LAKE_URL": "s3://bucket/prefix/",
+        "AWS_SECRET_ACCESS_KEY": "very-secret",
+        "AWS_REGION": "eu-west-1",
+    }
+    remote = load_settings(env)
+    assert remote.lake_url == "s3://bucket/prefix"
+    assert remote.lake_storage_options() == {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "very-secret"}
+    assert "very-secret" not in repr(remote) and "very-secret" not in str(remote.describe())
+    assert load_settings({"CRYPTO_STATE_DIR": str(tmp_path), "CRYPTO_LAKE_URL": "rel/lake"}).lake_url.startswith("/")
 
 
 def test_flat_files_settings_keep_their_keys_secret() -> None:

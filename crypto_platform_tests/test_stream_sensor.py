@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import orjson
-import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
@@ -25,20 +24,23 @@ DAY2_MS = 1_764_028_800_000 + 3_600_000  # 2025-11-25T01:00Z
 
 
 def trades_frame(start_id: int, n: int, t: int, dup_of: int | None = None) -> bytes:
-    events = [
-        {
+    """Trades ``start_id``.. of a frame stamped ``t``; with ``dup_of``, a re-send of trades ``dup_of``..
+    of a frame stamped ``t`` (the same trades: id, time, price; as Polygon re-sends them)."""
+
+    def event(i: int) -> dict[str, object]:
+        return {
             "ev": "XT",
             "pair": "BTC-USD",
             "p": f"9700{i % 10}.1{i % 7}",
             "s": f"0.0000000{i % 9}1",
             "t": t + i,
-            "i": str(i if dup_of is None else dup_of + i - start_id),
+            "i": str(i),
             "x": 1 + i % 2,
             "c": [2],
             "r": t + i + 5,
         }
-        for i in range(start_id, start_id + n)
-    ]
+
+    events = [event(i if dup_of is None else dup_of + i - start_id) for i in range(start_id, start_id + n)]
     return orjson.dumps(events).replace(b'"p":"', b'"p":').replace(b'","s":"', b',"s":').replace(b'","t"', b',"t"')
 
 
@@ -191,7 +193,8 @@ def test_requested_runs_build_raw_trades_and_twenty_batches_equal_one_rebuild(tm
             # Overlapping ids (a resent frame) and a frame spanning midnight in every batch.
             frames = [trades_frame(batch * 10, 10, DAY1_MS + batch * 1000)]
             if batch % 4 == 3:
-                frames.append(trades_frame(batch * 10 + 100_000, 5, DAY1_MS, dup_of=(batch - 1) * 10))
+                original = DAY1_MS + (batch - 1) * 1000  # batch - 1's frame, re-sent
+                frames.append(trades_frame(batch * 10 + 100_000, 5, original, dup_of=(batch - 1) * 10))
             frames.append(trades_frame(batch * 10 + 50_000, 3, DAY2_MS))
             landing.segment(*frames, session=batch // 5 + 1)
             with dg.build_sensor_context(
@@ -208,13 +211,13 @@ def test_requested_runs_build_raw_trades_and_twenty_batches_equal_one_rebuild(tm
                     instance=instance,
                 )
                 assert outcome.success
-        incremental = pq.read_table(tmp_path / "lake" / "raw_trades" / "date=2025-11-24" / "part.parquet")
+        incremental = lake.read_partition("raw_trades", "2025-11-24")
         rebuilt_lake = LakeResource(root=str(tmp_path / "rebuilt"))
         dg.materialize(
             [raw_trades], partition_key="2025-11-24", resources={**resources, "lake": rebuilt_lake}, instance=instance
         )
-    rebuilt = pq.read_table(tmp_path / "rebuilt" / "raw_trades" / "date=2025-11-24" / "part.parquet")
-    assert incremental.equals(rebuilt)
+    rebuilt = rebuilt_lake.read_partition("raw_trades", "2025-11-24")
+    assert incremental is not None and rebuilt is not None and incremental.equals(rebuilt)
     rows = rebuilt.to_pylist()
     assert len(rows) == 200  # the resent frames were de-duplicated
     assert len({(r["pair"], r["exchange"], r["trade_id"]) for r in rows}) == 200

@@ -13,11 +13,13 @@ complete trades. Either way the bar says ``source='rest_repair'`` and ``repaired
 Settled: a bar is final once its end plus ``CRYPTO_BAR_REVISION_WINDOW_S`` has passed at build time.
 
 Modes, like the raw assets: a run from the stream sensor (tag ``crypto/segments``) recomputes only
-the minutes touched by the raw rows of segments after the partition's watermark (see
-:mod:`crypto_platform.resources.lake`), plus the minutes of gaps next to the sessions in them, minutes
-that left a gap, and bars not yet settled, and upserts them into the day; any other run rebuilds
-the day. Every minute's bar is a function of the day's raw rows, the ledger and REST, so both end
-in the same table.
+the minutes touched by the raw rows of segments after the day's bars watermark, plus the minutes of
+gaps next to the sessions in them, minutes that left a gap, and bars not yet settled, and replaces
+exactly those minutes in one Delta commit (a predicate overwrite on the day and the minutes'
+ranges, so only the files holding them are rewritten); any other run rebuilds the day. Every
+minute's bar is a function of the day's raw rows, the ledger and REST, so both end in the same
+table. The bars watermark of a day (the raw tables' segment watermark the build took in) is an
+application transaction ``segments:<day>`` in the same commit as the bars.
 """
 
 import time
@@ -32,8 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_platform.assets import raw
-from crypto_platform.assets.raw import TRADES, incremental_start, raw_aggregates, raw_trades
-from crypto_platform.lake.bars import DECIMAL, MINUTE_MS, compute_minute_bars
+from crypto_platform.assets.raw import TRADES, raw_aggregates, raw_trades
+from crypto_platform.lake.bars import MINUTE_MS, compute_minute_bars
 from crypto_platform.lake.gap_repair import (
     REST_BARS_SCHEMA,
     GapWindow,
@@ -44,19 +46,26 @@ from crypto_platform.lake.gap_repair import (
     rest_trades,
     session_clock,
 )
+from crypto_platform.lake.raw import LANDING_APP_ID
+from crypto_platform.lake.schemas import MINUTE_BARS_SCHEMA
+from crypto_platform.lake.tables import in_ranges, time_ranges
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.polygon.rest_client import PolygonRest
-from crypto_platform.resources.lake import LakeResource, segments_through
+from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.landing_log import DAY_MS
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
-from crypto_platform.warehouse.tables import MINUTE_BARS
 
 ASSET = "minute_bars"
-_ARROW_TYPES = {"dec": DECIMAL, "int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
-# The lake table has exactly the warehouse table's columns, so loaders copy it as it is.
-SCHEMA = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in MINUTE_BARS.columns])
+SCHEMA = MINUTE_BARS_SCHEMA
+
+
+def bars_app_id(day: str) -> str:
+    """The application transaction holding a day's bars watermark (raw segments taken in)."""
+    return f"segments:{day}"
+
+
 _COMPARED = ("open", "high", "low", "close", "volume")
 
 _ASSEMBLE_SQL = """
@@ -115,7 +124,8 @@ class DayBuild:
 
     table: pa.Table
     figures: dict[str, Any] = field(default_factory=dict)
-    repaired_trades: pa.Table | None = None  # the merged raw_trades partition, when REST added trades
+    new_trades: pa.Table | None = None  # trades fetched from REST that raw_trades does not hold yet
+    redo: set[int] | None = None  # the minutes recomputed (None: the whole day)
 
 
 def day_bounds(day: str) -> tuple[int, int]:
@@ -166,20 +176,21 @@ def _only_minutes(table: pa.Table, column: str, minutes: set[int] | None) -> pa.
     return table.filter(pc.is_in(_minute_of(table[column]), value_set=pa.array(sorted(minutes), pa.int64())))
 
 
-def _merge_rest_trades(trades: pa.Table, fetched: pa.Table) -> tuple[pa.Table, int]:
-    """``fetched`` trades not already in ``trades`` (by the raw_trades natural key), merged and sorted."""
+def _merge_rest_trades(trades: pa.Table, fetched: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``fetched`` trades not already in ``trades`` (by the raw_trades natural key) merged and sorted, and those."""
     if fetched.num_rows == 0:
-        return trades, 0
+        return trades, fetched
     key = list(TRADES.key)
     lo, hi = pc.min(fetched["event_ms"]).as_py(), pc.max(fetched["event_ms"]).as_py()
     near = trades.filter(pc.and_(pc.greater_equal(trades["event_ms"], lo), pc.less_equal(trades["event_ms"], hi)))
     have = set(zip(*(near[k].to_pylist() for k in key), strict=True))
     fresh = [i for i, k in enumerate(zip(*(fetched[k].to_pylist() for k in key), strict=True)) if k not in have]
+    new = fetched.take(pa.array(fresh, pa.int64())).cast(trades.schema)
     if not fresh:
-        return trades, 0
-    merged = pa.concat_tables([trades, fetched.take(fresh).cast(trades.schema)])
+        return trades, new
+    merged = pa.concat_tables([trades, new])
     order = pc.sort_indices(merged, [(k, "ascending") for k in TRADES.order])
-    return merged.take(order), len(fresh)
+    return merged.take(order), new
 
 
 def _assemble(
@@ -259,15 +270,15 @@ def build_day(
     )
     rest_bars = REST_BARS_SCHEMA.empty_table()
     repaired_keys = pa.table({"pair": pa.array([], pa.string()), "minute_ms": pa.array([], pa.int64())})
-    merged_trades = None
+    new_trades = None
     added = 0
     if repair:
         if rest is None:
             raise ValueError(f"{day}: {len(repair)} minutes lie in stream gaps but no Polygon REST client was given")
         if settings.repair_trades:
             fetched = rest_trades(rest, pairs, repair)
-            trades, added = _merge_rest_trades(trades, fetched)
-            merged_trades = trades if added else None
+            trades, new_trades = _merge_rest_trades(trades, fetched)
+            added = new_trades.num_rows
             repaired_keys = _keys(fetched, "event_ms")
         else:
             rest_bars = rest_minute_bars(rest, pairs, repair)
@@ -322,7 +333,7 @@ def build_day(
         "xa_bars": xa_keys.num_rows,
         "unsettled_bars": int(pc.sum(pc.invert(table["settled"])).as_py() or 0) if table.num_rows else 0,
     }
-    return DayBuild(table, figures, merged_trades)
+    return DayBuild(table, figures, new_trades if added else None, redo)
 
 
 def _has_history(trades: pa.Table) -> bool:
@@ -350,7 +361,7 @@ def _history_bars(
 def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
     table = lake.read_partition(asset, day)
     if table is None:
-        raise ValueError(f"minute_bars for {day} needs the {asset} partition of that day: materialize {asset} first")
+        raise ValueError(f"minute_bars for {day} needs the {asset} table: materialize {asset} first")
     return table
 
 
@@ -360,9 +371,9 @@ def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
     deps=[raw_trades, raw_aggregates],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
     group_name="lake",
-    kinds={"python", "duckdb", "parquet"},
+    kinds={"python", "duckdb", "delta"},
     owners=["team:data-platform"],
-    code_version="1",
+    code_version="2",
     description=(
         "Per pair and UTC minute: OHLCV, VWAP, trade count and first/last trade time built from raw_trades in "
         "exact decimals, beside Polygon's current XA bar and the differences; settled after the revision window; "
@@ -382,11 +393,12 @@ def minute_bars(
     settings = BarSettings(int(platform.bar_revision_window_s * 1000), platform.repair_trades)
     tag = context.run.tags.get(SEGMENTS_TAG)
     client = polygon_rest.client()
+    tables = lake.tables()
     totals: dict[str, Any] = {}
     per_day: dict[str, dict[str, Any]] = {}
     for day in context.partition_keys:
         # raw_trades first, as its own asset locks it: gap repair may add REST trades to it.
-        with lake.locked("raw_trades", day), lake.locked(ASSET, day):
+        with lake.locked("raw_trades"), lake.locked(ASSET):
             trades = _read(lake, "raw_trades", day)
             aggregates = lake.read_partition("raw_aggregates", day)
             if aggregates is None and (_has_history(trades) or trades.num_rows == 0):
@@ -395,12 +407,14 @@ def minute_bars(
             elif aggregates is None:
                 aggregates = _read(lake, "raw_aggregates", day)
             # The bars take in raw rows up to the older of the two raw watermarks.
-            marks = [m for m in (segments_through(trades), segments_through(aggregates)) if m is not None]
-            through = min(marks) if marks else None
+            marks = [tables.watermark(t, LANDING_APP_ID) for t in ("raw_trades", "raw_aggregates")]
+            through = min(m for m in marks if m is not None) if any(m is not None for m in marks) else None
             existing = lake.read_partition(ASSET, day) if tag else None
             segments = None
             if tag and existing is not None:
-                segments = (incremental_start(existing, tag) + 1, through or parse_segment_range(tag)[1])
+                first, last = parse_segment_range(tag)
+                done = tables.watermark(ASSET, bars_app_id(day))
+                segments = ((done if done is not None else first - 1) + 1, through or last)
             result = build_day(
                 day,
                 trades,
@@ -415,9 +429,19 @@ def minute_bars(
                 if tag or not platform.history_enabled
                 else _history_bars(context, platform, client, day, polygon_rest.pairs),
             )
-            if result.repaired_trades is not None:
-                lake.write_partition("raw_trades", day, result.repaired_trades, through=segments_through(trades))
-            lake.write_partition(ASSET, day, result.table, through=through)
+            if result.new_trades is not None:
+                fresh = result.new_trades
+                ranges = time_ranges(fresh["event_ms"])
+                tables.insert_new("raw_trades", day, fresh, TRADES.key, "event_ms", ranges)
+            mark = {bars_app_id(day): through} if through is not None else None
+            if result.redo is None:
+                tables.replace(ASSET, day, result.table, watermarks=mark)
+            elif result.redo:
+                minutes = in_ranges("minute_ms", time_ranges(pa.array(sorted(result.redo), pa.int64())))
+                rows = _only_minutes(result.table, "minute_ms", result.redo)
+                tables.replace(ASSET, day, rows, where=minutes, watermarks=mark)
+            elif mark:
+                tables.append(ASSET, SCHEMA.empty_table().append_column("date", pa.array([], pa.string())), mark)
         per_day[day] = result.figures
         for k, v in result.figures.items():
             totals[k] = totals.get(k, 0) + v if isinstance(v, int) else v

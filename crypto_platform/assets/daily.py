@@ -17,27 +17,12 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
+from crypto_platform.lake.schemas import DAILY_OPEN_CLOSE_SCHEMA
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 
-DECIMAL = pa.decimal128(38, 18)
-SCHEMA = pa.schema(
-    [
-        ("pair", pa.string()),
-        ("day", pa.date32()),
-        ("status", pa.string()),
-        ("open", DECIMAL),
-        ("close", DECIMAL),
-        ("open_trade_ms", pa.int64()),
-        ("open_trade_id", pa.string()),
-        ("open_exchange", pa.int32()),
-        ("close_trade_ms", pa.int64()),
-        ("close_trade_id", pa.string()),
-        ("close_exchange", pa.int32()),
-        ("fetched_ms", pa.int64()),
-    ]
-)
+SCHEMA = DAILY_OPEN_CLOSE_SCHEMA
 
 
 def _row(pair: str, day: date, answer: dict[str, Any] | None, fetched_ms: int) -> dict[str, Any]:
@@ -65,7 +50,7 @@ def _row(pair: str, day: date, answer: dict[str, Any] | None, fetched_ms: int) -
     partitions_def=DAILY_PARTITIONS,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31),
     group_name="lake",
-    kinds={"python", "parquet"},
+    kinds={"python", "delta"},
     owners=["team:data-platform"],
     code_version="1",
     description=(

@@ -69,8 +69,7 @@ def partition_days(context: dg.AssetCheckExecutionContext, lake: LakeResource, a
         return list(DAILY_PARTITIONS.get_partition_keys_in_range(context.partition_key_range))
     if context.has_partition_key:
         return [context.partition_key]
-    days = sorted(p.name.removeprefix("date=") for p in (Path(lake.root) / asset).glob("date=*"))
-    return days[-1:]
+    return lake.days(asset)[-1:]
 
 
 _SUMMED = ("violations.", "duplicate_keys", "bars", "segments_pending", "sides_", "reconciliation_errors")

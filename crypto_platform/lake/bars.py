@@ -27,7 +27,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-DECIMAL = pa.decimal128(38, 18)
+from crypto_platform.lake.schemas import DECIMAL
+
 MINUTE_MS = 60_000
 SCALE = 18
 # Wide enough for any decimal(76, 36) value: conversions under it never round.
@@ -80,7 +81,7 @@ def _checked_input(trades: pa.Table) -> pa.Table:
     if missing:
         raise ValueError(
             f"compute_minute_bars needs the raw_trades columns {list(_INPUT)}; missing {missing}: "
-            "pass a table with the raw_trades schema (crypto_platform.assets.raw.TRADES_SCHEMA)"
+            "pass a table with the raw_trades schema (crypto_platform.lake.schemas.TRADES_SCHEMA)"
         )
     wrong = [
         f"{c} is {trades.schema.field(c).type}, not {t}" for c, t in _INPUT.items() if trades.schema.field(c).type != t

@@ -33,8 +33,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from crypto_platform.assets.raw import TRADES_SCHEMA
 from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS
+from crypto_platform.lake.schemas import TRADES_SCHEMA
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.stream.session_ledger import gaps, sessions
 

@@ -37,9 +37,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA
 from crypto_platform.lake.bars import DECIMAL, MINUTE_MS
 from crypto_platform.lake.gap_repair import REST_BARS_SCHEMA, rest_minute_bars
+from crypto_platform.lake.raw import TRADES
+from crypto_platform.lake.schemas import TRADES_SCHEMA
 from crypto_platform.polygon.flat_files import (
     MINUTE_AGGS,
     FlatFilesClient,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -124,6 +125,9 @@ def run_dev(settings: Settings) -> int:
     _say(f"Dagster UI on http://{ls.LOOPBACK}:{settings.dagster_port} (Ctrl-C stops it; `make stop` the services)")
     os.chdir(settings.project_dir)
     sys.stdout.flush()
+    # Started from a non-interactive shell (`make dev &`), SIGINT is inherited as ignored and an ignored
+    # signal stays ignored across exec: Ctrl-C (or a SIGINT to the group) would not stop dagster dev.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(argv[0], argv)
     return 0  # pragma: no cover - execv does not return
 

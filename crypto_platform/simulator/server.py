@@ -172,12 +172,12 @@ class Simulator:
         if config.prerender and not (config.full_speed and config.total_events):
             raise ValueError("prerender needs full speed (rate 0) and total_events")
         for name, params in config.faults:
-            self._validate_fault(name, params)
-            if name not in PERSISTENT_FAULTS:
+            if name in ONE_SHOT_FAULTS:
                 raise ValueError(
                     f"fault {name!r} fires once on the open connections and cannot be set at start: "
                     "fire it with set_fault() (GET /_sim/fault) once a client is connected"
                 )
+            self._validate_fault(name, params)
             self._apply_fault(name, dict(params))  # as when switched on while running (REST counts too)
 
     # -- lifecycle --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
 from crypto_platform.assets.daily import daily_open_close
@@ -34,11 +34,17 @@ def resources(sim: Simulator, root: Path) -> dict[str, object]:
     }
 
 
+def read(root: Path, day: str) -> pa.Table:
+    table = LakeResource(root=str(root)).read_partition("daily_open_close", day)
+    assert table is not None
+    return table
+
+
 def test_a_day_is_materialized_with_exact_values(rest_simulator: Simulator, tmp_path: Path) -> None:
     day = "2025-06-02"
     result = dg.materialize([daily_open_close], partition_key=day, resources=resources(rest_simulator, tmp_path))
     assert result.success
-    table = pq.read_table(tmp_path / "daily_open_close" / f"date={day}" / "part.parquet").to_pylist()
+    table = read(tmp_path, day).to_pylist()
     assert [r["pair"] for r in table] == PAIRS and all(r["status"] == "ok" for r in table)
     direct = PolygonRest(rest_simulator.rest_url, SIMULATOR_API_KEY)
     for row in table:
@@ -64,7 +70,7 @@ def test_a_day_without_data_is_recorded_not_skipped(rest_simulator: Simulator, t
     }
     day = "2025-06-02"
     result = dg.materialize([daily_open_close], partition_key=day, resources=res)
-    rows = pq.read_table(tmp_path / "daily_open_close" / f"date={day}" / "part.parquet").to_pylist()
+    rows = read(tmp_path, day).to_pylist()
     assert [(r["pair"], r["status"]) for r in rows] == [("BTC-USD", "ok"), ("ZZZ-USD", "no_data")]
     assert rows[1]["open"] is None and rows[1]["close"] is None
     text = result.asset_materializations_for_node("daily_open_close")[0].metadata["days_without_data"].value
@@ -75,10 +81,9 @@ def test_rematerializing_gives_identical_rows(rest_simulator: Simulator, tmp_pat
     day = "2025-06-03"
     res = resources(rest_simulator, tmp_path)
     dg.materialize([daily_open_close], partition_key=day, resources=res)
-    path = tmp_path / "daily_open_close" / f"date={day}" / "part.parquet"
-    first = pq.read_table(path).drop(["fetched_ms"])
+    first = read(tmp_path, day).drop(["fetched_ms"])
     dg.materialize([daily_open_close], partition_key=day, resources=res)
-    assert pq.read_table(path).drop(["fetched_ms"]).equals(first)
+    assert read(tmp_path, day).drop(["fetched_ms"]).equals(first)
 
 
 def test_a_backfill_range_runs_as_one_multi_partition_run(rest_simulator: Simulator, tmp_path: Path) -> None:
@@ -88,9 +93,11 @@ def test_a_backfill_range_runs_as_one_multi_partition_run(rest_simulator: Simula
     mats = result.asset_materializations_for_node("daily_open_close")
     keys = sorted(m.partition for m in mats)
     assert keys == ["2025-06-04", "2025-06-05", "2025-06-06"]
+    assert LakeResource(root=str(tmp_path)).days("daily_open_close") == keys
+    assert all(read(tmp_path, key).num_rows == 2 for key in keys)
     for mat in mats:
         # dagster/row_count is each partition's row count (one row per pair), not the range's.
-        held = pq.read_table(tmp_path / "daily_open_close" / f"date={mat.partition}" / "part.parquet").num_rows
+        held = read(tmp_path, str(mat.partition)).num_rows
         assert mat.metadata["dagster/row_count"].value == held == 2
         assert mat.metadata["rows_written"].value == 3 * held
 

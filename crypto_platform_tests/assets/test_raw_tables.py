@@ -12,7 +12,6 @@ from typing import Any
 import dagster as dg
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform.assets.raw import (
@@ -25,7 +24,8 @@ from crypto_platform.assets.raw import (
     segments_to_read,
 )
 from crypto_platform.lake.decode import LandingDecodeError, SegmentFile, can_merge_into, decode, merge
-from crypto_platform.resources.lake import LakeResource, segments_through
+from crypto_platform.lake.raw import LANDING_APP_ID
+from crypto_platform.resources.lake import LakeResource
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame
 
@@ -94,12 +94,14 @@ def test_incremental_runs_equal_a_rebuild_for_quotes_and_aggregates(tmp_path: Pa
 
 
 def rebuilt_rows(tmp_path: Path, asset: dg.AssetsDefinition) -> list[dict]:
-    """Land the test segments, rebuild the day of ``asset`` and read its Parquet partition back."""
+    """Land the test segments, rebuild the day of ``asset`` and read its rows back."""
     landing = Landing(tmp_path)
     segments(landing)
-    materialize(asset, landing, LakeResource(root=str(tmp_path / "lake")), {})
-    name = asset.key.to_user_string()
-    return pq.read_table(tmp_path / "lake" / name / f"date={DAY}" / "part.parquet").to_pylist()
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    materialize(asset, landing, lake, {})
+    table = lake.read_partition(asset.key.to_user_string(), DAY)
+    assert table is not None
+    return table.to_pylist()
 
 
 def test_quotes_are_exact_and_a_resent_frame_collapses(tmp_path: Path) -> None:
@@ -165,11 +167,11 @@ def test_a_failed_runs_segments_are_taken_in_by_the_next_run(tmp_path: Path) -> 
     materialize(raw_trades, landing, lake, {SEGMENTS_TAG: f"{last}-{last}"})
     table = lake.read_partition("raw_trades", DAY)
     assert sorted(table["segment"].to_pylist()) == [1] * 5 + [2] * 5 + [3] * 5
-    assert segments_through(table) == last
+    assert lake.tables().watermark("raw_trades", LANDING_APP_ID) == last
     # A stale re-execution of the failed run changes nothing and never lowers the watermark.
     materialize(raw_trades, landing, lake, {SEGMENTS_TAG: "2-2"})
     again = lake.read_partition("raw_trades", DAY)
-    assert again.equals(table) and segments_through(again) == last
+    assert again.equals(table) and lake.tables().watermark("raw_trades", LANDING_APP_ID) == last
 
 
 def test_a_rebuild_after_retention_reads_what_is_left_and_names_only_the_days_lost_segments(

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.assets.warehouse import mysql_trades, snowflake_trades
+from crypto_platform.assets.warehouse import WAREHOUSE_ASSETS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import build_snowflake_resource
@@ -17,6 +17,9 @@ from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame
 
 DAY1, DAY2 = "2025-11-24", "2025-11-25"
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
+snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
 
 
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> list[dict[str, object]]:

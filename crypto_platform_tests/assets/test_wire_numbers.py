@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.assets.warehouse import mysql_trades, snowflake_trades
+from crypto_platform.assets.warehouse import WAREHOUSE_ASSETS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import build_snowflake_resource
@@ -27,6 +27,9 @@ from crypto_platform_tests.assets.test_warehouse_trades import DAY, parity, sql_
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing
 
 T = DAY1_MS + 1_000
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
+snowflake_trades = WAREHOUSE_ASSETS["snowflake_trades"]
 
 
 def _trade(body: str) -> bytes:

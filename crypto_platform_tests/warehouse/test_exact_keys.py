@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
-from crypto_platform.assets.warehouse import PARITY, mysql_trades
+from crypto_platform.assets.warehouse import PARITY, WAREHOUSE_ASSETS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.warehouse import samples
@@ -24,6 +24,8 @@ from crypto_platform.warehouse.tables import ALL_TABLES, LOAD_WATERMARKS
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing
 
 DAY = "2025-11-24"
+
+mysql_trades = WAREHOUSE_ASSETS["mysql_trades"]
 
 
 def trades_with_ids(*ids: str) -> pd.DataFrame:
