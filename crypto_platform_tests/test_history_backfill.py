@@ -20,10 +20,10 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from crypto_platform.local.stack import install_instance_config
+from crypto_platform.resources.lake import LakeResource
 from crypto_platform.settings import child_environment, load_settings
 from crypto_platform.simulator.flat_files import object_key
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
@@ -126,16 +126,18 @@ def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
                 proc.wait(30)
             log.close()
 
-        lake = state / "data" / "lake"
+        lake = LakeResource(root=str(state / "data" / "lake"))
         for day in days:
-            trades = pq.read_table(lake / "raw_trades" / f"date={day}" / "part.parquet")
+            trades = lake.read_partition("raw_trades", day)
+            assert trades is not None, day
             stored = sim.flat_files.get(object_key("trades_v1", date.fromisoformat(day)))
             assert stored is not None
             published = list(csv.DictReader(io.StringIO(gzip.decompress(stored.path.read_bytes()).decode())))
             assert trades.num_rows == len(published) > 500, day
             assert set(trades["source"].to_pylist()) == {"flat_file"}, day
             assert sorted(trades["trade_id"].to_pylist()) == sorted(r["id"] for r in published), day
-            bars = pq.read_table(lake / "minute_bars" / f"date={day}" / "part.parquet")
+            bars = lake.read_partition("minute_bars", day)
+            assert bars is not None, day
             assert sum(bars["trade_count"].to_pylist()) == trades.num_rows, day
             assert set(bars["source"].to_pylist()) == {"flat_file"}, day
         assert not (state / "data" / "history").exists() or not any((state / "data" / "history").iterdir()), (
