@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -39,20 +39,28 @@ DEFAULT_PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
 # Loopback ports of the zero-setup stack.
 DEFAULT_SIMULATOR_PORT = 8765
 DEFAULT_FAKESNOW_PORT = 8766
+DEFAULT_SIMULATOR_S3_PORT = 8767
 DEFAULT_DAGSTER_PORT = 3000
 DEFAULT_DASHBOARD_PORT = 8501
-# First daily partition of every date-partitioned asset (REST history reaches further back).
-DEFAULT_START_DATE = "2025-01-01"
+# First daily partition of every date-partitioned asset: by default the last 30 days, each of which a
+# backfill fills from history, so a fresh start shows a month that can be filled, not two years
+# that look missing. A date (YYYY-MM-DD) fixes it; -N means N days before today (UTC).
+DEFAULT_START_DATE = "-30"
 # Where the lake's Delta tables may live: a local path, or an object store delta-rs writes to.
 LAKE_URL_SCHEMES = ("file", "s3", "s3a", "gs", "az", "abfs", "abfss")
 # The standard credential/endpoint variables of those stores, handed to delta-rs as storage options.
 LAKE_STORAGE_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 
-# The key the simulator accepts by default; it is not a secret.
+# The keys the simulator accepts by default (REST/WebSocket, and its Flat Files); they are not secrets.
 SIMULATOR_API_KEY = "simulator-key"
+SIMULATOR_S3_ACCESS_KEY_ID = "simulator-s3-key"
+SIMULATOR_S3_SECRET_ACCESS_KEY = "simulator-s3-secret"
 
 POLYGON_WS_URL = "wss://socket.polygon.io/crypto"
 POLYGON_REST_URL = "https://api.polygon.io"
+# Massive's Flat Files (formerly files.polygon.io): an S3-compatible endpoint and its bucket.
+POLYGON_S3_ENDPOINT = "https://files.massive.com"
+POLYGON_S3_BUCKET = "flatfiles"
 
 
 # Where relative paths are taken from; handed to validation beside the variables (not a variable).
@@ -151,6 +159,9 @@ class Settings(BaseSettings):
     )
     simulator_host: str = setting("CRYPTO_SIMULATOR_HOST", "127.0.0.1", "`127.0.0.1`", "not used")
     simulator_port: int = setting("CRYPTO_SIMULATOR_PORT", DEFAULT_SIMULATOR_PORT, "`8765`", "not used", ge=1)
+    simulator_s3_port: int = setting(
+        "CRYPTO_SIMULATOR_S3_PORT", DEFAULT_SIMULATOR_S3_PORT, "`8767` (the simulator's Flat Files)", "not used", ge=1
+    )
     api_key: Secret = setting(
         "POLYGON_API_KEY",
         SIMULATOR_API_KEY,
@@ -169,6 +180,32 @@ class Settings(BaseSettings):
         "`http://127.0.0.1:8765` (simulator)",
         "`https://api.polygon.io` (default once a key is set)",
     )
+    # History (days the stream never saw): Flat Files over S3 with keys of their own, or REST.
+    s3_access_key_id: Secret | None = setting(
+        "POLYGON_S3_ACCESS_KEY_ID",
+        None,
+        "unset: the simulator's built-in key",
+        "the Flat Files S3 key from the Massive dashboard (not the API key); with it, history comes from Flat Files",
+    )
+    s3_secret_access_key: Secret | None = setting(
+        "POLYGON_S3_SECRET_ACCESS_KEY",
+        None,
+        "unset: the simulator's built-in secret",
+        "its secret (set both or neither)",
+    )
+    s3_endpoint: str = setting(
+        "POLYGON_S3_ENDPOINT",
+        None,
+        "`http://127.0.0.1:8767` (simulator)",
+        "`https://files.massive.com` (default once a key is set)",
+    )
+    s3_bucket: str = setting("POLYGON_S3_BUCKET", POLYGON_S3_BUCKET, "`flatfiles`")
+    history_source: Literal["auto", "flat_files", "rest", "off"] = setting(
+        "CRYPTO_HISTORY_SOURCE",
+        "auto",
+        "`auto` (past days from Flat Files when S3 keys are set, else REST `/v3/trades`; or `flat_files` / `rest`; "
+        "`off`: only what the stream landed)",
+    )
     pairs: tuple[str, ...] = setting(
         "CRYPTO_PAIRS", ",".join(DEFAULT_PAIRS), "`BTC-USD,ETH-USD,SOL-USD` (`*` = every pair)", "your pairs"
     )
@@ -176,7 +213,11 @@ class Settings(BaseSettings):
         "CRYPTO_CHANNELS", ",".join(DEFAULT_CHANNELS), "`XT,XQ,XA,XAS` (choose from `XT,XQ,XA,XAS,XL2`)"
     )
     start_date: str = setting(
-        "CRYPTO_START_DATE", DEFAULT_START_DATE, "`2025-01-01` (first daily partition)", "your history start"
+        "CRYPTO_START_DATE",
+        DEFAULT_START_DATE,
+        "`-30` (first daily partition: 30 days before today, UTC, each fillable by a backfill from history; "
+        "or a date YYYY-MM-DD)",
+        "a fixed date: your history start (a relative start moves the partition window every day)",
     )
     fsync_policy: Literal["never", "seal", "frame"] = setting(
         "CRYPTO_FSYNC", "seal", "`seal` (`never` / `seal` / `frame`)", "`seal`"
@@ -380,6 +421,13 @@ class Settings(BaseSettings):
         sim = f"{host}:{env.get('CRYPTO_SIMULATOR_PORT', DEFAULT_SIMULATOR_PORT)}"
         env.setdefault("POLYGON_WS_URL", POLYGON_WS_URL if key else f"ws://{sim}/crypto")
         env.setdefault("POLYGON_REST_URL", POLYGON_REST_URL if key else f"http://{sim}")
+        s3_given = bool(env.get("POLYGON_S3_ACCESS_KEY_ID") or env.get("POLYGON_S3_SECRET_ACCESS_KEY"))
+        if not key and not s3_given:
+            # The simulator's Flat Files and their built-in keys (not secrets).
+            env["POLYGON_S3_ACCESS_KEY_ID"] = SIMULATOR_S3_ACCESS_KEY_ID
+            env["POLYGON_S3_SECRET_ACCESS_KEY"] = SIMULATOR_S3_SECRET_ACCESS_KEY
+            env.setdefault("POLYGON_S3_ENDPOINT", f"http://{host}:{env.get('CRYPTO_SIMULATOR_S3_PORT', 8767)}")
+        env.setdefault("POLYGON_S3_ENDPOINT", POLYGON_S3_ENDPOINT)
         return env
 
     @field_validator("pairs", mode="before")
@@ -407,7 +455,17 @@ class Settings(BaseSettings):
             )
         return channels
 
-    @field_validator("fsync_policy", mode="before")
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _check_s3_endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                f"POLYGON_S3_ENDPOINT={value!r} is not an http/https URL (default {POLYGON_S3_ENDPOINT})"
+            )
+        return value.rstrip("/")
+
+    @field_validator("fsync_policy", "history_source", mode="before")
     @classmethod
     def _lower(cls, raw: Any) -> Any:
         return raw.strip().lower() if isinstance(raw, str) else raw
@@ -415,11 +473,14 @@ class Settings(BaseSettings):
     @field_validator("start_date")
     @classmethod
     def _check_date(cls, value: str) -> str:
+        if re.fullmatch(r"-\d+", value):
+            return (datetime.now(UTC).date() - timedelta(days=int(value[1:]))).isoformat()
         try:
             date.fromisoformat(value)
         except ValueError:
             raise SettingsError(
-                f"CRYPTO_START_DATE={value!r} is not a date YYYY-MM-DD (default {DEFAULT_START_DATE})"
+                f"CRYPTO_START_DATE={value!r} is not a date YYYY-MM-DD or -N (days before today; "
+                f"default {DEFAULT_START_DATE})"
             ) from None
         return value
 
@@ -532,6 +593,16 @@ class Settings(BaseSettings):
                 "set POLYGON_API_KEY to your Polygon/Massive key, or unset POLYGON_WS_URL to use the simulator"
             )
         self._uses_simulator = not key_given
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise SettingsError(
+                "Flat Files need both POLYGON_S3_ACCESS_KEY_ID and POLYGON_S3_SECRET_ACCESS_KEY (the S3 keys from the "
+                "Massive dashboard, not the API key): set both, or neither to read history from REST"
+            )
+        if self.history_source == "flat_files" and self.s3_access_key_id is None:
+            raise SettingsError(
+                "CRYPTO_HISTORY_SOURCE=flat_files but POLYGON_S3_ACCESS_KEY_ID/POLYGON_S3_SECRET_ACCESS_KEY are not "
+                "set: set the S3 keys from the Massive dashboard, or use auto/rest"
+            )
         where: dict[str, Any] = {"database": self.snowflake_database, "schema": self.snowflake_schema}
         if self.snowflake_account:
             if not self.snowflake_user:
@@ -599,6 +670,18 @@ class Settings(BaseSettings):
     def lake_storage_options(self) -> dict[str, str]:
         """delta-rs storage options for an object-store lake: the store's standard variables."""
         return {name: value.reveal() for name, value in self.lake_storage}
+
+    @property
+    def history_enabled(self) -> bool:
+        """Whether runs of past days read history at all (``CRYPTO_HISTORY_SOURCE`` not ``off``)."""
+        return self.history_source != "off"
+
+    @property
+    def history_from_flat_files(self) -> bool:
+        """Whether past days come from Flat Files (else from REST ``/v3/trades``)."""
+        if self.history_source == "auto":
+            return self.s3_access_key_id is not None
+        return self.history_source == "flat_files"
 
     def describe(self) -> dict[str, Any]:
         """A secret-free view for logs, run metadata and MLflow params."""

@@ -15,6 +15,12 @@ import pytest
 
 from crypto_platform.settings import Settings, load_settings
 
+# Runs of past days read no history unless a test asks for it (history tests set their own
+# CRYPTO_HISTORY_SOURCE); otherwise a rebuild of a test day would go looking for Flat Files.
+os.environ.setdefault("CRYPTO_HISTORY_SOURCE", "off")
+# The suite's fixed days (2025-11 and later) must be partitions; the default start is relative.
+os.environ.setdefault("CRYPTO_START_DATE", "2025-01-01")
+
 MYSQL_HOST = os.environ.get("CRYPTO_TEST_MYSQL_HOST", "127.0.0.1")
 MYSQL_PORT = int(os.environ.get("CRYPTO_TEST_MYSQL_PORT", "3306"))
 MYSQL_USER = os.environ.get("CRYPTO_TEST_MYSQL_USER", "root")

@@ -315,7 +315,11 @@ def check_tables_as_an_analyst(env: dict[str, str], state: Path, day: str, alive
 @pytest.mark.timeout(1500)  # boots the whole stack and waits on several runs: bounded by the polls' deadlines
 def test_plain_dagster_dev_in_a_fresh_clone_runs_the_platform(tmp_path: Path) -> None:
     project = fresh_copy(tmp_path / "clone")
-    ports = {"CRYPTO_SIMULATOR_PORT": str(free_port()), "CRYPTO_FAKESNOW_PORT": str(free_port())}
+    ports = {
+        "CRYPTO_SIMULATOR_PORT": str(free_port()),
+        "CRYPTO_SIMULATOR_S3_PORT": str(free_port()),
+        "CRYPTO_FAKESNOW_PORT": str(free_port()),
+    }
     env = bare_environment(**ports)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -442,7 +446,11 @@ DAEMONS = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } 
 @pytest.mark.timeout(1500)  # several Dagster processes boot one after the other; each wait has its deadline
 def test_every_dagster_and_dg_command_works_from_the_root_of_a_fresh_clone(tmp_path: Path) -> None:
     project = fresh_copy(tmp_path / "clone")
-    env = bare_environment(CRYPTO_SIMULATOR_PORT=str(free_port()), CRYPTO_FAKESNOW_PORT=str(free_port()))
+    env = bare_environment(
+        CRYPTO_SIMULATOR_PORT=str(free_port()),
+        CRYPTO_SIMULATOR_S3_PORT=str(free_port()),
+        CRYPTO_FAKESNOW_PORT=str(free_port()),
+    )
     bin_ = VENV_BIN
     graph = definitions.defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}

@@ -186,3 +186,27 @@ def test_the_lake_url_defaults_to_the_data_dir_and_object_store_credentials_stay
     assert remote.lake_storage_options() == {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "very-secret"}
     assert "very-secret" not in repr(remote) and "very-secret" not in str(remote.describe())
     assert load_settings({"CRYPTO_STATE_DIR": str(tmp_path), "CRYPTO_LAKE_URL": "rel/lake"}).lake_url.startswith("/")
+
+
+def test_flat_files_settings_keep_their_keys_secret() -> None:
+    sim = load_settings({"CRYPTO_SIMULATOR_S3_PORT": "9123"}, cwd=Path("/tmp"))
+    assert sim.history_from_flat_files and sim.s3_endpoint == "http://127.0.0.1:9123" and sim.s3_bucket == "flatfiles"
+    real = load_settings(
+        {
+            "POLYGON_API_KEY": "k",
+            "POLYGON_S3_ACCESS_KEY_ID": "AKIA-ID-123",
+            "POLYGON_S3_SECRET_ACCESS_KEY": "s3-secret-456",
+        },
+        cwd=Path("/tmp"),
+    )
+    assert real.s3_endpoint == "https://files.massive.com" and real.history_from_flat_files
+    shown = f"{real!r} {real.describe()}"
+    assert "AKIA-ID-123" not in shown and "s3-secret-456" not in shown
+    assert not load_settings({"POLYGON_API_KEY": "k"}, cwd=Path("/tmp")).history_from_flat_files
+    with pytest.raises(SettingsError, match="POLYGON_S3_SECRET_ACCESS_KEY"):
+        load_settings({"POLYGON_API_KEY": "k", "POLYGON_S3_ACCESS_KEY_ID": "AKIA"}, cwd=Path("/tmp"))
+    with pytest.raises(SettingsError, match="CRYPTO_HISTORY_SOURCE"):
+        load_settings({"POLYGON_API_KEY": "k", "CRYPTO_HISTORY_SOURCE": "flat_files"}, cwd=Path("/tmp"))
+    with pytest.raises(SettingsError, match="CRYPTO_HISTORY_SOURCE"):
+        load_settings({"CRYPTO_HISTORY_SOURCE": "ftp"}, cwd=Path("/tmp"))
+    assert not load_settings({"CRYPTO_HISTORY_SOURCE": "rest"}, cwd=Path("/tmp")).history_from_flat_files

@@ -23,7 +23,9 @@ application transaction ``segments:<day>`` in the same commit as the bars.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -31,6 +33,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_platform.assets import raw
 from crypto_platform.assets.raw import TRADES, raw_aggregates, raw_trades
 from crypto_platform.lake.bars import MINUTE_MS, compute_minute_bars
 from crypto_platform.lake.gap_repair import (
@@ -81,13 +84,14 @@ SELECT m.pair, m.minute_ms, m.open, m.high, m.low, m.close, m.volume, m.vwap, m.
        x.vwap AS xa_vwap,
        {diffs},
        m.minute_ms + {minute} + {window_ms} <= {now_ms} AS settled,
-       CASE WHEN k.pair IS NULL THEN 'ws' ELSE '{rest_source}' END AS source,
+       CASE WHEN k.pair IS NULL THEN coalesce(t.source, 'ws') ELSE '{rest_source}' END AS source,
        g.minute_ms IS NOT NULL AS in_gap,
        k.pair IS NOT NULL AS repaired
 FROM merged m
 LEFT JOIN xa x ON x.pair = m.pair AND x.start_ms = m.minute_ms
 LEFT JOIN gap_minutes g ON g.minute_ms = m.minute_ms
 LEFT JOIN repaired_keys k ON k.pair = m.pair AND k.minute_ms = m.minute_ms
+LEFT JOIN trade_sources t ON t.pair = m.pair AND t.minute_ms = m.minute_ms
 ORDER BY m.minute_ms, m.pair
 """.format(
     picked=",\n           ".join(
@@ -97,8 +101,13 @@ ORDER BY m.minute_ms, m.pair
     minute=MINUTE_MS,
     window_ms="{window_ms}",
     now_ms="{now_ms}",
-    rest_source="rest_repair",
+    rest_source="{rest_source}",
 )
+# Where a bar's trades came from: 'ws' when any was streamed, else the history source of its trades.
+_TRADE_SOURCES_SQL = f"""
+SELECT pair, event_ms - event_ms % {MINUTE_MS} AS minute_ms, max(source) AS source
+FROM trades GROUP BY ALL HAVING max(source) IN ('flat_file', 'rest_history')
+"""
 
 
 @dataclass(frozen=True)
@@ -192,15 +201,24 @@ def _assemble(
     repaired_keys: pa.Table,
     settings: BarSettings,
     now_ms: int,
+    trades: pa.Table | None = None,
+    rest_source: str = "rest_repair",
 ) -> pa.Table:
     con = duckdb.connect()
     try:
+        con.register(
+            "trades",
+            (trades if trades is not None else raw.TRADES_SCHEMA.empty_table()).select(["pair", "event_ms", "source"]),
+        )
+        con.register("trade_sources", con.sql(_TRADE_SOURCES_SQL).to_arrow_table())
         con.register("built", built)
         con.register("rest", rest)
         con.register("xa", xa)
         con.register("gap_minutes", pa.table({"minute_ms": pa.array(sorted(gap_minutes), pa.int64())}))
         con.register("repaired_keys", repaired_keys)
-        sql = _ASSEMBLE_SQL.format(window_ms=int(settings.revision_window_ms), now_ms=int(now_ms))
+        sql = _ASSEMBLE_SQL.format(
+            window_ms=int(settings.revision_window_ms), now_ms=int(now_ms), rest_source=rest_source
+        )
         out = con.sql(sql).to_arrow_table()
     finally:
         con.close()
@@ -223,8 +241,14 @@ def build_day(
     segments: tuple[int, int] | None = None,
     existing: pa.Table | None = None,
     now_ms: int | None = None,
+    history_bars: Callable[[], tuple[pa.Table, str] | None] | None = None,
 ) -> DayBuild:
-    """The day's minute bars: a rebuild (``segments`` None) or an upsert of the touched minutes."""
+    """The day's minute bars: a rebuild (``segments`` None) or an upsert of the touched minutes.
+
+    A day whose trades include history (Flat Files or REST history) is complete: its stream gaps
+    are not repaired again. A past day without any trades takes Polygon's minute bars from
+    ``history_bars`` (``minute_aggs`` or REST), with ``source`` saying which.
+    """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     lo, hi = day_bounds(day)
     clock = session_clock(trades, aggregates)
@@ -238,6 +262,9 @@ def build_day(
             segments, trades, aggregates, existing, windows, gap_minutes, (lo, hi), settings.revision_window_ms
         )
     repair = gap_minutes if redo is None else gap_minutes & redo
+    if _has_history(trades):
+        repair = set()  # the day's trades came from history, which has every trade
+    rest_source = "rest_repair"
     pairs = sorted(
         set(pairs) - {"*"} | set(pc.unique(trades["pair"]).to_pylist()) | set(pc.unique(aggregates["pair"]).to_pylist())
     )
@@ -257,10 +284,28 @@ def build_day(
             rest_bars = rest_minute_bars(rest, pairs, repair)
             repaired_keys = rest_bars.select(["pair", "minute_ms"])
 
+    if trades.num_rows == 0 and history_bars is not None and redo is None and hi <= now_ms:
+        got = history_bars()
+        if got is not None:
+            rest_bars, rest_source = got
+            rest_bars = rest_bars.filter(
+                pc.and_(pc.greater_equal(rest_bars["minute_ms"], lo), pc.less(rest_bars["minute_ms"], hi))
+            )
+            repaired_keys = rest_bars.select(["pair", "minute_ms"])
     built = compute_minute_bars(_only_minutes(trades, "event_ms", redo))
     xa_rows = aggregates.filter(pc.and_(pc.equal(aggregates["channel"], "XA"), aggregates["is_current"]))
     xa = _only_minutes(xa_rows, "start_ms", redo)
-    table = _assemble(built, rest_bars, xa, gap_minutes, repaired_keys, settings, now_ms)
+    table = _assemble(
+        built,
+        rest_bars,
+        xa,
+        gap_minutes,
+        repaired_keys,
+        settings,
+        now_ms,
+        _only_minutes(trades, "event_ms", redo),
+        rest_source,
+    )
     if redo is not None and existing is not None:
         kept = existing.filter(pc.invert(pc.is_in(existing["minute_ms"], value_set=pa.array(sorted(redo), pa.int64()))))
         table = pa.concat_tables([kept.cast(SCHEMA), table])
@@ -291,6 +336,28 @@ def build_day(
     return DayBuild(table, figures, new_trades if added else None, redo)
 
 
+def _has_history(trades: pa.Table) -> bool:
+    """Whether the day's trades include history (Flat Files or REST history rows)."""
+    history = pa.array(["flat_file", "rest_history"])
+    return trades.num_rows > 0 and bool(pc.any(pc.is_in(trades["source"], value_set=history)).as_py())
+
+
+def _history_bars(
+    context: dg.AssetExecutionContext, platform: Any, client: PolygonRest, day: str, pairs: list[str]
+) -> Callable[[], tuple[pa.Table, str] | None]:
+    """Polygon's minute bars of a past day, read only if the build asks (the day has no trades)."""
+
+    def read() -> tuple[pa.Table, str] | None:
+        from crypto_platform.lake.history import finish_day, history_access, history_minute_bars
+
+        access = history_access(platform, client)
+        got = history_minute_bars(access, date.fromisoformat(day), pairs, context.log.info)
+        finish_day(access.history_dir, date.fromisoformat(day))
+        return got
+
+    return read
+
+
 def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
     table = lake.read_partition(asset, day)
     if table is None:
@@ -310,8 +377,10 @@ def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
     description=(
         "Per pair and UTC minute: OHLCV, VWAP, trade count and first/last trade time built from raw_trades in "
         "exact decimals, beside Polygon's current XA bar and the differences; settled after the revision window; "
-        "minutes in stream gaps repaired from REST (source='rest_repair'). Metadata: coverage of the day "
-        "(minutes observed, in gaps, with bars, repaired)."
+        "minutes in stream gaps repaired from REST (source='rest_repair'). Past days: backfill raw_trades and this "
+        "asset together — bars are built from the history trades (source='flat_file' or 'rest_history'), or, for a "
+        "day without trades, taken from Polygon's minute_aggs file or REST minute bars (source='minute_aggs' / "
+        "'rest_minute_bars'). Metadata: coverage of the day (minutes observed, in gaps, with bars, repaired)."
     ),
 )
 def minute_bars(
@@ -330,7 +399,13 @@ def minute_bars(
     for day in context.partition_keys:
         # raw_trades first, as its own asset locks it: gap repair may add REST trades to it.
         with lake.locked("raw_trades"), lake.locked(ASSET):
-            trades, aggregates = _read(lake, "raw_trades", day), _read(lake, "raw_aggregates", day)
+            trades = _read(lake, "raw_trades", day)
+            aggregates = lake.read_partition("raw_aggregates", day)
+            if aggregates is None and (_has_history(trades) or trades.num_rows == 0):
+                # A past day filled from history has no stream bars: nothing to compare with.
+                aggregates = raw.AGGREGATES_SCHEMA.empty_table()
+            elif aggregates is None:
+                aggregates = _read(lake, "raw_aggregates", day)
             # The bars take in raw rows up to the older of the two raw watermarks.
             marks = [tables.watermark(t, LANDING_APP_ID) for t in ("raw_trades", "raw_aggregates")]
             through = min(m for m in marks if m is not None) if any(m is not None for m in marks) else None
@@ -350,6 +425,9 @@ def minute_bars(
                 list(polygon_rest.pairs),
                 segments,
                 existing,
+                history_bars=None
+                if tag or not platform.history_enabled
+                else _history_bars(context, platform, client, day, polygon_rest.pairs),
             )
             if result.new_trades is not None:
                 fresh = result.new_trades

@@ -8,9 +8,18 @@ rebuilds the day from every segment in one Delta commit. Both use the same decod
 rule (natural key, earliest receipt), so appends end in exactly the table a rebuild gives.
 """
 
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from crypto_platform.assets.landing_log import landing_log
+from crypto_platform.lake.decode import merge
 from crypto_platform.lake.raw import (
     AGGREGATES,
     BOOK,
@@ -26,7 +35,7 @@ from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, DECIMAL
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import last_manifest_entry
+from crypto_platform.stream.landing_log import DAY_MS, last_manifest_entry
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
 
 __all__ = [
@@ -54,6 +63,9 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
         name=spec.name,
         partitions_def=DAILY_PARTITIONS,
         deps=[landing_log],
+        # A backfill of past days is bound by downloading and parsing each day (history) or reading
+        # its segments: runs of 7 days amortise a run's process start (seconds) over a week, and two
+        # such runs side by side keep both cores busy while one waits on the network.
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
         group_name="lake",
         kinds={"python", "delta"},
@@ -88,9 +100,16 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
         newest = last_manifest_entry(root)
         upto = int(newest["seq"]) if newest else 0
         total_rows = total_new = total_dupes = total_read = 0
+        history: dict[str, dict[str, Any]] = {}
         for day in context.partition_keys:
             with lake.locked(spec.name):
                 table, new, dupes, segments, missing = rebuild_day(tables, spec, root, day, upto)
+                if spec is TRADES:
+                    table, figures = with_history(context, stream, day, table, segments > 0)
+                    if figures:
+                        tables.replace(spec.name, day, table)
+                        finish_history(stream, day)
+                        history.update(figures)
             if missing:
                 context.log.warning(
                     f"{day}: {len(missing)} segments removed by retention were not read, e.g. {missing[:10]}"
@@ -105,16 +124,74 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
                 "segments_through": upto,
                 "rows_read": total_new,
                 "duplicates_dropped": total_dupes,
+                **history_metadata(history),
             }
         )
 
     return build
 
 
+def with_history(
+    context: dg.AssetExecutionContext, stream: StreamResource, day: str, table: pa.Table, has_segments: bool
+) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
+    """The day's trades with history merged in by key, for a run that is not a stream batch.
+
+    History is read for a day without landing segments, and for a day with some once it has ended
+    (the stream may have covered part of it). Not again when the day already holds history rows (a
+    rebuild keeps them). On a key both have, the stream's row wins: merge keeps the earliest
+    receipt, and a history row's receipt is its download time; the stream's row also carries the
+    lineage (receive time, session, segment). Quotes have no history: their gaps stay as they are.
+    ``CRYPTO_HISTORY_SOURCE=off`` turns this off.
+    """
+    from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades
+    from crypto_platform.polygon.rest_client import PolygonRest
+
+    if table.num_rows and pc.any(pc.is_in(table["source"], value_set=pa.array(HISTORY_SOURCES))).as_py():
+        return table, {}
+    lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
+    if has_segments and lo + DAY_MS > time.time() * 1000:
+        return table, {}
+    settings = stream.settings()
+    if not settings.history_enabled:
+        return table, {}
+    access = history_access(settings, PolygonRest(settings.rest_url, settings.api_key.reveal()))
+    got = history_trades(access, date.fromisoformat(day), settings.pairs, context.log.info)
+    if got is None:
+        return table, {}
+    fetched, figures = got
+    fetched = fetched.append_column("idx", pa.array(np.arange(fetched.num_rows, dtype=np.int64)))
+    existing = table.select(TRADES_SCHEMA.names) if table.num_rows else None
+    merged, dupes = merge(fetched, existing, TRADES_SCHEMA, TRADES.key, TRADES.order)
+    figures = {**figures, "rows_added": merged.num_rows - table.num_rows, "rows_already_streamed": dupes}
+    context.log.info(f"{day}: history {figures}")
+    return merged, {day: figures}
+
+
+def finish_history(stream: StreamResource, day: str) -> None:
+    from crypto_platform.lake.history import finish_day
+
+    finish_day(Path(stream.data_dir) / "history", date.fromisoformat(day))
+
+
+def history_metadata(history: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if not history:
+        return {}
+    sources = sorted({str(f.get("source")) for f in history.values()})
+    return {
+        "history_days": len(history),
+        "history_source": ",".join(sources),
+        "history_rows_added": sum(int(f.get("rows_added", 0)) for f in history.values()),
+        "history_requests": sum(int(f.get("requests", 0)) for f in history.values()),
+    }
+
+
 raw_trades = _raw_asset(
     TRADES,
     "Every XT trade of the UTC day from the landing log: exact decimals, one row per (pair, exchange, trade_id). "
-    "Stream runs append their new segments' rows; manual runs and backfills rebuild the day.",
+    "Stream runs append their new segments' rows; manual runs and backfills rebuild the day. Past days (before the "
+    "stream, or partly streamed): launch a backfill over them — each day is filled from Polygon's Flat Files "
+    "(source='flat_file', with POLYGON_S3_* keys) or REST /v3/trades (source='rest_history'), merged with any "
+    "streamed trades by key (the stream's row wins); a failed day resumes its download.",
 )
 raw_quotes = _raw_asset(
     QUOTES,

@@ -116,7 +116,8 @@ def _one_current(table: pa.Table) -> Figures:
 
 
 def _source_unknown(table: pa.Table) -> pa.ChunkedArray:
-    return pc.invert(pc.is_in(table["source"], value_set=pa.array(["ws", "rest_repair"])))
+    known = ["ws", "rest_repair", "flat_file", "rest_history"]
+    return pc.invert(pc.is_in(table["source"], value_set=pa.array(known)))
 
 
 TABLE_CHECKS: dict[str, LakeAssetChecks] = {

@@ -47,7 +47,7 @@ from crypto_platform.lake.decode import (
     trade_hash,
 )
 from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
-from crypto_platform.lake.tables import DeltaLake, equals, in_ranges, time_ranges, with_date
+from crypto_platform.lake.tables import DeltaLake, any_of, equals, in_ranges, time_ranges, with_date
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.stream.landing_log import DAY_MS, iter_manifest, segment_path
 
@@ -192,7 +192,7 @@ class RawTable:
     finish: str | None = None  # SQL over ``merged`` after de-duplication
     fixup: Callable[[pa.Table, Sequence[SegmentFile]], pa.Table] | None = None
     # Rows a rebuild keeps from the partition: ones that did not come from the landing log.
-    kept_on_rebuild: tuple[str, str] | None = None
+    kept_on_rebuild: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def channels(self) -> frozenset[str]:
@@ -228,8 +228,8 @@ class RawTable:
             if self.kept_on_rebuild is None:
                 existing = None
             else:
-                column, value = self.kept_on_rebuild
-                existing = existing.filter(pc.equal(existing[column], value))
+                column, values = self.kept_on_rebuild
+                existing = existing.filter(pc.is_in(existing[column], value_set=pa.array(values, pa.string())))
         merged, dupes = merge(decoded, existing, self.schema, self.key, self.order, self.finish)
         return merged, decoded.num_rows, dupes
 
@@ -241,7 +241,8 @@ TRADES = RawTable(
     ("pair", "exchange", "trade_id"),
     ("event_ms", "pair", "exchange", "trade_id"),
     fixup=_fill_trade_ids,
-    kept_on_rebuild=("source", "rest_repair"),
+    # Trades the landing log cannot give back: gap repair's and history's (Flat Files, REST history).
+    kept_on_rebuild=("source", ("rest_repair", "flat_file", "rest_history")),
 )
 QUOTES = RawTable(
     "raw_quotes",
@@ -346,8 +347,8 @@ def rebuild_day(
     entries, missing = segments_to_read(root, day, spec.channels, 0, upto)
     kept = None
     if spec.kept_on_rebuild is not None:
-        column, value = spec.kept_on_rebuild
-        kept = lake.read(spec.name, day, equals(column, value))
+        column, values = spec.kept_on_rebuild
+        kept = lake.read(spec.name, day, any_of(equals(column, v) for v in values))
     table, read, dupes = spec.build(root, entries, day, kept, incremental=True)
     lake.replace(spec.name, day, table)
     return table, read, dupes, len(entries), missing

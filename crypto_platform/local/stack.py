@@ -159,18 +159,31 @@ def fakesnow_service_at(state_dir: Path, port: int, python: str = sys.executable
 
 
 def simulator_service(settings: Settings, python: str = sys.executable) -> Service:
-    return simulator_service_at(settings.simulator_port, python)
+    return simulator_service_at(settings.simulator_port, python, s3_port=settings.simulator_s3_port)
 
 
-def simulator_service_at(port: int, python: str = sys.executable) -> Service:
-    """The simulator, started through the CLI as ``crypto-platform simulate`` would be."""
+def simulator_service_at(port: int, python: str = sys.executable, s3_port: int | None = None) -> Service:
+    """The simulator, started through the CLI as ``crypto-platform simulate`` would be.
+
+    With ``s3_port`` it also publishes Flat Files there (history for past days).
+    """
     # Another part of the project provides it; until it exists `dev` runs without a simulator.
     available = importlib.util.find_spec(SIMULATOR_CLI_MODULE) is not None
     return Service(
         name="simulator",
         port=port,
         port_setting="CRYPTO_SIMULATOR_PORT",
-        argv=(python, "-m", "crypto_platform.cli", "simulate", "--host", LOOPBACK, "--port", str(port)),
+        argv=(
+            python,
+            "-m",
+            "crypto_platform.cli",
+            "simulate",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            *(("--s3-port", str(s3_port)) if s3_port is not None else ()),
+        ),
         identity=("crypto_platform.cli", "\x00simulate\x00"),
         available=available,
         unavailable_reason="" if available else f"{SIMULATOR_CLI_MODULE} is not installed yet",
@@ -245,6 +258,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         "CRYPTO_STATE_DIR": str(settings.state_dir),
         "CRYPTO_DATA_DIR": str(settings.data_dir),
         "CRYPTO_SIMULATOR_PORT": str(settings.simulator_port),
+        "CRYPTO_SIMULATOR_S3_PORT": str(settings.simulator_s3_port),
         "CRYPTO_FAKESNOW_PORT": str(settings.snowflake.port),
         "CRYPTO_DAGSTER_PORT": str(settings.dagster_port),
         "CRYPTO_DASHBOARD_PORT": str(settings.dashboard_port),

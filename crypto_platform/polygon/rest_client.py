@@ -25,6 +25,7 @@ from datetime import date
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 from polygon import RESTClient
@@ -83,6 +84,14 @@ class RestPolicy:
     retries: int = 5
     backoff_factor: float = 0.5
     max_retry_after_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class TradePage:
+    """One page of ``/v3/trades``: its trades (exact decimals) and the URL of the next page (None: last)."""
+
+    results: list[dict[str, Any]]
+    next_url: str | None
 
 
 def ticker_for(pair: str) -> str:
@@ -174,3 +183,42 @@ class PolygonRest:
             )
         except (BadResponse, MaxRetryError) as exc:
             raise self._fail(what, exc) from None
+
+    def trade_pages(
+        self, pair: str, start_ns: int, end_ns: int, resume_url: str | None = None, limit: int = 50_000
+    ) -> Iterator[TradePage]:
+        """``/v3/trades`` of one pair, page by page (up to 50,000 trades each), oldest first.
+
+        Each page carries the ``next_url`` that continues after it, so a caller that keeps it can
+        resume a long download from its last completed page (``resume_url``). The next URL is
+        followed by its path and query on this client's base, as the official client does.
+        """
+        what = f"trades of {pair} [{start_ns}, {end_ns})"
+        params: dict[str, Any] | None
+        if resume_url:
+            path, params = _path_and_query(resume_url), None
+        else:
+            path = f"/v3/trades/X:{pair}"
+            params = {
+                "timestamp.gte": start_ns,
+                "timestamp.lt": end_ns,
+                "order": "asc",
+                "sort": "timestamp",
+                "limit": limit,
+            }
+        while True:
+            try:
+                resp = self._client._get(path, params=params, raw=True)
+            except (BadResponse, MaxRetryError) as exc:
+                raise self._fail(what, exc) from None
+            body = _DECIMAL_JSON.loads(resp.data.decode("utf-8"))
+            next_url = body.get("next_url") or None
+            yield TradePage(list(body.get("results") or []), next_url)
+            if next_url is None:
+                return
+            path, params = _path_and_query(next_url), None
+
+
+def _path_and_query(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from crypto_platform.settings import DEFAULT_PAIRS, SIMULATOR_API_KEY, SettingsError, load_settings
@@ -60,6 +60,17 @@ def _start(text: str) -> int:
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; keep it on loopback)")
     parser.add_argument("--port", type=int, help="port for WebSocket /crypto and REST (default CRYPTO_SIMULATOR_PORT)")
+    parser.add_argument(
+        "--s3-port",
+        type=int,
+        help="also publish Flat Files (S3) on this port (0: any free port; default: none; `dev` uses "
+        "CRYPTO_SIMULATOR_S3_PORT)",
+    )
+    parser.add_argument(
+        "--history-start",
+        type=date.fromisoformat,
+        help="first UTC day the Flat Files publish, YYYY-MM-DD (default: 60 days before --start)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="market seed: the same seed gives the same market")
     parser.add_argument("--pairs", help="comma list of pairs (default CRYPTO_PAIRS)")
     parser.add_argument("--rate", type=float, default=50.0, help="events per second over all pairs; 0 = full speed")
@@ -114,13 +125,16 @@ def run(args: argparse.Namespace) -> int:
         prerender=args.prerender,
         record_trades=args.record_trades,
         faults=tuple(args.fault),
+        s3_port=args.s3_port,
+        history_start=args.history_start,
     )
     try:
         asyncio.run(_serve(config))
     except OSError as exc:
         print(
-            f"crypto-platform simulate: cannot listen on {config.host}:{config.port} ({exc.strerror}); "
-            "set CRYPTO_SIMULATOR_PORT or --port to a free port",
+            f"crypto-platform simulate: cannot listen on {config.host}:{config.port} or {config.s3_port} "
+            f"({exc.strerror}); set CRYPTO_SIMULATOR_PORT / CRYPTO_SIMULATOR_S3_PORT (or --port / --s3-port) to free "
+            "ports",
             file=sys.stderr,
         )
         return 1
@@ -136,7 +150,8 @@ async def _serve(config: SimulatorConfig) -> None:
     async with Simulator(config) as sim:
         print(
             f"simulator: WebSocket {sim.ws_url}, REST {sim.rest_url}, pairs {','.join(config.pairs)}, "
-            f"seed {config.seed}, {'full speed' if config.full_speed else f'{config.rate:g} events/s'}",
+            f"seed {config.seed}, {'full speed' if config.full_speed else f'{config.rate:g} events/s'}"
+            + (f", Flat Files {sim.s3_url} (bucket flatfiles)" if config.s3_port is not None else ""),
             flush=True,
         )
         await stop.wait()

@@ -1,5 +1,8 @@
 """A Polygon-protocol crypto feed on loopback: WebSocket ``/crypto`` and REST ``/v1 /v2 /v3`` on one port.
 
+With ``s3_port`` set it also publishes Flat Files (:mod:`crypto_platform.simulator.flat_files`) on an
+S3-compatible endpoint of that port (:mod:`crypto_platform.simulator.s3_server`).
+
 It is the platform's zero-setup feed and the test suite's Polygon: the official
 ``polygon-api-client`` works against it unchanged. It adds what the real
 service cannot give a test: a seeded market, switchable faults, and counters of everything sent.
@@ -16,12 +19,16 @@ import asyncio
 import contextlib
 import itertools
 import operator
+import shutil
 import struct
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,10 +39,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from crypto_platform.settings import SIMULATOR_S3_ACCESS_KEY_ID, SIMULATOR_S3_SECRET_ACCESS_KEY
 from crypto_platform.simulator import wire
 from crypto_platform.simulator.feed import Event, Renderer, Schedule
+from crypto_platform.simulator.flat_files import FlatFiles
 from crypto_platform.simulator.market import Market
 from crypto_platform.simulator.rest_api import RestApi, RestResponse
+from crypto_platform.simulator.s3_server import FlatFilesEndpoint
 
 # Faults that act once on every open connection, versus switches that stay on until cleared.
 ONE_SHOT_FAULTS = frozenset(
@@ -76,6 +86,11 @@ class SimulatorConfig:
     # subscribes to exactly them, so generation does not pace the client being measured.
     prerender: bool = False
     prerender_channels: tuple[str, ...] = ("XT", "XQ", "XA", "XAS")
+    # Flat Files: the S3 endpoint's port (None: not served; 0: any free port), the access keys it
+    # accepts (id -> secret), and the first day published (default: 60 days before the start).
+    s3_port: int | None = None
+    s3_keys: tuple[tuple[str, str], ...] = ((SIMULATOR_S3_ACCESS_KEY_ID, SIMULATOR_S3_SECRET_ACCESS_KEY),)
+    history_start: date | None = None
 
     @property
     def full_speed(self) -> bool:
@@ -149,6 +164,9 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.port
+        self.flat_files: FlatFiles | None = None
+        self.s3: FlatFilesEndpoint | None = None
+        self._flat_dir: Path | None = None
         self._prerendered: list[tuple[bytes, list[tuple[str, str]]]] = []
         self._prerendered_plan: dict[str, frozenset[str]] = {}
         if config.prerender and not (config.full_speed and config.total_events):
@@ -171,6 +189,13 @@ class Simulator:
     @property
     def rest_url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def s3_url(self) -> str:
+        """The Flat Files endpoint (``endpoint_url`` for boto3); only with ``s3_port`` set."""
+        if self.s3 is None:
+            raise RuntimeError("this simulator serves no Flat Files: set SimulatorConfig.s3_port")
+        return self.s3.url
 
     @property
     def feed(self) -> str:
@@ -203,10 +228,28 @@ class Simulator:
                 payload = ("[" + ",".join(e.text for e in chunk) + "]").encode()
                 frames.append((_ws_frame(payload), [_CHANNEL_PAIR(e) for e in chunk]))
 
+    def _start_flat_files(self) -> None:
+        cfg = self.config
+        first = cfg.history_start or (datetime.fromtimestamp(self._start_ms / 1000, UTC).date() - timedelta(days=60))
+        # Its own market (same seed and settings): the caches of a Market are not shared across threads.
+        market = Market(cfg.seed, cfg.pairs, self.market.trades_per_second, late_probability=cfg.late_probability)
+        self._flat_dir = Path(tempfile.mkdtemp(prefix="sim-flatfiles-"))
+        self.flat_files = FlatFiles(market, self.now_ms, self._flat_dir, first)
+        self.s3 = FlatFilesEndpoint(self.flat_files, dict(cfg.s3_keys), cfg.host, cfg.s3_port or 0)
+        self.s3.start()
+
+    def _stop_flat_files(self) -> None:
+        if self.s3 is not None:
+            self.s3.stop()
+        if self._flat_dir is not None:
+            shutil.rmtree(self._flat_dir, ignore_errors=True)
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.config.prerender and not self._prerendered:
             self._prerender()
+        if self.config.s3_port is not None and self.s3 is None:
+            self._start_flat_files()
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -216,6 +259,9 @@ class Simulator:
             max_size=None,
             ping_interval=None,
             close_timeout=1,
+            # REST answers are computed inside the opening handshake's hook, and a page of a day's
+            # history walks every second of the market: more than the default 10 s on a busy machine.
+            open_timeout=300,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -226,6 +272,7 @@ class Simulator:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
         for task in list(self._tasks):
             task.cancel()
+        self._stop_flat_files()
 
     async def __aenter__(self) -> Simulator:
         await self.start()

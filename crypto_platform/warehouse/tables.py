@@ -141,7 +141,13 @@ TRADES = Table(
         _ms("polygon_received_ms", "when Polygon received the trade (r, epoch ms)"),
         _received_ns(),
         *_lineage(),
-        Column("source", "str", 16, nullable=False, doc="'ws' (stream) or 'rest_repair' (fetched after a gap)"),
+        Column(
+            "source",
+            "str",
+            16,
+            nullable=False,
+            doc="'ws' (stream), 'rest_repair' (fetched after a gap), 'flat_file' or 'rest_history' (history)",
+        ),
     ),
     key=("pair", "exchange", "trade_id"),
     indexes=(("pair", "event_ms"), ("event_ms",), Index(("segment",), 3)),
@@ -224,7 +230,13 @@ MINUTE_BARS = Table(
         _dec("close_diff", "close - xa_close"),
         _dec("volume_diff", "volume - xa_volume"),
         Column("settled", "bool", doc="the revision window (CRYPTO_BAR_REVISION_WINDOW_S) has passed"),
-        Column("source", "str", 16, doc="'ws' (built from streamed trades) or 'rest_repair'"),
+        Column(
+            "source",
+            "str",
+            16,
+            doc="'ws' (built from streamed trades), 'rest_repair', 'flat_file' / 'rest_history' (built from history "
+            "trades), 'minute_aggs' / 'rest_minute_bars' (Polygon's bars for a past day without trades)",
+        ),
         Column("in_gap", "bool", doc="the minute overlaps a stream gap (no connection)"),
         # v2: the bar was rebuilt with trades fetched from REST after a stream gap
         Column("repaired", "bool", added_in=2, doc="rebuilt from REST trades or bars after a gap"),

@@ -1,0 +1,113 @@
+"""raw_trades and minute_bars for a past day: filled from the simulator's Flat Files and merged with
+what the stream landed by key, the stream's row winning a conflict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from crypto_platform.assets.bars import minute_bars
+from crypto_platform.assets.raw import raw_trades
+from crypto_platform.lake.history import read_trades_csv
+from crypto_platform.resources.lake import LakeResource
+from crypto_platform.resources.polygon import PolygonRestResource
+from crypto_platform.simulator.flat_files import object_key
+from crypto_platform.simulator.server import Simulator, SimulatorConfig
+from crypto_platform.stream.session_ledger import SessionLedger
+from crypto_platform_tests.test_stream_sensor import Landing
+
+DAY = date(2025, 11, 20)
+DAY_MS = 1_763_596_800_000  # 2025-11-20T00:00Z
+PAIR = "BTC-USD"
+VALUES = ["pair", "exchange", "trade_id", "price", "size", "conditions", "event_ms"]
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    cfg = SimulatorConfig(rate=2.0, pairs=(PAIR,), start_ms=DAY_MS + 2 * 86_400_000, s3_port=0, history_start=DAY)
+    with Simulator(cfg).running_in_thread() as simulator:
+        yield simulator
+
+
+def test_a_past_day_is_filled_from_flat_files_and_the_stream_wins_a_conflict(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sim.s3 is not None and sim.flat_files is not None
+    for name, value in {
+        "CRYPTO_HISTORY_SOURCE": "auto",
+        "CRYPTO_SIMULATOR_PORT": str(sim.port),
+        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
+        "CRYPTO_PAIRS": PAIR,
+    }.items():
+        monkeypatch.setenv(name, value)
+    # The stream saw 10:00-10:30 of the day: the simulator's own XT text, one trade with another price.
+    landing = Landing(tmp_path / "landing")
+    lo_s = DAY_MS // 1000 + 10 * 3600
+    seen = [tr for s in range(lo_s, lo_s + 1800) for tr in sim.market.second(PAIR, s).trades]
+    assert len(seen) > 50
+    conflict = seen[7]
+    texts = [sim.renderer.trade(PAIR, tr) for tr in seen]
+    texts[7] = sim.renderer.trade(PAIR, conflict._replace(price=conflict.price + 123))
+    ledger = SessionLedger(landing.settings.landing_dir / "sessions.ndjson")
+    session = ledger.new_session()
+    ledger.record(session, "connect", 1, url="ws://127.0.0.1/crypto")
+    ledger.record(session, "first_frame", 2)
+    for i in range(0, len(texts), 40):
+        landing.segment(("[" + ",".join(texts[i : i + 40]) + "]").encode(), session=session)
+    ledger.close()
+
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    resources = {
+        "stream": landing.resource(),
+        "lake": lake,
+        "polygon_rest": PolygonRestResource(base_url=sim.rest_url, api_key="simulator-key", pairs=[PAIR]),
+    }
+    result = dg.materialize(
+        [raw_trades, minute_bars],
+        partition_key=DAY.isoformat(),
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("raw_trades")[0].metadata
+    assert meta["history_source"].value == "flat_file"
+
+    stored = sim.flat_files.get(object_key("trades_v1", DAY))
+    assert stored is not None
+    published, _ = read_trades_csv(stored.path, stored.key, DAY, [PAIR])
+    table = lake.read_partition("raw_trades", DAY.isoformat())
+    assert table is not None
+    # Every published trade once; the streamed ones keep their stream row (and lineage).
+    assert table.num_rows == published.num_rows
+    assert meta["history_rows_added"].value == published.num_rows - len(seen)
+    streamed = table.filter(pc.equal(table["source"], "ws"))
+    assert streamed.num_rows == len(seen) and streamed["segment"].null_count == 0
+    from_file = {tuple(r[k] for k in VALUES[:3]): r for r in published.select(VALUES).to_pylist()}
+    for row in streamed.select(VALUES).to_pylist():
+        expected = from_file[tuple(row[k] for k in VALUES[:3])]
+        if row["trade_id"] == conflict.id:
+            assert row["price"] != expected["price"], "on a conflict the stream's row wins"
+        else:
+            assert row == expected, "the streamed trade equals the Flat File's, value for value"
+    rest = table.filter(pc.equal(table["source"], "flat_file"))
+    assert rest.num_rows == published.num_rows - len(seen)
+
+    bars = lake.read_partition("minute_bars", DAY.isoformat())
+    assert bars is not None and sum(bars["trade_count"].to_pylist()) == published.num_rows
+    sources = set(bars["source"].to_pylist())
+    assert sources == {"ws", "flat_file"}, sources
+    assert not any((landing.settings.data_dir / "history").glob("*/*")), "the day's download is cleared"
+
+    # A rebuild keeps the history rows and does not download the day again.
+    gets = sim.s3.counters.requests.get("GetObject", 0)
+    again = dg.materialize(
+        [raw_trades], partition_key=DAY.isoformat(), resources=resources, instance=dg.DagsterInstance.ephemeral()
+    )
+    assert again.success and sim.s3.counters.requests.get("GetObject", 0) == gets
+    rebuilt = lake.read_partition("raw_trades", DAY.isoformat())
+    assert rebuilt is not None and rebuilt.select(VALUES).equals(table.select(VALUES))
