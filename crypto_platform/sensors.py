@@ -184,8 +184,21 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         return dg.SensorResult(
             skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
         )
+    now = time.time()
+    wait_s = cursor.launched_at + stream.batch_interval_s - now
+    if wait_s > 0:
+        # The cadence: segments sealed meanwhile wait for the next round (the lake already has them).
+        waiting = f"next stream_batch round in {wait_s:.0f}s (CRYPTO_BATCH_INTERVAL_S={stream.batch_interval_s:g})"
+        return dg.SensorResult(
+            skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
+        )
     batches, new_cursor = plan_batches(stream.sealed_after(start), cursor, log, stream.max_segments_per_tick)
-    new_cursor = dataclasses.replace(new_cursor, reported_seq=cursor.reported_seq, reported_at=cursor.reported_at)
+    new_cursor = dataclasses.replace(
+        new_cursor,
+        reported_seq=cursor.reported_seq,
+        reported_at=cursor.reported_at,
+        launched_at=now if batches else cursor.launched_at,
+    )
     runs = [
         dg.RunRequest(
             run_key=b.run_key(log),

@@ -233,6 +233,14 @@ class Settings(BaseSettings):
         "days of landing segments to keep",
         ge=0,
     )
+    batch_interval_s: float = setting(
+        "CRYPTO_BATCH_INTERVAL_S",
+        30.0,
+        "`30` (the stream sensor launches `stream_batch` runs at most this often, each taking every segment "
+        "sealed since; the lake itself is appended within seconds by the lake writer)",
+        "shorter for fresher warehouse tables, longer for fewer runs (README, Operations)",
+        ge=0.0,
+    )
     run_retention_days: int = setting(
         "CRYPTO_RUN_RETENTION_DAYS",
         7,

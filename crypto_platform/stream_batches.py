@@ -34,6 +34,8 @@ class StreamCursor:
     # The lake writer's progress last reported to Dagster as runless materializations, and when.
     reported_seq: int = 0
     reported_at: float = 0.0
+    # When the sensor last launched stream_batch runs (CRYPTO_BATCH_INTERVAL_S counts from here).
+    launched_at: float = 0.0
 
     def encode(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -49,6 +51,7 @@ class StreamCursor:
                 seq=int(data.get("seq", 0)),
                 reported_seq=int(data.get("reported_seq", 0)),
                 reported_at=float(data.get("reported_at", 0.0)),
+                launched_at=float(data.get("launched_at", 0.0)),
             )
         except (ValueError, TypeError, AttributeError):
             # A cursor from another version: start over; run keys keep this from duplicating runs.

@@ -96,6 +96,7 @@ def e2e_settings(
             "CRYPTO_SIMULATOR_PORT": str(sim.port),
             "CRYPTO_PAIRS": ",".join(PAIRS),
             "CRYPTO_SEGMENT_MAX_AGE_S": "0.5",
+            "CRYPTO_BATCH_INTERVAL_S": "0",  # a run per tick: these tests drive micro-batches themselves
             "CRYPTO_BAR_REVISION_WINDOW_S": "0",
             "MYSQL_URL": mysql_url,
             "CRYPTO_FAKESNOW_PORT": str(fakesnow_server.snowflake.port),

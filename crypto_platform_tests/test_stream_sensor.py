@@ -3,6 +3,7 @@ runs it requests executed against a real landing log."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -109,7 +110,8 @@ def test_first_segments_request_one_run_per_day(tmp_path: Path) -> None:
         ("2025-11-24", "1-2", f"landing:{lid}:2025-11-24:1-2"),
         ("2025-11-25", "2-2", f"landing:{lid}:2025-11-25:2-2"),
     ]
-    assert StreamCursor.decode(result.cursor) == StreamCursor(lid, 2)
+    decoded = StreamCursor.decode(result.cursor)
+    assert (decoded.log_id, decoded.seq) == (lid, 2) and decoded.launched_at > 0
 
 
 def test_nothing_new_skips_and_keeps_the_cursor(tmp_path: Path) -> None:
@@ -171,7 +173,56 @@ def test_a_run_in_flight_holds_new_segments_back_and_its_successor_takes_them_al
         after = tick(landing, instance, first.cursor)
     assert other_log.status == dg.DagsterRunStatus.STARTED
     assert [r.tags[SEGMENTS_TAG] for r in after.run_requests] == ["2-3"]
-    assert StreamCursor.decode(after.cursor) == StreamCursor(lid, 3)
+    decoded = StreamCursor.decode(after.cursor)
+    assert (decoded.log_id, decoded.seq) == (lid, 3)
+
+
+def paced_tick(
+    landing: Landing, instance: dg.DagsterInstance, cursor: str | None, interval_s: float
+) -> dg.SensorResult:
+    s = landing.settings
+    stream = StreamResource(
+        project_dir=str(s.project_dir),
+        state_dir=str(s.state_dir),
+        data_dir=str(s.data_dir),
+        autostart=False,
+        batch_interval_s=interval_s,
+    )
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stream": stream}) as ctx:
+        result = stream_sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_runs_wait_for_the_batch_interval_and_the_next_round_takes_everything_sealed_meanwhile(
+    tmp_path: Path,
+) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    with dg.instance_for_test() as instance:
+        first = paced_tick(landing, instance, None, 30)
+        assert [r.tags[SEGMENTS_TAG] for r in first.run_requests] == ["1-1"]  # the first round goes at once
+        launched = StreamCursor.decode(first.cursor).launched_at
+        landing.segment(trades_frame(5, 5, DAY1_MS))
+        landing.segment(trades_frame(10, 5, DAY1_MS))
+        held = paced_tick(landing, instance, first.cursor, 30)
+        assert not held.run_requests and held.cursor is None  # nothing taken: the segments wait
+        assert "next stream_batch round in" in (held.skip_reason.skip_message or "")
+        # Once the interval has passed since the last round (the cursor says when that was)...
+        earlier = dataclasses.replace(StreamCursor.decode(first.cursor), launched_at=launched - 31).encode()
+        due = paced_tick(landing, instance, earlier, 30)
+    # ...one run takes every segment sealed meanwhile, and the round's time moves on.
+    assert [r.tags[SEGMENTS_TAG] for r in due.run_requests] == ["2-3"]
+    assert StreamCursor.decode(due.cursor).launched_at >= launched
+
+
+def test_a_round_with_nothing_new_does_not_reset_the_interval(tmp_path: Path) -> None:
+    landing = Landing(tmp_path)
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    with dg.instance_for_test() as instance:
+        first = paced_tick(landing, instance, None, 0)
+        again = paced_tick(landing, instance, first.cursor, 0)
+    assert not again.run_requests and again.cursor == first.cursor
 
 
 def test_a_replaced_data_directory_starts_over(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ class StreamResource(dg.ConfigurableResource):
     # Start the local simulator (when the settings use it and nothing serves its port) before the ingester.
     start_simulator: bool = False
     max_segments_per_tick: int = 500
+    # CRYPTO_BATCH_INTERVAL_S: at most one round of stream_batch runs per this many seconds (0: every tick).
+    batch_interval_s: float = 0.0
 
     def settings(self) -> Settings:
         return load_settings(
@@ -96,4 +98,5 @@ def build_stream_resource(settings: Settings) -> StreamResource:
         data_dir=str(settings.data_dir),
         autostart=settings.ingester_autostart,
         start_simulator=settings.uses_simulator,
+        batch_interval_s=settings.batch_interval_s,
     )

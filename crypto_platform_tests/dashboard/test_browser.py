@@ -74,6 +74,7 @@ def pipeline(
             "CRYPTO_SIMULATOR_PORT": str(sim.port),
             "CRYPTO_PAIRS": ",".join(PAIRS),
             "CRYPTO_SEGMENT_MAX_AGE_S": "0.5",
+            "CRYPTO_BATCH_INTERVAL_S": "0",  # a run per tick: these tests drive micro-batches themselves
             "MYSQL_URL": f"mysql+pymysql://{mysql_server['user']}@{mysql_server['host']}:{mysql_server['port']}/"
             f"{mysql_database}",
             "CRYPTO_FAKESNOW_PORT": str(fakesnow_server.snowflake.port),
