@@ -26,7 +26,7 @@ from crypto_platform.checks.figures import Figures
 from crypto_platform.checks.mlflow_events import log_runless_check
 from crypto_platform.resources.mlflow import MlflowTrackingResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import last_manifest_entry
+from crypto_platform.stream.manifest import last_manifest_entry
 from crypto_platform.stream.session_ledger import gaps, sessions
 
 CHECK_NAME = "landing_freshness"

@@ -13,7 +13,7 @@ import dagster as dg
 
 from crypto_platform.settings import Settings, child_environment, load_settings
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import iter_manifest, log_id
+from crypto_platform.stream.manifest import iter_manifest, log_id
 
 
 class StreamResource(dg.ConfigurableResource):

@@ -45,7 +45,8 @@ from crypto_platform.durable import DiskFull, free_bytes, is_disk_full
 from crypto_platform.polygon import protocol as p
 from crypto_platform.settings import Settings, mask_url_password
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import LandingLog, last_manifest_entry, validate
+from crypto_platform.stream.landing_log import LandingLog, validate
+from crypto_platform.stream.manifest import last_manifest_entry
 from crypto_platform.stream.session_ledger import SessionLedger, sessions
 
 log = logging.getLogger("crypto_platform.ingester")

@@ -13,7 +13,7 @@ import orjson
 
 from crypto_platform.settings import load_settings
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import count_manifest
+from crypto_platform.stream.manifest import count_manifest
 from crypto_platform.stream.session_ledger import gaps, sessions
 
 
