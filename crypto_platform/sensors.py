@@ -29,7 +29,6 @@ from crypto_platform.assets.landing_log import landing_log
 from crypto_platform.assets.raw import raw_aggregates, raw_book, raw_quotes, raw_trades
 from crypto_platform.assets.warehouse import COPIES, WAREHOUSE_ASSETS
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.session_ledger import gaps, sessions
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
 
 RAW_BY_CHANNEL = {"XT": raw_trades, "XQ": raw_quotes, "XA": raw_aggregates, "XAS": raw_aggregates, "XL2": raw_book}
@@ -83,7 +82,7 @@ def batch_in_flight(instance: dg.DagsterInstance, log_id: str) -> str | None:
 def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
     status = stream.status()
     beat = status.heartbeat or {}
-    ledger_gaps = gaps(sessions(stream.landing_dir / "sessions.ndjson"))
+    ledger_gaps = stream.gaps()
     last_event_ms = beat.get("last_event_ms")
     error = beat.get("last_error") or {}
     return {

@@ -36,9 +36,8 @@ import pyarrow as pa
 from crypto_platform.assets.raw import TRADES_SCHEMA
 from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS
 from crypto_platform.polygon.rest_client import PolygonRest
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.session_ledger import LEDGER_FILE, gaps, sessions
 
-LEDGER_FILE = "sessions.ndjson"
 # ``after_session`` of the gap before the first session: no session was before it.
 BEFORE_THE_STREAM = 0
 REST_SOURCE = "rest_repair"

@@ -18,6 +18,13 @@ import orjson
 
 from crypto_platform.durable import AppendFile, is_disk_full, iter_json_lines
 
+# The ledger's file, beside the landing log's manifest in the landing directory.
+LEDGER_FILE = "sessions.ndjson"
+
+
+def ledger_path(landing_dir: Path) -> Path:
+    return landing_dir / LEDGER_FILE
+
 
 class SessionLedger:
     """The writer: appends records and hands out increasing session ids (across restarts).

@@ -7,7 +7,7 @@ written once and tested:
 
 - ``daily_open_close`` keeps the opening/closing trade as id, exchange and time columns; the warehouse
   has ``open_trades`` / ``closing_trades`` JSON text (the shape of Polygon's answer) and ``is_utc``.
-- ``crypto_stream_sessions`` comes from ``<landing>/sessions.ndjson`` (no lake table): one row per
+- ``crypto_stream_sessions`` comes from the stream's session ledger (no lake table): one row per
   connection with the gap that preceded it, ns times turned into ms.
 
 Lake partitions are read as pandas with Arrow-backed columns (``types_mapper=pd.ArrowDtype``):
@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.session_ledger import Session, gaps
 from crypto_platform.warehouse.sql import day_bounds_ms
 from crypto_platform.warehouse.tables import STREAM_SESSIONS, Table, table
 
@@ -90,9 +89,8 @@ def _ms(ns: int | None) -> int | None:
     return None if ns is None else int(ns) // 1_000_000
 
 
-def stream_session_frame(ledger: Path) -> pd.DataFrame:
-    """Every session of the ledger as ``crypto_stream_sessions`` rows, oldest first."""
-    all_sessions = sessions(ledger)
+def stream_session_frame(all_sessions: list[Session]) -> pd.DataFrame:
+    """Every session of the ledger (oldest first) as ``crypto_stream_sessions`` rows, in that order."""
     before = {g.before_session: g for g in gaps(all_sessions) if g.before_session is not None}
     rows = []
     for s in all_sessions:
