@@ -36,7 +36,7 @@ import pyarrow as pa
 from crypto_platform.assets.raw import TRADES_SCHEMA
 from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS
 from crypto_platform.polygon.rest_client import PolygonRest
-from crypto_platform.stream.session_ledger import LEDGER_FILE, gaps, sessions
+from crypto_platform.stream.session_ledger import LEDGER_FILE, GapWindow, gaps, sessions
 
 # ``after_session`` of the gap before the first session: no session was before it.
 BEFORE_THE_STREAM = 0
@@ -57,17 +57,6 @@ SELECT s.session,
 FROM samples s JOIN firsts f USING (session)
 GROUP BY s.session
 """
-
-
-@dataclass(frozen=True)
-class GapWindow:
-    """A ledger gap on the event clock: data between ``start_ms`` and ``end_ms`` may be missing."""
-
-    start_ms: int
-    end_ms: int
-    after_session: int
-    before_session: int | None
-    reason: str | None
 
 
 @dataclass(frozen=True)
