@@ -26,19 +26,18 @@ import pyarrow as pa
 
 from crypto_platform.stream.session_ledger import Session, gaps
 from crypto_platform.warehouse.sql import day_bounds_ms
-from crypto_platform.warehouse.tables import STREAM_SESSIONS, Table, table
+from crypto_platform.warehouse.tables import DAILY_OPEN_CLOSE, STREAM_SESSIONS, Table
 
 
-def lake_frame(data: pa.Table | None, name: str | Table) -> pd.DataFrame:
+def lake_frame(data: pa.Table | None, t: Table) -> pd.DataFrame:
     """A lake partition as pandas (Arrow-backed columns); an absent partition is an empty table frame."""
     if data is None:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in table(name).names})
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in t.names})
     return data.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def lake_row_count(name: str | Table, frame: pd.DataFrame) -> int:
+def lake_row_count(t: Table, frame: pd.DataFrame) -> int:
     """Rows the warehouse should hold for this lake partition (current aggregate revisions only)."""
-    t = table(name)
     if "is_current" in frame.columns and "is_current" not in t.names:
         return int(frame["is_current"].fillna(False).astype(bool).sum())
     return len(frame)
@@ -59,7 +58,7 @@ def daily_open_close_frame(lake: pa.Table | None) -> pd.DataFrame:
     ``open_trades`` / ``closing_trades`` become ``[{"i": id, "x": exchange, "t": ms}]`` (NULL without a
     trade); ``is_utc`` is true for fetched days (the lake asks for UTC days) and NULL for ``no_data``.
     """
-    df = lake_frame(lake, "daily_open_close")
+    df = lake_frame(lake, DAILY_OPEN_CLOSE)
     if df.empty:
         return df
     ok = df["status"].astype(object) == "ok"

@@ -301,7 +301,7 @@ class SqlWarehouse:
 
     def upsert(
         self,
-        name: str | Table,
+        t: Table,
         frame: pd.DataFrame,
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -313,7 +313,6 @@ class SqlWarehouse:
         With ``day``, every row must belong to that UTC day and the day's load watermark is raised to
         the highest segment in ``frame`` in the same transaction.
         """
-        t = table(name)
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
         before = after = None
@@ -342,7 +341,7 @@ class SqlWarehouse:
 
     def upsert_new_segments(
         self,
-        name: str | Table,
+        t: Table,
         day: date | str,
         frame: pd.DataFrame,
         *,
@@ -357,7 +356,6 @@ class SqlWarehouse:
         nor watermark change, and the next call loads them. Concurrent calls for the same day queue
         on the lock, so the watermark never passes rows that are not in the table.
         """
-        t = table(name)
         if not t.has_segments:
             raise ValueError(f"{t.name} rows carry no landing segment; use upsert(..., day=) instead")
         started = time.perf_counter()
@@ -386,20 +384,19 @@ class SqlWarehouse:
             day_rows=day_rows,
         )
 
-    def watermark(self, name: str | Table, day: date | str) -> int | None:
+    def watermark(self, t: Table, day: date | str) -> int | None:
         """The highest landing segment whose rows of ``day`` are in the table (None: none recorded)."""
         with self.connect() as conn:
-            return self._read_watermark(conn, table(name), day, lock=False)
+            return self._read_watermark(conn, t, day, lock=False)
 
-    def count_partition(self, name: str | Table, day: date | str) -> int:
+    def count_partition(self, t: Table, day: date | str) -> int:
         """Rows of one UTC day (served by the partition column's index)."""
-        t = table(name)
         where, params = self._day_where(t, day)
         return int(self.query(f"SELECT COUNT(*) FROM {t.name} WHERE {where}", params)[0][0])
 
     def rebuild_day(
         self,
-        name: str | Table,
+        t: Table | str,
         day: date | str,
         frame: pd.DataFrame,
         *,
@@ -419,7 +416,8 @@ class SqlWarehouse:
         half the time of a 1M-row rebuild. Whether anything is stale is one indexed count (the day's rows
         vs the partition's); only then are the partition's keys put in a temporary table to find them.
         """
-        t = table(name)
+        # A name (str) only until assets/alerts.py passes its Table (ALERTS) like every other caller.
+        t = table(t) if isinstance(t, str) else t
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
         check_day(prepared, day)
@@ -465,7 +463,7 @@ class SqlWarehouse:
 
     def read_partition(
         self,
-        name: str | Table,
+        t: Table,
         day: date | str,
         columns: list[str] | None = None,
         *,
@@ -476,7 +474,6 @@ class SqlWarehouse:
         ``segments=(after, upto)`` keeps rows with ``after < segment <= upto`` (either bound may be
         None) plus rows without a segment: what one per-batch load wrote.
         """
-        t = table(name)
         cols = columns or [c for c in t.names if c in self.columns(t.name)]
         where, params = self._day_where(t, day)
         sql = f"SELECT {', '.join(cols)} FROM {t.name} WHERE {where}"
