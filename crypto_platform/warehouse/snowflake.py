@@ -349,14 +349,12 @@ def load_snowflake(
             with contextlib.suppress(Exception):
                 _execute(conn, f"DROP TABLE IF EXISTS {stage_table}")
             shutil.rmtree(workdir, ignore_errors=True)
-    return LoadResult(
-        t.name,
-        prepared.num_rows,
+    return LoadResult.of(
+        prepared,
         "rebuild" if rebuild else "merge",
-        time.perf_counter() - started,
-        day=day_text(day) if day is not None else None,
+        started,
+        day,
         deleted=deleted,
-        dropped_duplicates=prepared.dropped_duplicates,
         watermark_before=before,
         watermark=after,
         day_rows=day_rows,

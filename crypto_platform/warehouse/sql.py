@@ -116,6 +116,38 @@ class LoadResult:
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
+    @classmethod
+    def of(
+        cls,
+        prepared: Prepared,
+        method: str,
+        started: float,
+        day: date | str | None,
+        *,
+        deleted: int = 0,
+        fallback_reason: str | None = None,
+        watermark_before: int | None = None,
+        watermark: int | None = None,
+        day_rows: int | None = None,
+    ) -> LoadResult:
+        """What loading ``prepared`` did, timed from ``started`` (``time.perf_counter()``).
+
+        Every loader (SQL and Snowflake) builds its result here, so the fields mean the same everywhere.
+        """
+        return cls(
+            prepared.table.name,
+            prepared.num_rows,
+            method,
+            time.perf_counter() - started,
+            day=day_text(day) if day is not None else None,
+            deleted=deleted,
+            dropped_duplicates=prepared.dropped_duplicates,
+            fallback_reason=fallback_reason,
+            watermark_before=watermark_before,
+            watermark=watermark,
+            day_rows=day_rows,
+        )
+
 
 def day_bounds_ms(day: date | str) -> tuple[int, int]:
     """[start, end) of a UTC day in epoch ms."""
@@ -327,13 +359,11 @@ class SqlWarehouse:
                 after = highest_segment(before, max_segment_of(prepared))
                 day_rows = self._count_day(conn, t, day)
                 self._write_watermark(conn, t, day, after, "upsert", day_rows)
-        return LoadResult(
-            t.name,
-            prepared.num_rows,
+        return LoadResult.of(
+            prepared,
             "upsert",
-            time.perf_counter() - started,
-            day=day_text(day) if day is not None else None,
-            dropped_duplicates=prepared.dropped_duplicates,
+            started,
+            day,
             watermark_before=before,
             watermark=after,
             day_rows=day_rows,
@@ -372,13 +402,11 @@ class SqlWarehouse:
             after = highest_segment(before, top)
             day_rows = self._count_day(conn, t, day)
             self._write_watermark(conn, t, day, after, "upsert", day_rows)
-        return LoadResult(
-            t.name,
-            prepared.num_rows,
+        return LoadResult.of(
+            prepared,
             "upsert",
-            time.perf_counter() - started,
-            day=day_text(day),
-            dropped_duplicates=prepared.dropped_duplicates,
+            started,
+            day,
             watermark_before=before,
             watermark=after,
             day_rows=day_rows,
@@ -447,14 +475,12 @@ class SqlWarehouse:
             after = max_segment_of(prepared)
             day_rows = self._count_day(conn, t, day)
             self._write_watermark(conn, t, day, after, "rebuild", day_rows)
-        return LoadResult(
-            t.name,
-            prepared.num_rows,
+        return LoadResult.of(
+            prepared,
             used,
-            time.perf_counter() - started,
-            day=day_text(day),
+            started,
+            day,
             deleted=deleted,
-            dropped_duplicates=prepared.dropped_duplicates,
             fallback_reason=fallback,
             watermark_before=before,
             watermark=after,
