@@ -1,4 +1,4 @@
-"""Partitions shared by the date-partitioned assets: UTC days (DESIGN §3.4).
+"""Partitions shared by the date-partitioned assets: UTC days.
 
 ``end_offset=1`` makes today a partition, so the stream sensor can target it while it is still
 filling. Daily keys keep a year at 365 partitions per asset (hourly would be 8,760; the UI slows

@@ -1,6 +1,7 @@
 """The landing log as an external asset: the ingester process writes it, Dagster only observes it.
 
-The ingester owns the single Polygon connection and runs outside Dagster (DESIGN §3.1), so the log
+The ingester owns the single Polygon connection (Polygon allows one per key) and runs outside
+Dagster (it must outlive code-server reloads), so the log
 is declared with an ``AssetSpec`` rather than materialized by an asset function. Downstream assets
 name it in ``deps`` (``deps=[landing_log]`` or ``deps=["landing_log"]``).
 """

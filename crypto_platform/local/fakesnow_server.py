@@ -1,6 +1,6 @@
 """The persistent local Snowflake: fakesnow's HTTP server with one shared, file-backed instance.
 
-Why a launcher of our own (reference warehouses.md §2.3): ``fakesnow -s`` ignores ``-d`` and keeps
+Why a launcher of our own: ``fakesnow -s`` ignores ``-d`` and keeps
 everything in memory, and the per-session ``FAKESNOW_DB_PATH`` parameter gives every login its own
 DuckDB handle, so a second session fails with "Unique file handle conflict". Replacing the server's
 module-level ``shared_fs`` with one ``FakeSnow(db_path=...)`` makes every session share one

@@ -1,7 +1,7 @@
 """Polygon's crypto WebSocket wire protocol: the frames, topics and close codes both ends agree on.
 
 Shared by the simulator (server side) and the ingester (client side) so the two cannot drift.
-Facts are from reference/polygon.md §1-2: every server frame is a JSON array of events; status
+What both ends rely on, as Polygon documents it: every server frame is a JSON array of events; status
 events carry ``ev: "status"``; subscriptions are ``<CHANNEL>.<PAIR>`` with ``*`` for all pairs.
 """
 

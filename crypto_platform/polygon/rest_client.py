@@ -1,7 +1,7 @@
 """Polygon REST, through the official client, with the three things it lacks for a data platform.
 
 ``polygon-api-client`` 1.16.3 is the reference peer, so we use it rather than hand-rolling HTTP.
-It needs three corrections (reference/polygon.md §4):
+It needs three corrections:
 
 - **Timeouts.** It builds a ``urllib3.Timeout`` and never uses it (issue #983), so a hung server
   hangs the caller forever. We put the timeout into the pool manager's ``connection_pool_kw``,
@@ -34,7 +34,7 @@ from urllib3.util.retry import Retry
 
 # Polygon answers every throttled or overloaded request with one of these.
 RETRY_STATUSES = frozenset({413, 429, 499, 500, 502, 503, 504})
-# Below the 50,000 base-aggregate limit of /v2/aggs (reference/anchors.md §0).
+# Below the 50,000 base aggregates Polygon puts into one /v2/aggs answer (more are cut off).
 MAX_AGGS_PER_REQUEST = 50_000
 
 _DECIMAL_JSON = SimpleNamespace(

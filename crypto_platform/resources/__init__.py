@@ -1,8 +1,9 @@
 """Resources: one module per external system, all built from :class:`~crypto_platform.settings.Settings`.
 
 :func:`build_resources` is the one place where settings become Dagster resources, so local versus
-production is decided once (DESIGN §4). Building is cheap and side-effect free: no connection is
-opened until an asset, check or sensor uses a resource. Add a resource with one line in the dict.
+production is decided once (the README lists the stand-ins). Building is cheap and side-effect
+free: no connection is opened until an asset, check or sensor uses a resource. Add a resource with
+one line in the dict.
 """
 
 from __future__ import annotations

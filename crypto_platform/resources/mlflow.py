@@ -4,7 +4,7 @@ A small ``ConfigurableResource`` around ``MlflowClient`` rather than dagster-mlf
 ``mlflow_tracking`` resource. That resource starts one MLflow run when a Dagster run initialises it
 and relies on the ``end_mlflow_on_run_finished`` hook to end it; hooks are not applied to the
 implicit asset jobs that sensors, backfills and UI materializations launch, so the MLflow run stays
-RUNNING (reference dagster.md §4; ``crypto_platform_tests/checks/test_mlflow_logging.py`` shows it).
+RUNNING (``crypto_platform_tests/checks/test_mlflow_logging.py`` shows it).
 It also keeps a fluent "active run" in process globals, unsafe across the sensor threads of one code
 server. :meth:`MlflowTrackingResource.log_run` instead creates, fills and terminates one MLflow run
 in a single call, with ``try/finally``: no MLflow run it opens can outlive the call, whatever the

@@ -1,7 +1,7 @@
 """The Snowflake resource: the local fakesnow server by default, a real account in production.
 
 ``dagster_snowflake.SnowflakeResource`` has no host/port/protocol fields and silently drops them
-when given (reference warehouses.md §2.4), so the local server is reached through
+when given, so the local server is reached through
 ``additional_snowflake_connection_args``, which is merged last into ``snowflake.connector.connect``.
 
 Secrets are never put into the resource as plain strings: Dagster shows a resource's configured

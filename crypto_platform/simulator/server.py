@@ -1,7 +1,7 @@
 """A Polygon-protocol crypto feed on loopback: WebSocket ``/crypto`` and REST ``/v1 /v2 /v3`` on one port.
 
 It is the platform's zero-setup feed and the test suite's Polygon: the official
-``polygon-api-client`` works against it unchanged (reference/polygon.md §6). It adds what the real
+``polygon-api-client`` works against it unchanged (``test_official_client.py`` checks it). It adds what the real
 service cannot give a test: a seeded market, switchable faults, and counters of everything sent.
 
 Built on ``websockets`` (already needed by the official client): its ``process_request`` hook

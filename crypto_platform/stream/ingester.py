@@ -3,7 +3,7 @@
 Decision: speak the protocol with ``websockets`` directly rather than wrap polygon-api-client's
 ``WebSocketClient``. The official client stops silently on a 1000/1001 close, counts reconnects over
 its lifetime, has no backoff and no handshake timeouts, can lose pending subscriptions, dies on a
-malformed frame and hides status frames (reference/polygon.md §3.7); and it parses every event into
+malformed frame and hides status frames (known bugs and limits of 1.16.3); and it parses every event into
 a model (~66k events/s here). Reading raw bytes (``recv(decode=False)``) and landing them with one
 ``write`` each is several times faster. The official client stays the compatibility reference in
 the simulator's tests.

@@ -3,7 +3,7 @@
 Append-only segments of NDJSON lines ``{"r":recv_ns,"n":session,"f":<frame verbatim>}`` (the
 contract is in docs/architecture.md). Why this shape:
 
-- **Nothing on the read path but an append** (DESIGN §3.2). ``append`` formats one line and
+- **Nothing on the read path but an append.** ``append`` formats one line and
   writes it with one unbuffered ``write``: the frame is in the OS page cache when it returns, so
   killing the process (even SIGKILL) loses nothing received. The frame is not parsed there:
   parsing and statistics cost more than receiving and writing together, and the read path is what

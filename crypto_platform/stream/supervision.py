@@ -1,7 +1,7 @@
 """Keeping exactly one ingester alive per data directory: lock, heartbeat, detached start, stop.
 
 Polygon allows one connection per cluster per key, and the ingester must outlive code-server
-reloads (DESIGN §3.1), so it runs as a detached process and these files are how everyone else
+reloads, so it runs as a detached process and these files are how everyone else
 talks to it:
 
 - ``ingester/lock``: ``flock``-ed by the running ingester for its whole life, with its pid inside.

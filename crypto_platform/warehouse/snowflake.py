@@ -1,6 +1,6 @@
 """The Snowflake loader: Parquet ``PUT`` -> ``COPY INTO`` a staging table -> ``MERGE`` on the natural key.
 
-Why this path (reference warehouses.md §2.2): ``write_pandas`` fails against the fakesnow server, and
+Why this path: ``write_pandas`` fails against the fakesnow server, and
 row inserts run at ~300 rows/s there; PUT/COPY/MERGE is valid SQL on real Snowflake and measured at
 ~115k rows/s on fakesnow. Details that matter:
 

@@ -5,7 +5,7 @@ three dialects (Snowflake included, which SQLAlchemy cannot render without anoth
 migration list (columns carry the schema version that added them), the loaders' validation (widths,
 nullability, decimal fit) and the parity checksum. One list of :class:`Column` per table does all of it.
 
-Conventions (docs/architecture.md, DESIGN §3.6):
+Conventions (prices and sizes are decimals on the wire, so no float may ever hold them):
 - prices and sizes are ``DECIMAL(38,18)`` / ``NUMBER(38,18)``; SQLite keeps them as canonical text
   with 18 decimals so nothing is ever rounded through a float;
 - every ms (or ns) time column gets a UTC ``DATETIME(3)`` / ``TIMESTAMP_NTZ(3)`` companion for humans

@@ -3,7 +3,7 @@
 Why not the machine's server: an outage test has to stop the database under a running platform and
 start it again on the same data, which must never happen to the server other tests (and other
 people) use. Starting one costs about 1 s (``mariadb-install-db``) plus 0.1-0.3 s per start
-(reference warehouses.md §1.1).
+(measured on the test machine).
 
 Run as OS root it passes ``--user=root`` (mariadbd refuses root otherwise, and pytest's private temp
 directories are not readable by the ``mysql`` user); as anyone else it runs as that user. Root gets
