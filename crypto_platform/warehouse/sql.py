@@ -358,16 +358,9 @@ class SqlWarehouse:
             day_rows = None
             if day is not None:
                 after = highest_segment(before, max_segment_of(prepared))
-                day_rows = self._count_day(conn, t, day)
-                self._write_watermark(conn, t, day, after, "upsert", day_rows)
+                day_rows = self._write_watermark(conn, t, day, after, "upsert")
         return LoadResult.of(
-            prepared,
-            "upsert",
-            started,
-            day,
-            watermark_before=before,
-            watermark=after,
-            day_rows=day_rows,
+            prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
     def upsert_new_segments(
@@ -401,16 +394,9 @@ class SqlWarehouse:
                 prepared = self._prepare(t, frame[segment_mask(frame, before)], validate)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
             after = highest_segment(before, top)
-            day_rows = self._count_day(conn, t, day)
-            self._write_watermark(conn, t, day, after, "upsert", day_rows)
+            day_rows = self._write_watermark(conn, t, day, after, "upsert")
         return LoadResult.of(
-            prepared,
-            "upsert",
-            started,
-            day,
-            watermark_before=before,
-            watermark=after,
-            day_rows=day_rows,
+            prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
     def watermark(self, t: Table, day: date | str) -> int | None:
@@ -474,8 +460,7 @@ class SqlWarehouse:
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
             deleted = self._delete_stale(conn, prepared, day, load_data=used == "load_data") if existing else 0
             after = max_segment_of(prepared)
-            day_rows = self._count_day(conn, t, day)
-            self._write_watermark(conn, t, day, after, "rebuild", day_rows)
+            day_rows = self._write_watermark(conn, t, day, after, "rebuild")
         return LoadResult.of(
             prepared,
             used,
@@ -551,9 +536,9 @@ class SqlWarehouse:
             cur.close()
         return None if row is None or row[0] is None else int(row[0])
 
-    def _write_watermark(
-        self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str, day_rows: int
-    ) -> None:
+    def _write_watermark(self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str) -> int:
+        """Record the day's load watermark with the rows the day holds now; return that count."""
+        day_rows = self._count_day(conn, t, day)
         row = {
             "table_name": t.name,
             "day": day_text(day),
@@ -564,6 +549,7 @@ class SqlWarehouse:
         }
         frame = pd.DataFrame([row]).astype({"segment": "Int64"})
         self._insert_batches(conn, prepare(LOAD_WATERMARKS, frame), 1, upsert=True)
+        return day_rows
 
     def _prepare(self, t: Table, frame: pd.DataFrame, validate: bool) -> Prepared:
         return prepare(t, frame, check=validate)
