@@ -51,7 +51,7 @@ from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.run_retention import prune_runless_observations, prune_stream_runs  # noqa: E402
 from crypto_platform.sensors import batch_selection, health_metadata  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
-from crypto_platform.stream.landing_log import log_id  # noqa: E402
+from crypto_platform.stream.manifest import log_id  # noqa: E402
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG  # noqa: E402
 
 CADENCES_S = (5, 30, 60, 300)

@@ -59,7 +59,7 @@ from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.snowflake import build_snowflake_resource  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
-from crypto_platform.stream.landing_log import iter_manifest  # noqa: E402
+from crypto_platform.stream.manifest import iter_manifest  # noqa: E402
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range  # noqa: E402
 from crypto_platform.warehouse.sql import SqlWarehouse  # noqa: E402
 

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.simulator_rate import PAIRS, free_port, simulator_command, wait_listening  # noqa: E402
 from benchmarks.summary import Summary, median, runs  # noqa: E402
-from crypto_platform.stream.landing_log import iter_lines, iter_manifest  # noqa: E402
+from crypto_platform.stream.manifest import iter_lines, iter_manifest  # noqa: E402
 
 TARGET_DURABLE_EVENTS_PER_S = 400_000
 SAMPLE_EVERY_S = 0.05

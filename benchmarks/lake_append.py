@@ -33,7 +33,7 @@ from benchmarks.partition_build import DAY, land  # noqa: E402
 from crypto_platform.lake.decode import merge  # noqa: E402
 from crypto_platform.lake.raw import AGGREGATES, QUOTES, TRADES, apply_segments  # noqa: E402
 from crypto_platform.lake.tables import DeltaLake  # noqa: E402
-from crypto_platform.stream.landing_log import iter_manifest  # noqa: E402
+from crypto_platform.stream.manifest import iter_manifest  # noqa: E402
 
 TABLES = (TRADES, QUOTES, AGGREGATES)
 TARGET_RATIO = 1.3

@@ -51,7 +51,7 @@ from benchmarks.simulator_rate import free_port  # noqa: E402
 from benchmarks.summary import Summary, median, runs  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
-from crypto_platform.stream.landing_log import iter_manifest, log_id  # noqa: E402
+from crypto_platform.stream.manifest import iter_manifest, log_id  # noqa: E402
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, DayBatch, StreamCursor, plan_batches  # noqa: E402
 
 JOB = "stream_batch"

@@ -64,7 +64,8 @@ from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS, compute_minute_bar
 from crypto_platform.simulator.feed import Renderer, Schedule  # noqa: E402
 from crypto_platform.simulator.market import Market  # noqa: E402
 from crypto_platform.simulator.server import _FLOOD_TRADES_PER_PAIR_S  # noqa: E402
-from crypto_platform.stream.landing_log import DAY_MS, LandingLog, iter_manifest, segment_path  # noqa: E402
+from crypto_platform.stream.landing_log import DAY_MS, LandingLog  # noqa: E402
+from crypto_platform.stream.manifest import iter_manifest, segment_path  # noqa: E402
 from crypto_platform.stream.session_ledger import SessionLedger  # noqa: E402
 
 TARGET_EVENTS_PER_S = 1_000_000

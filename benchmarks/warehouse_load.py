@@ -99,6 +99,7 @@ def bench_mysql(args: argparse.Namespace, df: Any, figures: list[Figure]) -> Non
     import sqlalchemy
 
     from crypto_platform.warehouse.sql import SqlWarehouse
+    from crypto_platform.warehouse.tables import TRADES
 
     name = f"cp_bench_{uuid.uuid4().hex[:8]}"
     admin = pymysql.connect(host=args.mysql_host, port=args.mysql_port, user=args.mysql_user, autocommit=True)
@@ -121,7 +122,7 @@ def bench_mysql(args: argparse.Namespace, df: Any, figures: list[Figure]) -> Non
         wh.migrate()
 
         def day_count() -> int:
-            return wh.count_partition("trades", DAY)
+            return wh.count_partition(TRADES, DAY)
 
         smaller = df.iloc[: rows - rows // 10]
         method = args.rebuild_method
@@ -135,12 +136,12 @@ def bench_mysql(args: argparse.Namespace, df: Any, figures: list[Figure]) -> Non
         truncate = f"TRUNCATE TABLE `{name}`.crypto_trades"
         for _ in range(args.repeats):
             admin.cursor().execute(truncate)
-            load(upsert, lambda: wh.upsert("trades", df), day_count, rows)
-            load(reupsert, lambda: wh.upsert("trades", df), day_count, rows)
-            load(rebuild, lambda: wh.rebuild_day("trades", DAY, df, method=method), day_count, rows)
-            load(stale, lambda: wh.rebuild_day("trades", DAY, smaller, method=method), day_count, len(smaller))
+            load(upsert, lambda: wh.upsert(TRADES, df), day_count, rows)
+            load(reupsert, lambda: wh.upsert(TRADES, df), day_count, rows)
+            load(rebuild, lambda: wh.rebuild_day(TRADES, DAY, df, method=method), day_count, rows)
+            load(stale, lambda: wh.rebuild_day(TRADES, DAY, smaller, method=method), day_count, len(smaller))
             admin.cursor().execute(truncate)
-            load(fresh, lambda: wh.rebuild_day("trades", DAY, df, method=method), day_count, rows)
+            load(fresh, lambda: wh.rebuild_day(TRADES, DAY, df, method=method), day_count, rows)
         figures += [upsert, reupsert, rebuild, fresh, stale]
 
         # baseline 1: pandas to_sql (default method = executemany) into a plain table, no upsert possible
@@ -195,6 +196,7 @@ def bench_snowflake(args: argparse.Namespace, df: Any, figures: list[Figure]) ->
     from crypto_platform.resources.snowflake import local_connection_args
     from crypto_platform.settings import child_environment, load_settings
     from crypto_platform.warehouse.snowflake import count_snowflake_partition, load_snowflake, migrate_snowflake
+    from crypto_platform.warehouse.tables import TRADES
 
     port = free_port()
     state = Path(tempfile.mkdtemp(prefix="cp_bench_fakesnow_"))
@@ -217,10 +219,10 @@ def bench_snowflake(args: argparse.Namespace, df: Any, figures: list[Figure]) ->
             migrate_snowflake(conn, database=db)
 
             def count(db: str = db) -> int:
-                return count_snowflake_partition(conn, "trades", DAY, database=db)
+                return count_snowflake_partition(conn, TRADES, DAY, database=db)
 
-            load(first, lambda db=db: load_snowflake(conn, "trades", df, day=DAY, database=db), count, rows)
-            load(rerun, lambda db=db: load_snowflake(conn, "trades", df, day=DAY, database=db), count, rows)
+            load(first, lambda db=db: load_snowflake(conn, TRADES, df, day=DAY, database=db), count, rows)
+            load(rerun, lambda db=db: load_snowflake(conn, TRADES, df, day=DAY, database=db), count, rows)
         figures += [first, rerun]
         conn.close()
     finally:

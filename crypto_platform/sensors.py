@@ -32,8 +32,7 @@ from crypto_platform.assets.warehouse import COPIES, WAREHOUSE_ASSETS
 from crypto_platform.lake import writer
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import iter_manifest
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
 
 RAW_BY_CHANNEL = {"XT": raw_trades, "XQ": raw_quotes, "XA": raw_aggregates, "XAS": raw_aggregates, "XL2": raw_book}
@@ -124,7 +123,7 @@ def writer_materializations(
 def health_metadata(stream: StreamResource, action: str) -> dict[str, str | int | float]:
     status = stream.status()
     beat = status.heartbeat or {}
-    ledger_gaps = gaps(sessions(stream.landing_dir / "sessions.ndjson"))
+    ledger_gaps = stream.gaps()
     last_event_ms = beat.get("last_event_ms")
     error = beat.get("last_error") or {}
     return {

@@ -28,7 +28,7 @@ from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import iter_lines, iter_manifest
+from crypto_platform.stream.manifest import iter_lines, iter_manifest
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import local_settings
 

@@ -16,7 +16,8 @@ from crypto_platform.resources.stream import StreamResource
 from crypto_platform.sensors import stream_sensor
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import LandingLog, log_id
+from crypto_platform.stream.landing_log import LandingLog
+from crypto_platform.stream.manifest import log_id
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor
 from crypto_platform_tests.conftest import local_settings
 

@@ -35,7 +35,8 @@ from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, DECIMAL
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import DAY_MS, last_manifest_entry
+from crypto_platform.stream.landing_log import DAY_MS
+from crypto_platform.stream.manifest import last_manifest_entry
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
 
 __all__ = [

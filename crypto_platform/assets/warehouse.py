@@ -97,11 +97,11 @@ def _from_lake(asset: str, t: Table) -> Callable[[Any, str], pd.DataFrame]:
 
 
 def _sessions(resources: Sources, day: str) -> pd.DataFrame:
-    return sessions_of_day(stream_session_frame(resources.stream.landing_dir / "sessions.ndjson"), day)
+    return sessions_of_day(stream_session_frame(resources.stream.sessions()), day)
 
 
 def _sessions_carry_over(resources: Sources, day: str) -> pd.DataFrame:
-    return sessions_reaching_into(stream_session_frame(resources.stream.landing_dir / "sessions.ndjson"), day)
+    return sessions_reaching_into(stream_session_frame(resources.stream.sessions()), day)
 
 
 COPIES: tuple[WarehouseCopy, ...] = (

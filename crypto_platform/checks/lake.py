@@ -46,7 +46,7 @@ from crypto_platform.checks.figures import (
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import iter_manifest
+from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
 from crypto_platform.warehouse.sql import day_bounds_ms
 

@@ -16,7 +16,6 @@ each reported evaluation to MLflow, since no run exists for ``mlflow_sensor`` to
 """
 
 import time
-from pathlib import Path
 
 import dagster as dg
 import orjson
@@ -26,18 +25,18 @@ from crypto_platform.checks.figures import Figures
 from crypto_platform.checks.mlflow_events import log_runless_check
 from crypto_platform.resources.mlflow import MlflowTrackingResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import last_manifest_entry
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.manifest import last_manifest_entry
+from crypto_platform.stream.session_ledger import Gap, gaps
 
 CHECK_NAME = "landing_freshness"
 WINDOW_S = 86_400.0
 REPORT_EVERY_S = 900.0
 
 
-def gap_seconds(landing: Path, start_ns: int, end_ns: int) -> float:
+def gap_seconds(ledger_gaps: list[Gap], start_ns: int, end_ns: int) -> float:
     """Seconds of ``[start_ns, end_ns)`` inside session-ledger gaps (an open gap runs to ``end_ns``)."""
     total = 0
-    for gap in gaps(sessions(landing / "sessions.ndjson")):
+    for gap in ledger_gaps:
         lo, hi = max(gap.start_ns, start_ns), min(gap.end_ns or end_ns, end_ns)
         total += max(0, hi - lo)
     return total / 1e9
@@ -52,10 +51,10 @@ def landing_freshness(stream: StreamResource, now_ns: int | None = None) -> Figu
     beat = stream.status().heartbeat or {}
     sealed_age = (now_ns - int(entry["sealed_ns"])) / 1e9 if entry and entry.get("sealed_ns") else None
     event_age = (now_ns / 1e6 - int(beat["last_event_ms"])) / 1e3 if beat.get("last_event_ms") else None
-    first = sessions(landing / "sessions.ndjson")
+    first = stream.sessions()
     window_start = max(now_ns - int(WINDOW_S * 1e9), first[0].connect_ns if first else now_ns)
     window_s = (now_ns - window_start) / 1e9
-    gap_s = gap_seconds(landing, window_start, now_ns) if window_s > 0 else 0.0
+    gap_s = gap_seconds(gaps(first), window_start, now_ns) if window_s > 0 else 0.0
     problems = []
     for what, age in (("sealed segment", sealed_age), ("event", event_age)):
         if age is None:

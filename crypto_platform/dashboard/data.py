@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from crypto_platform.resources.lake import LakeResource, build_lake_resource
 from crypto_platform.settings import Settings
 from crypto_platform.stream import supervision
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.session_ledger import gaps, ledger_path, sessions
 from crypto_platform.warehouse.errors import WarehouseConnectionError
 from crypto_platform.warehouse.sql import SqlWarehouse
 
@@ -86,7 +86,7 @@ class Sources:
 
     @property
     def ledger(self) -> Path:
-        return self.settings.landing_dir / "sessions.ndjson"
+        return ledger_path(self.settings.landing_dir)
 
 
 def sources(settings: Settings) -> Sources:

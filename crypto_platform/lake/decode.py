@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crypto_platform.stream.landing_log import iter_lines
+from crypto_platform.stream.manifest import iter_lines
 
 DECIMAL_SQL = "DECIMAL(38,18)"
 LEVELS_SQL = f"{DECIMAL_SQL}[][]"  # XL2 book sides: [[price, size], ...]

@@ -37,9 +37,8 @@ import pyarrow as pa
 from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS
 from crypto_platform.lake.schemas import TRADES_SCHEMA
 from crypto_platform.polygon.rest_client import PolygonRest
-from crypto_platform.stream.session_ledger import Session, gaps, sessions
+from crypto_platform.stream.session_ledger import LEDGER_FILE, GapWindow, Session, gaps, sessions
 
-LEDGER_FILE = "sessions.ndjson"
 # ``after_session`` of the gap before the first session: no session was before it.
 BEFORE_THE_STREAM = 0
 REST_SOURCE = "rest_repair"
@@ -64,17 +63,6 @@ GROUP BY s.session
 # received within this long of the ledger's first data frame: the first data frame may hold quotes
 # only, so the first trade or bar can come a little later.
 OPENING_TOLERANCE_NS = 60 * 1_000_000_000
-
-
-@dataclass(frozen=True)
-class GapWindow:
-    """A ledger gap on the event clock: data between ``start_ms`` and ``end_ms`` may be missing."""
-
-    start_ms: int
-    end_ms: int
-    after_session: int
-    before_session: int | None
-    reason: str | None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ from crypto_platform.lake.decode import (
 from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 from crypto_platform.lake.tables import DeltaLake, any_of, equals, in_ranges, time_ranges, with_date
 from crypto_platform.partitions import DAILY_PARTITIONS
-from crypto_platform.stream.landing_log import DAY_MS, iter_manifest, segment_path
+from crypto_platform.stream.landing_log import DAY_MS
+from crypto_platform.stream.manifest import iter_manifest, segment_path
 
 # The application transaction of the raw tables: its version is the highest landing segment whose
 # rows (of every day) are in the table.

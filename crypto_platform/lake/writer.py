@@ -37,7 +37,7 @@ import orjson
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES, Applied, apply_segments
 from crypto_platform.lake.tables import DeltaLake
 from crypto_platform.settings import Settings, child_environment
-from crypto_platform.stream.landing_log import last_manifest_entry
+from crypto_platform.stream.manifest import last_manifest_entry
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from crypto_platform.settings import Settings, child_environment, load_settings
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import iter_manifest, log_id
+from crypto_platform.stream.manifest import iter_manifest, log_id
+from crypto_platform.stream.session_ledger import Gap, Session, gaps, ledger_path, sessions
 
 
 class StreamResource(dg.ConfigurableResource):
@@ -29,21 +31,37 @@ class StreamResource(dg.ConfigurableResource):
     max_segments_per_tick: int = 500
     # CRYPTO_BATCH_INTERVAL_S: at most one round of stream_batch runs per this many seconds (0: every tick).
     batch_interval_s: float = 0.0
+    _settings: Settings | None = PrivateAttr(default=None)
 
     def settings(self) -> Settings:
-        return load_settings(
-            child_environment(
-                {
-                    "CRYPTO_PROJECT_DIR": self.project_dir,
-                    "CRYPTO_STATE_DIR": self.state_dir,
-                    "CRYPTO_DATA_DIR": self.data_dir,
-                }
+        """The platform's settings for these folders, read once per resource instance."""
+        if self._settings is None:
+            self._settings = load_settings(
+                child_environment(
+                    {
+                        "CRYPTO_PROJECT_DIR": self.project_dir,
+                        "CRYPTO_STATE_DIR": self.state_dir,
+                        "CRYPTO_DATA_DIR": self.data_dir,
+                    }
+                )
             )
-        )
+        return self._settings
 
     @property
     def landing_dir(self) -> Path:
         return Path(self.data_dir) / "landing"
+
+    @property
+    def ledger_path(self) -> Path:
+        return ledger_path(self.landing_dir)
+
+    def sessions(self) -> list[Session]:
+        """Every session of the stream's ledger, oldest first."""
+        return sessions(self.ledger_path)
+
+    def gaps(self) -> list[Gap]:
+        """The ledger's gaps between sessions that received data (the last one open while disconnected)."""
+        return gaps(self.sessions())
 
     def log_id(self) -> str | None:
         return log_id(self.landing_dir)

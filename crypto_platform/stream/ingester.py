@@ -45,8 +45,9 @@ from crypto_platform.durable import DiskFull, free_bytes, is_disk_full
 from crypto_platform.polygon import protocol as p
 from crypto_platform.settings import Settings, mask_url_password
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import LandingLog, last_manifest_entry, validate
-from crypto_platform.stream.session_ledger import SessionLedger, sessions
+from crypto_platform.stream.landing_log import LandingLog, validate
+from crypto_platform.stream.manifest import last_manifest_entry
+from crypto_platform.stream.session_ledger import SessionLedger, ledger_path, sessions
 
 log = logging.getLogger("crypto_platform.ingester")
 
@@ -306,7 +307,7 @@ class Ingester:
             report = self.landing.open()
             if report.torn_bytes or report.sealed_on_open or report.manifest_rebuilt or report.resized:
                 log.warning(f"landing log repaired: {report}")
-            self.ledger = SessionLedger(self.settings.landing_dir / "sessions.ndjson")
+            self.ledger = SessionLedger(ledger_path(self.settings.landing_dir))
             self._close_dangling_session()
             if not self.reserve.take():
                 self._enter_disk_full(DiskFull(self.settings.landing_dir))

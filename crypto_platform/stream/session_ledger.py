@@ -11,12 +11,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from crypto_platform.durable import AppendFile, is_disk_full, iter_json_lines
+
+# The ledger's file, beside the landing log's manifest in the landing directory.
+LEDGER_FILE = "sessions.ndjson"
+
+
+def ledger_path(landing_dir: Path) -> Path:
+    return landing_dir / LEDGER_FILE
 
 
 class SessionLedger:
@@ -158,3 +166,32 @@ def gaps(all_sessions: list[Session]) -> list[Gap]:
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class GapWindow:
+    """A ledger gap on the event clock: data between ``start_ms`` and ``end_ms`` may be missing.
+
+    Gap repair places each :class:`Gap` on the event times the sessions around it delivered; the
+    alerts place it on the receive clock. Both ask the same questions of the result.
+    """
+
+    start_ms: int
+    end_ms: int
+    after_session: int
+    before_session: int | None
+    reason: str | None
+    close_code: int | None = None
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        return self.start_ms < hi and lo < self.end_ms
+
+    @property
+    def label(self) -> str:
+        """How the window is named where it explains something (a muted alert)."""
+        text = f"stream gap {_clock(self.start_ms)}-{_clock(self.end_ms)} after session {self.after_session}"
+        return text + (f" (close {self.close_code})" if self.close_code else "")
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -13,8 +13,8 @@ import orjson
 
 from crypto_platform.settings import load_settings
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import count_manifest
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.manifest import count_manifest
+from crypto_platform.stream.session_ledger import gaps, ledger_path, sessions
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def collect() -> dict[str, Any]:
     settings = load_settings()
     status = supervision.read_status(settings)
     beat = status.heartbeat or {}
-    all_gaps = gaps(sessions(settings.landing_dir / "sessions.ndjson"))
+    all_gaps = gaps(sessions(ledger_path(settings.landing_dir)))
     return {
         "running": status.running,
         "healthy": status.healthy,

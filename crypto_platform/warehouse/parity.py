@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from crypto_platform.warehouse.frames import prepare, sql_values
-from crypto_platform.warehouse.tables import Table, table
+from crypto_platform.warehouse.tables import Table
 
 NULL = "\\N"
 
@@ -58,9 +58,8 @@ class ParityReport:
         return "\n".join([head, *self.differences])
 
 
-def canonical(name: str | Table, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def canonical(t: Table, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """One text column per compared column (NULL as ``\\N``), rows de-duplicated on the key as loaders do."""
-    t = table(name)
     prepared = prepare(t, frame)
     cols = [c for c in prepared.columns if columns is None or c in columns]
     out = {}
@@ -79,25 +78,23 @@ def fingerprint_canonical(canon: pd.DataFrame) -> Fingerprint:
     return Fingerprint(len(canon), total)
 
 
-def fingerprint(name: str | Table, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> Fingerprint:
+def fingerprint(t: Table, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> Fingerprint:
     """Row count and checksum of a partition given as a DataFrame (lake, or read from a warehouse)."""
-    return fingerprint_canonical(canonical(name, frame, columns))
+    return fingerprint_canonical(canonical(t, frame, columns))
 
 
-def common_columns(name: str | Table, *frames: pd.DataFrame) -> list[str]:
-    t = table(name)
+def common_columns(t: Table, *frames: pd.DataFrame) -> list[str]:
     return [c for c in t.names if all(c in f.columns for f in frames)]
 
 
 def diff_rows(
-    name: str | Table,
+    t: Table,
     left: pd.DataFrame,
     right: pd.DataFrame,
     labels: tuple[str, str] = ("left", "right"),
     limit: int = 20,
 ) -> list[str]:
     """Describe the rows that differ: missing on one side, or present on both with other values."""
-    t = table(name)
     cols = common_columns(t, left, right)
     a = canonical(t, left, cols)
     b = canonical(t, right, cols)
@@ -128,28 +125,25 @@ def diff_rows(
 
 
 def compare(
-    name: str | Table, left: pd.DataFrame, right: pd.DataFrame, labels: tuple[str, str] = ("lake", "warehouse")
+    t: Table, left: pd.DataFrame, right: pd.DataFrame, labels: tuple[str, str] = ("lake", "warehouse")
 ) -> ParityReport:
     """Fingerprint both sides on their common columns; on a mismatch, name the differing rows."""
-    t = table(name)
     cols = common_columns(t, left, right)
     lf, rf = fingerprint(t, left, cols), fingerprint(t, right, cols)
     diffs = [] if lf == rf else diff_rows(t, left, right, labels)
     return ParityReport(t.name, labels[0], labels[1], lf, rf, diffs)
 
 
-def compare_sql(warehouse: Any, name: str | Table, day: date | str, lake: pd.DataFrame) -> ParityReport:
+def compare_sql(warehouse: Any, t: Table, day: date | str, lake: pd.DataFrame) -> ParityReport:
     """Lake partition vs the MySQL/SQLite table (a :class:`~crypto_platform.warehouse.sql.SqlWarehouse`)."""
-    return compare(name, lake, warehouse.read_partition(name, day), ("lake", warehouse.dialect))
+    return compare(t, lake, warehouse.read_partition(t, day), ("lake", warehouse.dialect))
 
 
-def compare_snowflake(
-    source: Any, name: str | Table, day: date | str, lake: pd.DataFrame, **where: Any
-) -> ParityReport:
+def compare_snowflake(source: Any, t: Table, day: date | str, lake: pd.DataFrame, **where: Any) -> ParityReport:
     """Lake partition vs the Snowflake table (a connection or ``SnowflakeResource.get_connection``).
 
     ``where`` may give ``database=`` / ``schema=`` (default MARKET_DATA.POLYGON).
     """
     from crypto_platform.warehouse.snowflake import read_snowflake_partition
 
-    return compare(name, lake, read_snowflake_partition(source, name, day, **where), ("lake", "snowflake"))
+    return compare(t, lake, read_snowflake_partition(source, t, day, **where), ("lake", "snowflake"))

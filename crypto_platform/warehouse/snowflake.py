@@ -56,7 +56,7 @@ from crypto_platform.warehouse.sql import (
     highest_segment,
     max_segment_of,
 )
-from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
+from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table
 from crypto_platform.warehouse.views import view_sql
 
 DATABASE = "MARKET_DATA"
@@ -236,11 +236,11 @@ def snowflake_schema_version(source: ConnectionSource, *, database: str = DATABA
 
 
 def snowflake_columns(
-    source: ConnectionSource, name: str, *, database: str = DATABASE, schema: str = SCHEMA
+    source: ConnectionSource, t: Table, *, database: str = DATABASE, schema: str = SCHEMA
 ) -> set[str]:
     with _connection(source) as conn:
         use_schema(conn, database, schema)
-        return _SnowflakeSchema(conn, database, schema).existing_columns(_sf_name(table(name)))
+        return _SnowflakeSchema(conn, database, schema).existing_columns(_sf_name(t))
 
 
 def _sf_name(t: Table) -> str:
@@ -277,7 +277,7 @@ def _merge_sql(prepared: Prepared, target: str, stage: str, version_columns: set
 
 def load_snowflake(
     source: ConnectionSource,
-    name: str | Table,
+    t: Table,
     frame: pd.DataFrame,
     *,
     day: date | str | None = None,
@@ -293,7 +293,6 @@ def load_snowflake(
     ``day``, the day's load watermark is set afterwards (a rebuild sets it to the highest segment in
     ``frame``; an upsert raises it to that).
     """
-    t = table(name)
     target = _sf_name(t)
     if rebuild and day is None:
         raise ValueError("rebuild=True needs the partition day")
@@ -350,14 +349,12 @@ def load_snowflake(
             with contextlib.suppress(Exception):
                 _execute(conn, f"DROP TABLE IF EXISTS {stage_table}")
             shutil.rmtree(workdir, ignore_errors=True)
-    return LoadResult(
-        t.name,
-        prepared.num_rows,
+    return LoadResult.of(
+        prepared,
         "rebuild" if rebuild else "merge",
-        time.perf_counter() - started,
-        day=day_text(day) if day is not None else None,
+        started,
+        day,
         deleted=deleted,
-        dropped_duplicates=prepared.dropped_duplicates,
         watermark_before=before,
         watermark=after,
         day_rows=day_rows,
@@ -366,7 +363,7 @@ def load_snowflake(
 
 def load_snowflake_new_segments(
     source: ConnectionSource,
-    name: str | Table,
+    t: Table,
     day: date | str,
     frame: pd.DataFrame,
     *,
@@ -378,7 +375,6 @@ def load_snowflake_new_segments(
     Snowflake's MERGE cannot share a transaction with a second statement on fakesnow, so the order
     carries the guarantee: rows first, watermark after. A failure in between repeats the upsert.
     """
-    t = table(name)
     if not t.has_segments:
         raise ValueError(f"{t.name} rows carry no landing segment; use load_snowflake(..., day=) instead")
     with _connection(source) as conn:
@@ -397,12 +393,12 @@ def load_snowflake_new_segments(
 
 
 def snowflake_watermark(
-    source: ConnectionSource, name: str | Table, day: date | str, *, database: str = DATABASE, schema: str = SCHEMA
+    source: ConnectionSource, t: Table, day: date | str, *, database: str = DATABASE, schema: str = SCHEMA
 ) -> int | None:
     """The highest landing segment whose rows of ``day`` are in the Snowflake table (None: none)."""
     with _connection(source) as conn:
         use_schema(conn, database, schema)
-        return _read_watermark(conn, table(name), day)
+        return _read_watermark(conn, t, day)
 
 
 def _read_watermark(conn: Connection, t: Table, day: date | str) -> int | None:
@@ -450,10 +446,9 @@ def _delete_day(conn: Connection, t: Table, target: str, day: date | str, keep: 
 
 
 def count_snowflake_partition(
-    source: ConnectionSource, name: str | Table, day: date | str, *, database: str = DATABASE, schema: str = SCHEMA
+    source: ConnectionSource, t: Table, day: date | str, *, database: str = DATABASE, schema: str = SCHEMA
 ) -> int:
     """Rows of one UTC day in the Snowflake table."""
-    t = table(name)
     with _connection(source) as conn:
         use_schema(conn, database, schema)
         where, params = _day_where(t, day)
@@ -462,7 +457,7 @@ def count_snowflake_partition(
 
 def read_snowflake_partition(
     source: ConnectionSource,
-    name: str | Table,
+    t: Table,
     day: date | str,
     *,
     database: str = DATABASE,
@@ -473,7 +468,6 @@ def read_snowflake_partition(
 
     ``segments=(after, upto)`` keeps what one per-batch load wrote (see ``SqlWarehouse.read_partition``).
     """
-    t = table(name)
     target = _sf_name(t)
     with _connection(source) as conn:
         use_schema(conn, database, schema)

@@ -7,7 +7,7 @@ written once and tested:
 
 - ``daily_open_close`` keeps the opening/closing trade as id, exchange and time columns; the warehouse
   has ``open_trades`` / ``closing_trades`` JSON text (the shape of Polygon's answer) and ``is_utc``.
-- ``crypto_stream_sessions`` comes from ``<landing>/sessions.ndjson`` (no lake table): one row per
+- ``crypto_stream_sessions`` comes from the stream's session ledger (no lake table): one row per
   connection with the gap that preceded it, ns times turned into ms.
 
 Lake partitions are read as pandas with Arrow-backed columns (``types_mapper=pd.ArrowDtype``):
@@ -19,27 +19,25 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from crypto_platform.stream.session_ledger import gaps, sessions
+from crypto_platform.stream.session_ledger import Session, gaps
 from crypto_platform.warehouse.sql import day_bounds_ms
-from crypto_platform.warehouse.tables import STREAM_SESSIONS, Table, table
+from crypto_platform.warehouse.tables import DAILY_OPEN_CLOSE, STREAM_SESSIONS, Table
 
 
-def lake_frame(data: pa.Table | None, name: str | Table) -> pd.DataFrame:
+def lake_frame(data: pa.Table | None, t: Table) -> pd.DataFrame:
     """A lake partition as pandas (Arrow-backed columns); an absent partition is an empty table frame."""
     if data is None:
-        return pd.DataFrame({c: pd.Series([], dtype=object) for c in table(name).names})
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in t.names})
     return data.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def lake_row_count(name: str | Table, frame: pd.DataFrame) -> int:
+def lake_row_count(t: Table, frame: pd.DataFrame) -> int:
     """Rows the warehouse should hold for this lake partition (current aggregate revisions only)."""
-    t = table(name)
     if "is_current" in frame.columns and "is_current" not in t.names:
         return int(frame["is_current"].fillna(False).astype(bool).sum())
     return len(frame)
@@ -60,7 +58,7 @@ def daily_open_close_frame(lake: pa.Table | None) -> pd.DataFrame:
     ``open_trades`` / ``closing_trades`` become ``[{"i": id, "x": exchange, "t": ms}]`` (NULL without a
     trade); ``is_utc`` is true for fetched days (the lake asks for UTC days) and NULL for ``no_data``.
     """
-    df = lake_frame(lake, "daily_open_close")
+    df = lake_frame(lake, DAILY_OPEN_CLOSE)
     if df.empty:
         return df
     ok = df["status"].astype(object) == "ok"
@@ -90,9 +88,8 @@ def _ms(ns: int | None) -> int | None:
     return None if ns is None else int(ns) // 1_000_000
 
 
-def stream_session_frame(ledger: Path) -> pd.DataFrame:
-    """Every session of the ledger as ``crypto_stream_sessions`` rows, oldest first."""
-    all_sessions = sessions(ledger)
+def stream_session_frame(all_sessions: list[Session]) -> pd.DataFrame:
+    """Every session of the ledger (oldest first) as ``crypto_stream_sessions`` rows, in that order."""
     before = {g.before_session: g for g in gaps(all_sessions) if g.before_session is not None}
     rows = []
     for s in all_sessions:

@@ -116,6 +116,38 @@ class LoadResult:
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
+    @classmethod
+    def of(
+        cls,
+        prepared: Prepared,
+        method: str,
+        started: float,
+        day: date | str | None,
+        *,
+        deleted: int = 0,
+        fallback_reason: str | None = None,
+        watermark_before: int | None = None,
+        watermark: int | None = None,
+        day_rows: int | None = None,
+    ) -> LoadResult:
+        """What loading ``prepared`` did, timed from ``started`` (``time.perf_counter()``).
+
+        Every loader (SQL and Snowflake) builds its result here, so the fields mean the same everywhere.
+        """
+        return cls(
+            prepared.table.name,
+            prepared.num_rows,
+            method,
+            time.perf_counter() - started,
+            day=day_text(day) if day is not None else None,
+            deleted=deleted,
+            dropped_duplicates=prepared.dropped_duplicates,
+            fallback_reason=fallback_reason,
+            watermark_before=watermark_before,
+            watermark=watermark,
+            day_rows=day_rows,
+        )
+
 
 def day_bounds_ms(day: date | str) -> tuple[int, int]:
     """[start, end) of a UTC day in epoch ms."""
@@ -301,7 +333,7 @@ class SqlWarehouse:
 
     def upsert(
         self,
-        name: str | Table,
+        t: Table,
         frame: pd.DataFrame,
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -313,7 +345,6 @@ class SqlWarehouse:
         With ``day``, every row must belong to that UTC day and the day's load watermark is raised to
         the highest segment in ``frame`` in the same transaction.
         """
-        t = table(name)
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
         before = after = None
@@ -326,23 +357,14 @@ class SqlWarehouse:
             day_rows = None
             if day is not None:
                 after = highest_segment(before, max_segment_of(prepared))
-                day_rows = self._count_day(conn, t, day)
-                self._write_watermark(conn, t, day, after, "upsert", day_rows)
-        return LoadResult(
-            t.name,
-            prepared.num_rows,
-            "upsert",
-            time.perf_counter() - started,
-            day=day_text(day) if day is not None else None,
-            dropped_duplicates=prepared.dropped_duplicates,
-            watermark_before=before,
-            watermark=after,
-            day_rows=day_rows,
+                day_rows = self._write_watermark(conn, t, day, after, "upsert")
+        return LoadResult.of(
+            prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
     def upsert_new_segments(
         self,
-        name: str | Table,
+        t: Table,
         day: date | str,
         frame: pd.DataFrame,
         *,
@@ -357,7 +379,6 @@ class SqlWarehouse:
         nor watermark change, and the next call loads them. Concurrent calls for the same day queue
         on the lock, so the watermark never passes rows that are not in the table.
         """
-        t = table(name)
         if not t.has_segments:
             raise ValueError(f"{t.name} rows carry no landing segment; use upsert(..., day=) instead")
         started = time.perf_counter()
@@ -372,34 +393,24 @@ class SqlWarehouse:
                 prepared = self._prepare(t, frame[segment_mask(frame, before)], validate)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
             after = highest_segment(before, top)
-            day_rows = self._count_day(conn, t, day)
-            self._write_watermark(conn, t, day, after, "upsert", day_rows)
-        return LoadResult(
-            t.name,
-            prepared.num_rows,
-            "upsert",
-            time.perf_counter() - started,
-            day=day_text(day),
-            dropped_duplicates=prepared.dropped_duplicates,
-            watermark_before=before,
-            watermark=after,
-            day_rows=day_rows,
+            day_rows = self._write_watermark(conn, t, day, after, "upsert")
+        return LoadResult.of(
+            prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
-    def watermark(self, name: str | Table, day: date | str) -> int | None:
+    def watermark(self, t: Table, day: date | str) -> int | None:
         """The highest landing segment whose rows of ``day`` are in the table (None: none recorded)."""
         with self.connect() as conn:
-            return self._read_watermark(conn, table(name), day, lock=False)
+            return self._read_watermark(conn, t, day, lock=False)
 
-    def count_partition(self, name: str | Table, day: date | str) -> int:
+    def count_partition(self, t: Table, day: date | str) -> int:
         """Rows of one UTC day (served by the partition column's index)."""
-        t = table(name)
         where, params = self._day_where(t, day)
         return int(self.query(f"SELECT COUNT(*) FROM {t.name} WHERE {where}", params)[0][0])
 
     def rebuild_day(
         self,
-        name: str | Table,
+        t: Table | str,
         day: date | str,
         frame: pd.DataFrame,
         *,
@@ -419,7 +430,8 @@ class SqlWarehouse:
         half the time of a 1M-row rebuild. Whether anything is stale is one indexed count (the day's rows
         vs the partition's); only then are the partition's keys put in a temporary table to find them.
         """
-        t = table(name)
+        # A name (str) only until assets/alerts.py passes its Table (ALERTS) like every other caller.
+        t = table(t) if isinstance(t, str) else t
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
         check_day(prepared, day)
@@ -447,16 +459,13 @@ class SqlWarehouse:
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
             deleted = self._delete_stale(conn, prepared, day, load_data=used == "load_data") if existing else 0
             after = max_segment_of(prepared)
-            day_rows = self._count_day(conn, t, day)
-            self._write_watermark(conn, t, day, after, "rebuild", day_rows)
-        return LoadResult(
-            t.name,
-            prepared.num_rows,
+            day_rows = self._write_watermark(conn, t, day, after, "rebuild")
+        return LoadResult.of(
+            prepared,
             used,
-            time.perf_counter() - started,
-            day=day_text(day),
+            started,
+            day,
             deleted=deleted,
-            dropped_duplicates=prepared.dropped_duplicates,
             fallback_reason=fallback,
             watermark_before=before,
             watermark=after,
@@ -465,7 +474,7 @@ class SqlWarehouse:
 
     def read_partition(
         self,
-        name: str | Table,
+        t: Table,
         day: date | str,
         columns: list[str] | None = None,
         *,
@@ -476,7 +485,6 @@ class SqlWarehouse:
         ``segments=(after, upto)`` keeps rows with ``after < segment <= upto`` (either bound may be
         None) plus rows without a segment: what one per-batch load wrote.
         """
-        t = table(name)
         cols = columns or [c for c in t.names if c in self.columns(t.name)]
         where, params = self._day_where(t, day)
         sql = f"SELECT {', '.join(cols)} FROM {t.name} WHERE {where}"
@@ -527,9 +535,9 @@ class SqlWarehouse:
             cur.close()
         return None if row is None or row[0] is None else int(row[0])
 
-    def _write_watermark(
-        self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str, day_rows: int
-    ) -> None:
+    def _write_watermark(self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str) -> int:
+        """Record the day's load watermark with the rows the day holds now; return that count."""
+        day_rows = self._count_day(conn, t, day)
         row = {
             "table_name": t.name,
             "day": day_text(day),
@@ -540,6 +548,7 @@ class SqlWarehouse:
         }
         frame = pd.DataFrame([row]).astype({"segment": "Int64"})
         self._insert_batches(conn, prepare(LOAD_WATERMARKS, frame), 1, upsert=True)
+        return day_rows
 
     def _prepare(self, t: Table, frame: pd.DataFrame, validate: bool) -> Prepared:
         return prepare(t, frame, check=validate)

@@ -20,7 +20,7 @@ from crypto_platform.assets.raw import raw_aggregates, raw_trades
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
-from crypto_platform.stream.landing_log import iter_manifest
+from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream.session_ledger import SessionLedger
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame

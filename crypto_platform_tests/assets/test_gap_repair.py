@@ -28,7 +28,7 @@ from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
-from crypto_platform.stream.landing_log import iter_manifest
+from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream.session_ledger import gaps, sessions
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform_tests.simulator.conftest import HISTORY_START_MS, KEY, wait_for

@@ -15,6 +15,7 @@ from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.settings import Settings
 from crypto_platform.warehouse.sql import SqlWarehouse
+from crypto_platform.warehouse.tables import TRADES
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing, trades_frame
 
 DAY = "2025-11-24"
@@ -56,7 +57,7 @@ def test_a_lake_day_lands_in_the_sql_tables_exactly_and_reruns_are_harmless(
     for _ in range(2):
         result = dg.materialize([mysql_trades], partition_key=DAY, resources=resources)
         assert result.success and parity(result).passed
-    rows = SqlWarehouse(url).read_partition("crypto_trades", DAY)
+    rows = SqlWarehouse(url).read_partition(TRADES, DAY)
     assert len(rows) == 40  # the re-sent frame was de-duplicated in the lake
     lake_rows = lake.read_partition("raw_trades", DAY).to_pylist()
     by_key = {(r["pair"], r["exchange"], r["trade_id"]): r for r in lake_rows}

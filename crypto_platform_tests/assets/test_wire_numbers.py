@@ -23,6 +23,7 @@ from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.settings import Settings
 from crypto_platform.warehouse.snowflake import read_snowflake_partition
 from crypto_platform.warehouse.sql import SqlWarehouse
+from crypto_platform.warehouse.tables import TRADES
 from crypto_platform_tests.assets.test_warehouse_trades import DAY, parity, sql_url
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing
 
@@ -88,7 +89,7 @@ def test_exponent_numbers_and_hash_ids_reach_the_sql_tables_exactly(
     resources = {"sql_tables": SqlTablesResource(url=url), "lake": lake, "stream": landing.resource()}
     result = dg.materialize([mysql_trades], partition_key=DAY, resources=resources)
     assert result.success and parity(result).passed
-    assert rows_of(SqlWarehouse(url).read_partition("crypto_trades", DAY).to_dict("records")) == EXPECTED
+    assert rows_of(SqlWarehouse(url).read_partition(TRADES, DAY).to_dict("records")) == EXPECTED
 
 
 def test_exponent_numbers_and_hash_ids_reach_snowflake_exactly(tmp_path: Path, fakesnow_server: Settings) -> None:
@@ -98,5 +99,5 @@ def test_exponent_numbers_and_hash_ids_reach_snowflake_exactly(tmp_path: Path, f
     result = dg.materialize([snowflake_trades], partition_key=DAY, resources=resources)
     assert result.success and parity(result).passed
     with snowflake.get_connection() as conn:
-        frame = read_snowflake_partition(conn, "crypto_trades", DAY)
+        frame = read_snowflake_partition(conn, TRADES, DAY)
     assert rows_of(frame.to_dict("records")) == EXPECTED

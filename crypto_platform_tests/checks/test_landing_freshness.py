@@ -19,7 +19,7 @@ from crypto_platform.checks.landing import (
 from crypto_platform.resources.mlflow import QUALITY_EXPERIMENT, MlflowTrackingResource
 from crypto_platform.resources.stream import build_stream_resource
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
-from crypto_platform.stream.landing_log import last_manifest_entry
+from crypto_platform.stream.manifest import last_manifest_entry
 from crypto_platform_tests.checks.conftest import evaluations
 from crypto_platform_tests.simulator.conftest import wait_for
 from crypto_platform_tests.stream.conftest import Running, settings_for

@@ -17,6 +17,7 @@ import pyarrow as pa
 from crypto_platform.assets.raw import TRADES_SCHEMA
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.warehouse.sql import SqlWarehouse
+from crypto_platform.warehouse.tables import ALERTS, MINUTE_BARS
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -141,8 +142,8 @@ def load_known_day(
         "repaired": (first_bar + 41 * MINUTE, first_bar + 42 * MINUTE),
     }
     warehouse.migrate()
-    warehouse.upsert("crypto_minute_bars", bars_frame("BTC-USD", first_bar, Decimal(96000), known_minutes, minutes))
-    warehouse.upsert("crypto_minute_bars", bars_frame("ETH-USD", first_bar, Decimal(3500), known_minutes, minutes))
+    warehouse.upsert(MINUTE_BARS, bars_frame("BTC-USD", first_bar, Decimal(96000), known_minutes, minutes))
+    warehouse.upsert(MINUTE_BARS, bars_frame("ETH-USD", first_bar, Decimal(3500), known_minutes, minutes))
     alerts = pd.DataFrame.from_records(
         [
             {
@@ -165,7 +166,7 @@ def load_known_day(
             },
         ]
     )
-    warehouse.upsert("crypto_alerts", alerts)
+    warehouse.upsert(ALERTS, alerts)
     return KnownDay(
         latest,
         first_bar,

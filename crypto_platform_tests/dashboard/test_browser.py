@@ -29,7 +29,7 @@ from crypto_platform.local import stack as ls
 from crypto_platform.settings import Settings, child_environment
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import count_manifest
+from crypto_platform.stream.manifest import count_manifest
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import free_port, local_settings
 

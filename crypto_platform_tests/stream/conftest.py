@@ -14,7 +14,8 @@ import pytest
 from crypto_platform.settings import Settings
 from crypto_platform.simulator.server import Simulator
 from crypto_platform.stream.ingester import Ingester
-from crypto_platform.stream.landing_log import iter_lines, iter_manifest, validate
+from crypto_platform.stream.landing_log import validate
+from crypto_platform.stream.manifest import iter_lines, iter_manifest
 from crypto_platform.stream.session_ledger import Session, sessions
 from crypto_platform_tests.conftest import local_settings
 from crypto_platform_tests.simulator.conftest import wait_for

@@ -36,7 +36,7 @@ from crypto_platform.resources.stream import StreamResource
 from crypto_platform.sensors import health_metadata
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import status_cli, supervision
-from crypto_platform.stream.landing_log import iter_lines, iter_manifest
+from crypto_platform.stream.manifest import iter_lines, iter_manifest
 from crypto_platform.stream.session_ledger import gaps
 from crypto_platform_tests.simulator.conftest import HISTORY_START_MS, KEY, wait_for
 from crypto_platform_tests.stream.conftest import Running, settings_for

@@ -20,7 +20,7 @@ from crypto_platform.settings import Settings, child_environment
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.ingester import Backoff
-from crypto_platform.stream.landing_log import iter_lines, iter_manifest
+from crypto_platform.stream.manifest import iter_lines, iter_manifest
 from crypto_platform.stream.session_ledger import gaps
 from crypto_platform_tests.simulator.conftest import wait_for
 from crypto_platform_tests.stream.conftest import Running, counts, landed_events, settings_for, wait_landed

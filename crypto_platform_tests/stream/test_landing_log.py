@@ -12,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crypto_platform.stream.landing_log import LandingLog, iter_lines, iter_manifest, log_id, validate
+from crypto_platform.stream.landing_log import LandingLog, validate
+from crypto_platform.stream.manifest import iter_lines, iter_manifest, log_id
 
 T0 = 1_764_028_799_000  # 2025-11-24T23:59:59Z: one second before a UTC day boundary
 

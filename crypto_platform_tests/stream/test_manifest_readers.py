@@ -20,14 +20,9 @@ import orjson
 import pytest
 
 from crypto_platform.settings import child_environment
-from crypto_platform.stream import landing_log
-from crypto_platform.stream.landing_log import (
-    LandingLog,
-    Retention,
-    count_manifest,
-    iter_manifest,
-    last_manifest_entry,
-)
+from crypto_platform.stream import manifest
+from crypto_platform.stream.landing_log import LandingLog, Retention
+from crypto_platform.stream.manifest import count_manifest, iter_manifest, last_manifest_entry
 from crypto_platform_tests.stream.test_landing_log import T0, frame, trade
 
 HOUR_MS = 3_600_000
@@ -75,7 +70,7 @@ def test_the_fixture_is_long_skips_seqs_and_spans_days(long_log: Path) -> None:
 def test_every_query_equals_a_filter_over_every_line(
     long_log: Path, probe_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(landing_log, "_PROBE_BYTES", probe_bytes)
+    monkeypatch.setattr(manifest, "_PROBE_BYTES", probe_bytes)
     entries = every_entry(long_log)
     seqs = [e["seq"] for e in entries]
     days = sorted({d for e in entries for d in e["days"]})

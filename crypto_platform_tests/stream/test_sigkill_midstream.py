@@ -34,7 +34,7 @@ from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import SIMULATOR_API_KEY, Settings, child_environment
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
-from crypto_platform.stream.landing_log import iter_lines
+from crypto_platform.stream.manifest import iter_lines
 from crypto_platform.stream.session_ledger import sessions
 from crypto_platform_tests.simulator.conftest import wait_for
 from crypto_platform_tests.stream.conftest import landed_events, settings_for

@@ -21,7 +21,8 @@ import pytest
 from crypto_platform.durable import AppendFile, iter_json_lines
 from crypto_platform.settings import child_environment
 from crypto_platform.stream import landing_log
-from crypto_platform.stream.landing_log import LandingLog, iter_lines, iter_manifest
+from crypto_platform.stream.landing_log import LandingLog
+from crypto_platform.stream.manifest import iter_lines, iter_manifest, last_manifest_entry
 from crypto_platform.stream.session_ledger import SessionLedger, read_records, sessions
 
 T0 = 1_764_028_800_000
@@ -213,7 +214,7 @@ def test_manifest_readers_skip_a_line_an_older_version_damaged(tmp_path: Path) -
     # Line 2 cut short and line 3 appended onto it: what a full disk left before torn tails were cut.
     (root / "manifest.ndjson").write_bytes(lines[0] + lines[1][:40] + lines[2])
     assert [e["seq"] for e in iter_manifest(root)] == [1]
-    assert landing_log.last_manifest_entry(root)["seq"] == 1  # type: ignore[index]
+    assert last_manifest_entry(root)["seq"] == 1  # type: ignore[index]
     assert [e["seq"] for e in iter_manifest(root, day="2025-11-25")] == [1]
 
 

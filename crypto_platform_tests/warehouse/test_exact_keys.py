@@ -20,7 +20,7 @@ from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.warehouse import samples
 from crypto_platform.warehouse.migrations import EXACT_KEYS_VERSION, SCHEMA_VERSION
 from crypto_platform.warehouse.sql import SqlWarehouse, _SqlSchema
-from crypto_platform.warehouse.tables import ALL_TABLES, LOAD_WATERMARKS
+from crypto_platform.warehouse.tables import ALL_TABLES, LOAD_WATERMARKS, TRADES
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, Landing
 
 DAY = "2025-11-24"
@@ -51,8 +51,8 @@ def watermark_rows(warehouse: SqlWarehouse, name: str) -> int:
 
 def test_trailing_spaces_are_part_of_the_key(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
-    warehouse.upsert("trades", trades_with_ids("777", "777 ", "777  ", " 777"), day=DAY)
-    ids = sorted(warehouse.read_partition("trades", DAY)["trade_id"])
+    warehouse.upsert(TRADES, trades_with_ids("777", "777 ", "777  ", " 777"), day=DAY)
+    ids = sorted(warehouse.read_partition(TRADES, DAY)["trade_id"])
     assert ids == sorted(["777", "777 ", "777  ", " 777"])
     assert watermark_rows(warehouse, "crypto_trades") == 4
 
@@ -62,33 +62,33 @@ def test_a_version_3_mariadb_collides_and_version_4_keeps_both_rows(request: pyt
     warehouse = SqlWarehouse(mysql_url(request))
     assert warehouse.migrate(target=EXACT_KEYS_VERSION - 1) == list(range(1, EXACT_KEYS_VERSION))
     # The old collation pads: the second id replaces the first (what version 4 fixes).
-    warehouse.upsert("trades", trades_with_ids("777", "777 "))
-    assert len(warehouse.read_partition("trades", DAY)) == 1
+    warehouse.upsert(TRADES, trades_with_ids("777", "777 "))
+    assert len(warehouse.read_partition(TRADES, DAY)) == 1
     assert warehouse.migrate() == list(range(EXACT_KEYS_VERSION, SCHEMA_VERSION + 1))
     with warehouse.connect() as conn:
         schema = _SqlSchema(conn, "mysql", warehouse.database)
         collation = schema.text_collation()
         assert collation in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
         assert {t.name: schema.table_collation(t.name) for t in ALL_TABLES} == {t.name: collation for t in ALL_TABLES}
-    assert len(warehouse.read_partition("trades", DAY)) == 1  # the row kept across the migration
-    warehouse.upsert("trades", trades_with_ids("777", "777 "), day=DAY)
-    assert sorted(warehouse.read_partition("trades", DAY)["trade_id"]) == ["777", "777 "]
+    assert len(warehouse.read_partition(TRADES, DAY)) == 1  # the row kept across the migration
+    warehouse.upsert(TRADES, trades_with_ids("777", "777 "), day=DAY)
+    assert sorted(warehouse.read_partition(TRADES, DAY)["trade_id"]) == ["777", "777 "]
     assert watermark_rows(warehouse, "crypto_trades") == 2
     # A rebuild's stale-row delete compares keys the same way: dropping "777 " deletes just it.
-    rebuilt = warehouse.rebuild_day("trades", DAY, trades_with_ids("777"))
+    rebuilt = warehouse.rebuild_day(TRADES, DAY, trades_with_ids("777"))
     assert rebuilt.deleted == 1 and rebuilt.day_rows == 1
-    assert list(warehouse.read_partition("trades", DAY)["trade_id"]) == ["777"]
+    assert list(warehouse.read_partition(TRADES, DAY)["trade_id"]) == ["777"]
     assert warehouse.migrate() == []
 
 
 def test_rows_loaded_is_what_the_day_holds_after_the_load(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
-    first = warehouse.upsert("trades", trades_with_ids(*map(str, range(10))), day=DAY)
+    first = warehouse.upsert(TRADES, trades_with_ids(*map(str, range(10))), day=DAY)
     assert (first.rows, first.day_rows, watermark_rows(warehouse, "crypto_trades")) == (10, 10, 10)
     # Three rows, two of them already there: the batch is 3, the day holds 11.
-    again = warehouse.upsert("trades", trades_with_ids("0", "1", "new"), day=DAY)
+    again = warehouse.upsert(TRADES, trades_with_ids("0", "1", "new"), day=DAY)
     assert (again.rows, again.day_rows, watermark_rows(warehouse, "crypto_trades")) == (3, 11, 11)
-    rebuilt = warehouse.rebuild_day("trades", DAY, trades_with_ids("a", "b"))
+    rebuilt = warehouse.rebuild_day(TRADES, DAY, trades_with_ids("a", "b"))
     assert (rebuilt.day_rows, watermark_rows(warehouse, "crypto_trades")) == (2, 2)
 
 
@@ -116,7 +116,7 @@ def test_ids_differing_by_a_trailing_space_land_as_two_rows(
     assert result.success
     (parity,) = result.get_asset_check_evaluations()
     assert parity.passed, parity.metadata["details"].value
-    assert sorted(warehouse.read_partition("trades", DAY)["trade_id"]) == ["777", "777 "]
+    assert sorted(warehouse.read_partition(TRADES, DAY)["trade_id"]) == ["777", "777 "]
     assert watermark_rows(warehouse, "crypto_trades") == 2
 
 

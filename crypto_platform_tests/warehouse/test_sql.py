@@ -18,7 +18,7 @@ from crypto_platform.warehouse.errors import (
 from crypto_platform.warehouse.migrations import SCHEMA_VERSION
 from crypto_platform.warehouse.parity import compare_sql
 from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
-from crypto_platform.warehouse.tables import ALL_TABLES, MINUTE_BARS
+from crypto_platform.warehouse.tables import ALL_TABLES, MINUTE_BARS, TRADES, Table
 
 DAY = "2025-11-20"
 EXACT = [
@@ -28,8 +28,8 @@ EXACT = [
 ]
 
 
-def _snapshot(wh: SqlWarehouse, name: str = "trades") -> list[tuple[object, ...]]:
-    df = wh.read_partition(name, DAY)
+def _snapshot(wh: SqlWarehouse, t: Table = TRADES) -> list[tuple[object, ...]]:
+    df = wh.read_partition(t, DAY)
     return sorted(tuple(str(v) for v in row) for row in df.itertuples(index=False))
 
 
@@ -42,8 +42,8 @@ def _exact_trades() -> pd.DataFrame:
 
 def test_exact_decimals_round_trip(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
-    warehouse.upsert("trades", _exact_trades())
-    back = warehouse.read_partition("trades", DAY).sort_values("trade_id")
+    warehouse.upsert(TRADES, _exact_trades())
+    back = warehouse.read_partition(TRADES, DAY).sort_values("trade_id")
     assert [Decimal(str(v)) for v in back["price"]] == EXACT
     assert [Decimal(str(v)) for v in back["size"]] == list(reversed(EXACT))
     # the human time column is the UTC rendering of the ms column
@@ -56,14 +56,14 @@ def test_exact_decimals_round_trip(warehouse: SqlWarehouse) -> None:
 def test_reruns_leave_tables_unchanged(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
     df = samples.trades(DAY, 12_000)
-    first = warehouse.upsert("trades", df, batch_rows=5_000)
+    first = warehouse.upsert(TRADES, df, batch_rows=5_000)
     snap = _snapshot(warehouse)
     assert first.rows == len(snap) == 12_000
-    warehouse.upsert("trades", df, batch_rows=5_000)
+    warehouse.upsert(TRADES, df, batch_rows=5_000)
     assert _snapshot(warehouse) == snap
-    rebuilt = warehouse.rebuild_day("trades", DAY, df)
+    rebuilt = warehouse.rebuild_day(TRADES, DAY, df)
     assert rebuilt.deleted == 0  # every row of the day is still in the partition
-    warehouse.rebuild_day("trades", DAY, df)
+    warehouse.rebuild_day(TRADES, DAY, df)
     assert _snapshot(warehouse) == snap
     warehouse.migrate()  # migrating an up-to-date database is a no-op
     assert _snapshot(warehouse) == snap
@@ -74,26 +74,26 @@ def test_rebuild_replaces_the_day_only(warehouse: SqlWarehouse, method: str) -> 
     """Rows the new partition no longer has go, changed rows change, new rows come, other days stay."""
     warehouse.migrate()
     other = samples.trades("2025-11-21", 10, first_id=5_000)
-    warehouse.upsert("trades", other)
-    warehouse.upsert("trades", samples.trades(DAY, 100))
+    warehouse.upsert(TRADES, other)
+    warehouse.upsert(TRADES, samples.trades(DAY, 100))
     new = samples.trades(DAY, 40, seed=99)  # other prices and sizes for trade ids 0-39
     new = pd.concat([new, samples.trades(DAY, 5, first_id=1_000)], ignore_index=True)  # and 5 new trades
-    result = warehouse.rebuild_day("trades", DAY, new, method=method)
+    result = warehouse.rebuild_day(TRADES, DAY, new, method=method)
     assert result.deleted == 60 and result.rows == 45
     assert result.method == ("load_data" if warehouse.dialect == "mysql" and method == "auto" else "insert")
-    assert compare_sql(warehouse, "trades", DAY, new).ok
-    assert compare_sql(warehouse, "trades", "2025-11-21", other).ok
-    assert warehouse.rebuild_day("trades", DAY, new, method=method).deleted == 0
-    assert compare_sql(warehouse, "trades", DAY, new).ok
+    assert compare_sql(warehouse, TRADES, DAY, new).ok
+    assert compare_sql(warehouse, TRADES, "2025-11-21", other).ok
+    assert warehouse.rebuild_day(TRADES, DAY, new, method=method).deleted == 0
+    assert compare_sql(warehouse, TRADES, DAY, new).ok
 
 
 def test_too_wide_value_names_the_row_and_writes_nothing(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
-    warehouse.upsert("trades", samples.trades(DAY, 10))
+    warehouse.upsert(TRADES, samples.trades(DAY, 10))
     before = _snapshot(warehouse)
     bad = samples.trades(DAY, 12_000)
     bad.loc[9_000, "price"] = Decimal("123456789012345678901.5")  # 21 digits before the point
-    for load in (lambda: warehouse.upsert("trades", bad), lambda: warehouse.rebuild_day("trades", DAY, bad)):
+    for load in (lambda: warehouse.upsert(TRADES, bad), lambda: warehouse.rebuild_day(TRADES, DAY, bad)):
         with pytest.raises(RowRejectedError) as err:
             load()
         assert err.value.row == {"pair": bad.loc[9_000, "pair"], "exchange": 1, "trade_id": "9000"}
@@ -104,7 +104,7 @@ def test_too_wide_value_names_the_row_and_writes_nothing(warehouse: SqlWarehouse
 def test_database_error_mid_partition_rolls_back_everything(warehouse: SqlWarehouse) -> None:
     """With the Python checks off, the database's own error in the 2nd batch undoes the 1st batch too."""
     warehouse.migrate()
-    warehouse.upsert("trades", samples.trades(DAY, 10))
+    warehouse.upsert(TRADES, samples.trades(DAY, 10))
     before = _snapshot(warehouse)
     bad = samples.trades(DAY, 12_000, first_id=100_000)
     if warehouse.dialect == "mysql":
@@ -112,7 +112,7 @@ def test_database_error_mid_partition_rolls_back_everything(warehouse: SqlWareho
     else:
         bad.loc[7_000, "size"] = None  # NOT NULL
     with pytest.raises(WarehouseLoadError) as err:
-        warehouse.upsert("trades", bad, batch_rows=5_000, validate=False)
+        warehouse.upsert(TRADES, bad, batch_rows=5_000, validate=False)
     assert "nothing written" in str(err.value)
     if warehouse.dialect == "mysql":
         assert isinstance(err.value, RowRejectedError) and err.value.row["trade_id"] == "107000"
@@ -124,7 +124,7 @@ def test_row_outside_the_day_is_refused(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
     df = pd.concat([samples.trades(DAY, 5), samples.trades("2025-11-21", 1, first_id=99)], ignore_index=True)
     with pytest.raises(RowRejectedError, match=r"trade_id=.99.*outside the partition day"):
-        warehouse.rebuild_day("trades", DAY, df)
+        warehouse.rebuild_day(TRADES, DAY, df)
 
 
 @pytest.mark.parametrize("start", range(1, SCHEMA_VERSION))
@@ -154,7 +154,7 @@ def test_migration_upgrades_in_place(warehouse: SqlWarehouse, start: int) -> Non
 
         schema = _SqlSchema(conn, warehouse.dialect, getattr(warehouse, "database", ""))
         assert any("segment" in ix for ix in schema.existing_indexes("crypto_trades"))
-    back = warehouse.read_partition("minute_bars", DAY)
+    back = warehouse.read_partition(MINUTE_BARS, DAY)
     assert len(back) == 1 and Decimal(str(back.loc[0, "close"])) == Decimal("97123.45")
     assert back.loc[0, "repaired"] is None or pd.isna(back.loc[0, "repaired"])
     assert warehouse.migrate() == []
@@ -163,8 +163,8 @@ def test_migration_upgrades_in_place(warehouse: SqlWarehouse, start: int) -> Non
 def test_analyst_views(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
     trades = samples.trades(DAY, 300)
-    warehouse.upsert("trades", trades)
-    warehouse.upsert("minute_bars", samples.minute_bars(DAY, minutes=20))
+    warehouse.upsert(TRADES, trades)
+    warehouse.upsert(MINUTE_BARS, samples.minute_bars(DAY, minutes=20))
     latest = {r[0]: r for r in warehouse.query("SELECT pair, price, event_ms FROM crypto_latest_price")}
     assert set(latest) == set(samples.DEFAULT_PAIRS)
     btc = trades[trades["pair"] == "BTC-USD"].sort_values("event_ms").iloc[-1]
@@ -181,8 +181,8 @@ def test_analyst_views(warehouse: SqlWarehouse) -> None:
 def test_parity_matches_and_names_a_differing_row(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
     lake = samples.trades(DAY, 500, arrow_decimals=True)
-    warehouse.upsert("trades", lake)
-    assert compare_sql(warehouse, "trades", DAY, lake).ok
+    warehouse.upsert(TRADES, lake)
+    assert compare_sql(warehouse, TRADES, DAY, lake).ok
     ph = "?" if warehouse.dialect == "sqlite" else "%s"
     with warehouse.connect() as conn:
         cur = conn.cursor()
@@ -190,7 +190,7 @@ def test_parity_matches_and_names_a_differing_row(warehouse: SqlWarehouse) -> No
             cur.execute("BEGIN")
         cur.execute(f"UPDATE crypto_trades SET price = {ph} WHERE trade_id = '42'", ("1.000000000000000000",))
         conn.commit()
-    report = compare_sql(warehouse, "trades", DAY, lake)
+    report = compare_sql(warehouse, TRADES, DAY, lake)
     assert not report.ok
     assert any("trade_id='42'" in d and "price lake=" in d for d in report.differences), report.message()
 
@@ -226,12 +226,12 @@ def test_load_data_refused_falls_back_to_inserts(mysql_server: dict[str, object]
     wh = SqlWarehouse(url, local_infile=False)
     wh.migrate()
     df = samples.trades(DAY, 2_000)
-    result = wh.rebuild_day("trades", DAY, df)
+    result = wh.rebuild_day(TRADES, DAY, df)
     assert result.method == "insert" and result.fallback_reason and "local_infile" in result.fallback_reason
-    fast = SqlWarehouse(url).rebuild_day("trades", DAY, df.iloc[500:])
+    fast = SqlWarehouse(url).rebuild_day(TRADES, DAY, df.iloc[500:])
     assert fast.method == "load_data" and fast.deleted == 500
-    assert len(wh.read_partition("trades", DAY)) == 1_500
+    assert len(wh.read_partition(TRADES, DAY)) == 1_500
     # without local infile, the rows the partition no longer has are found all the same
-    slow = wh.rebuild_day("trades", DAY, df.iloc[:1_000])
+    slow = wh.rebuild_day(TRADES, DAY, df.iloc[:1_000])
     assert slow.method == "insert" and slow.deleted == 1_000
-    assert compare_sql(wh, "trades", DAY, df.iloc[:1_000]).ok
+    assert compare_sql(wh, TRADES, DAY, df.iloc[:1_000]).ok

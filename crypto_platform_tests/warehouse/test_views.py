@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from crypto_platform.warehouse import tables
 from crypto_platform.warehouse.snowflake import load_snowflake, migrate_snowflake, use_schema
 from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
 from crypto_platform.warehouse.views import VIEWS, sqlite_exact_max, sqlite_exact_sum
@@ -174,9 +175,9 @@ def _check_views(conn: Any, names: dict[str, str]) -> None:
 
 def test_views_on_the_sql_warehouses(warehouse: SqlWarehouse) -> None:
     warehouse.migrate()
-    warehouse.upsert("trades", TRADES)
-    warehouse.upsert("minute_bars", BARS)
-    warehouse.upsert("daily_open_close", DAILY_OPEN_CLOSE)
+    warehouse.upsert(tables.TRADES, TRADES)
+    warehouse.upsert(tables.MINUTE_BARS, BARS)
+    warehouse.upsert(tables.DAILY_OPEN_CLOSE, DAILY_OPEN_CLOSE)
     with warehouse.connect() as conn:
         _check_views(conn, {v.name: v.name for v in VIEWS})
 
@@ -184,9 +185,9 @@ def test_views_on_the_sql_warehouses(warehouse: SqlWarehouse) -> None:
 def test_views_on_snowflake(snowflake_conn: Any, sf_database: str) -> None:
     db = sf_database
     migrate_snowflake(snowflake_conn, database=db)
-    load_snowflake(snowflake_conn, "trades", TRADES, day=DAY, database=db)
-    load_snowflake(snowflake_conn, "minute_bars", BARS, day=DAY, database=db)
-    load_snowflake(snowflake_conn, "daily_open_close", DAILY_OPEN_CLOSE, day=DAY, database=db)
+    load_snowflake(snowflake_conn, tables.TRADES, TRADES, day=DAY, database=db)
+    load_snowflake(snowflake_conn, tables.MINUTE_BARS, BARS, day=DAY, database=db)
+    load_snowflake(snowflake_conn, tables.DAILY_OPEN_CLOSE, DAILY_OPEN_CLOSE, day=DAY, database=db)
     # The views name their tables in full: queried from another current schema, they still read this one.
     use_schema(snowflake_conn, f"{db}_OTHER")
     _check_views(snowflake_conn, {v.name: f"{db}.POLYGON.{v.snowflake}" for v in VIEWS})
