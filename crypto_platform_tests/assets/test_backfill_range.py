@@ -19,6 +19,7 @@ from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.raw import raw_aggregates, raw_trades
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
+from crypto_platform.settings import SIMULATOR_API_KEY
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream.session_ledger import SessionLedger
@@ -68,7 +69,7 @@ def resources(landing: Landing, lake: Path, sim: Simulator) -> dict[str, Any]:
     return {
         "stream": landing.resource(),
         "lake": LakeResource(root=str(lake)),
-        "polygon_rest": PolygonRestResource(base_url=sim.rest_url, api_key="test-key", pairs=["BTC-USD"]),
+        "polygon_rest": PolygonRestResource(base_url=sim.rest_url, api_key=SIMULATOR_API_KEY, pairs=["BTC-USD"]),
     }
 
 
