@@ -48,6 +48,7 @@ from benchmarks.partition_build import DAY, land  # noqa: E402
 from benchmarks.simulator_rate import free_port  # noqa: E402
 from crypto_platform.definitions import build_definitions  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
+from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.run_retention import prune_runless_observations, prune_stream_runs  # noqa: E402
 from crypto_platform.sensors import batch_selection, health_metadata  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
@@ -115,8 +116,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dagster-storage-"))
     home = work / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    # The repo's instance config with its stores inside this throwaway home.
+    install_instance_config(load_settings({}, cwd=ROOT), home)
     env = {
         "CRYPTO_PROJECT_DIR": str(ROOT),
         "CRYPTO_STATE_DIR": str(work),

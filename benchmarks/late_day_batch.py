@@ -50,6 +50,7 @@ from benchmarks.partition_build import land  # noqa: E402
 from benchmarks.simulator_rate import free_port  # noqa: E402
 from benchmarks.summary import Summary, median, runs  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
+from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest, log_id  # noqa: E402
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, DayBatch, StreamCursor, plan_batches  # noqa: E402
@@ -137,8 +138,8 @@ def main() -> int:
     )
     work = Path(tempfile.mkdtemp(prefix="late-day-batch-"))
     home = work / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    # The repo's instance config with its stores inside this throwaway home.
+    install_instance_config(load_settings({}, cwd=ROOT), home)
     overrides = {
         "CRYPTO_PROJECT_DIR": str(ROOT),
         "CRYPTO_STATE_DIR": str(work / "state"),

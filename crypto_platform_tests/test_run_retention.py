@@ -4,7 +4,6 @@ tags the stream sensor sets. After retention, what the UI shows (each asset's la
 materialization, per-partition status, the latest check results) is unchanged, old micro-batch runs
 are gone with everything they left behind, and backfill and manual runs are kept."""
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +14,10 @@ import pytest
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
 from sqlalchemy import select
 
+from crypto_platform.local.stack import install_instance_config
 from crypto_platform.resources.dagster_storage import DagsterStorageResource
 from crypto_platform.run_retention import STREAM_JOB, STREAM_SENSOR, prune_stream_runs
+from crypto_platform.settings import load_settings
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG
 from crypto_platform_tests.test_dagster_instance import mysql_home as mysql_home  # the fixture
 
@@ -52,8 +53,9 @@ CHECK_KEY = probe_unique.check_key
 @pytest.fixture
 def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+    # The repo's instance config with its stores inside this home (the file itself keeps them in the
+    # project's .dagster_home/, relative to where Dagster runs).
+    install_instance_config(load_settings({}, cwd=PROJECT_DIR), home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         yield instance
@@ -130,8 +132,9 @@ def indexed_event_runs(instance: dg.DagsterInstance) -> set[str]:
 
 
 def run_files(instance: dg.DagsterInstance, run_id: str) -> list[Path]:
-    home = Path(instance.root_directory)
-    return [p for p in (home / "history" / "runs" / f"{run_id}.db", home / "storage" / run_id) if p.exists()]
+    """The run's own SQLite event-log file and its folder of captured logs, where they exist."""
+    shard = Path(instance.event_log_storage.path_for_shard(run_id))  # type: ignore[attr-defined]
+    return [p for p in (shard, Path(instance.root_directory) / run_id) if p.exists()]
 
 
 def test_old_micro_batches_go_and_everything_the_ui_shows_stays(instance: dg.DagsterInstance) -> None:
