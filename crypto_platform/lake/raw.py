@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake.exceptions import CommitFailedError
 
 from crypto_platform.lake.decode import (
     DECIMAL_SQL,
@@ -400,5 +401,15 @@ def apply_segments(lake: DeltaLake, spec: RawTable, root: Path, upto: int) -> Ap
     # never runs ahead of the rows; anything committed before it is idempotent to redo.
     empty = with_date(spec.schema.empty_table(), "")
     rows = pa.concat_tables(appends) if appends else empty.slice(0, 0)
+    if applied.replaced_ranges and base is not None:
+        # Our own merge committed since ``base`` was read: commit on top of it, after checking that no
+        # other writer applied these segments meanwhile (its watermark would have moved).
+        base = lake.open(spec.name)
+        now = base.transaction_version(LANDING_APP_ID) if base is not None else None
+        if (now or 0) != after:
+            raise CommitFailedError(
+                f"{spec.name}: another writer applied landing segments {after + 1}-{now} meanwhile; "
+                "the next pass starts after them"
+            )
     lake.append(spec.name, rows, {LANDING_APP_ID: upto}, base=base)
     return applied
