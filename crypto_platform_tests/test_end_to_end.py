@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from crypto_platform.definitions import build_definitions
+from crypto_platform.lake import writer
 from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
@@ -33,7 +34,7 @@ from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import local_settings
 
 PAIRS = ("BTC-USD", "ETH-USD")
-RUN_FOR_S = 12.0
+RUN_FOR_S = 70.0
 # A bound against a hung loop, not a speed target: three runs take ~30 s on a quiet machine, minutes under load.
 DEADLINE_S = 300.0
 MINUTE_MS = 60_000
@@ -84,8 +85,9 @@ def e2e_settings(
     fakesnow_server: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Settings, Simulator]]:
-    # The market starts a few minutes back, 6 s before a minute boundary, so the run covers one minute
-    # the stream completes and lets the open gap after the stop (repaired from REST) begin in the next.
+    # The market starts a few minutes back, 6 s before a minute boundary, and the run lasts longer than
+    # a minute (RUN_FOR_S): the minute the first session began in (only partly observed) and the open
+    # gap after the stop are repaired from REST, and the minute in between is completed by the stream.
     boundary = (time.time_ns() // 1_000_000 - 5 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
     sim = Simulator(SimulatorConfig(rate=300, pairs=PAIRS, record_trades=True, start_ms=boundary - 6_000))
     with sim.running_in_thread():
@@ -112,6 +114,7 @@ def e2e_settings(
             yield settings, sim
         finally:
             supervision.stop_ingester(settings)
+            writer.stop_writer(settings)  # the stream sensor started it beside the ingester
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ import dagster as dg
 import pytest
 
 from crypto_platform.definitions import build_definitions
+from crypto_platform.lake import writer
 from crypto_platform.local import stack as ls
 from crypto_platform.settings import Settings, child_environment
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
@@ -90,6 +91,7 @@ def pipeline(
             yield settings, sim
         finally:
             supervision.stop_ingester(settings)
+            writer.stop_writer(settings)  # the stream sensor started it beside the ingester
 
 
 @pytest.fixture
