@@ -32,6 +32,7 @@ import pyarrow as pa
 import pytest
 
 from crypto_platform import definitions
+from crypto_platform.lake import writer
 from crypto_platform.lake.tables import DeltaLake
 from crypto_platform.local.stack import port_open
 from crypto_platform.resources.snowflake import build_snowflake_resource
@@ -378,8 +379,9 @@ def test_plain_dagster_dev_in_a_fresh_clone_runs_the_platform(tmp_path: Path) ->
             name: int(json.loads((state / "run" / f"{name}.pid").read_text())["pid"]) for name in BACKGROUND_SERVICES
         }
         ingester = supervision.holder_pid(settings)
-        assert ingester is not None
-        background = {*services.values(), ingester}
+        lake_writer = writer.running_pid(settings)
+        assert ingester is not None and lake_writer
+        background = {*services.values(), ingester, lake_writer}
 
         def not_background() -> dict[int, str]:
             # The ingester's segment sealer is a child process of its own.
