@@ -124,19 +124,12 @@ def running_pid(settings: Settings) -> int | None:
 def stop_writer(settings: Settings, timeout: float = 30.0) -> str:
     """Stop the running writer (SIGTERM: it finishes its pass; SIGKILL after ``timeout``, which loses nothing:
     a pass that dies before its commit is applied again by the next writer)."""
+    from crypto_platform.stream.supervision import terminate
+
     pid = running_pid(settings)
     if not pid:
         return "not running" if pid is None else "starting (no pid yet); left alone"
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running_pid(settings) is None:
-            return f"stopped (pid {pid})"
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    return f"killed (pid {pid}) after {timeout:.0f}s without a clean stop"
+    return terminate(pid, lambda: running_pid(settings) is not None, timeout)
 
 
 def start_detached(settings: Settings) -> int:

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,21 +225,26 @@ def start_detached(settings: Settings, ready_timeout: float = 20.0) -> int:
     raise RuntimeError(f"the ingester did not take its lock within {ready_timeout:.0f}s; see {log}")
 
 
-def stop_ingester(settings: Settings, timeout: float = 30.0) -> str:
-    """Stop the running ingester (SIGTERM: it seals and closes cleanly; SIGKILL after ``timeout``)."""
-    pid = holder_pid(settings)
-    if pid is None:
-        return "not running"
+def terminate(pid: int, running: Callable[[], bool], timeout: float) -> str:
+    """SIGTERM ``pid``, wait until ``running()`` says it let go of its lock; SIGKILL after ``timeout``."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if holder_pid(settings) is None:
+        if not running():
             return f"stopped (pid {pid})"
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return f"killed (pid {pid}) after {timeout:.0f}s without a clean stop"
+
+
+def stop_ingester(settings: Settings, timeout: float = 30.0) -> str:
+    """Stop the running ingester (SIGTERM: it seals and closes cleanly; SIGKILL after ``timeout``)."""
+    pid = holder_pid(settings)
+    if pid is None:
+        return "not running"
+    return terminate(pid, lambda: holder_pid(settings) is not None, timeout)
 
 
 def request_topics(settings: Settings, topics: list[str]) -> None:
