@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.partition_build import DAY, land  # noqa: E402
-from benchmarks.simulator_rate import free_port  # noqa: E402
+from benchmarks.simulator_rate import PAIRS, free_port  # noqa: E402
 from crypto_platform.definitions import build_definitions  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
@@ -123,7 +123,11 @@ def main() -> int:
         "CRYPTO_STATE_DIR": str(work),
         "DAGSTER_HOME": str(home),
         "CRYPTO_FAKESNOW_PORT": str(free_port()),
+        # The landing log's pairs, so a gap repair asks the simulator for pairs it serves.
+        "CRYPTO_PAIRS": PAIRS,
+        "CRYPTO_SIMULATOR_PORT": str(free_port()),
     }
+    os.environ.update(env)  # the run's resources read the environment, as a run worker does
     settings = load_settings(env)
     os.environ["DAGSTER_HOME"] = str(home)  # DagsterInstance.get() reads it, as a run worker does
     fakesnow = local_stack.fakesnow_service(settings)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -59,6 +60,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.simulator_rate import PAIRS, START_MS  # noqa: E402
+
+# The benchmark's day is a fixed past day: the partitions (built at import from CRYPTO_START_DATE,
+# by default the last 30 days) must reach back to it, here and in every run process started below.
+os.environ.setdefault("CRYPTO_START_DATE", time.strftime("%Y-%m-%d", time.gmtime(START_MS // 1000)))
 from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA  # noqa: E402
 from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS, compute_minute_bars  # noqa: E402
 from crypto_platform.simulator.feed import Renderer, Schedule  # noqa: E402
