@@ -26,18 +26,21 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 from dagster_snowflake import SnowflakeResource
 
 from crypto_platform.assets.daily import daily_open_close
 from crypto_platform.assets.landing_log import landing_log
 from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades
+from crypto_platform.lake.schemas import SCHEMAS
+from crypto_platform.lake.tables import newer_than
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream_batches import SEGMENTS_TAG
 from crypto_platform.warehouse.frames import segment_mask
-from crypto_platform.warehouse.loads import DayLoad, SnowflakeTarget, SqlTarget, Target, load_day
+from crypto_platform.warehouse.loads import DayLoad, SnowflakeTarget, SqlTarget, Target, load_changes, load_day
 from crypto_platform.warehouse.snowflake import snowflake_connect_error
 from crypto_platform.warehouse.sources import (
     daily_open_close_frame,
@@ -81,6 +84,8 @@ class WarehouseCopy:
     read: Callable[[Sources, str], pd.DataFrame]  # (sources, day) -> the day's rows in table columns
     stream: bool  # loaded by the stream sensor's per-batch runs
     source: str = "lake"
+    # The lake table the rows come from as they are (a stream run reads only its new rows)
+    lake_table: str | None = None
     # rows of earlier days that a per-batch load refreshes too (sessions still open at midnight)
     carry_over: Callable[[Sources, str], pd.DataFrame] | None = None
 
@@ -104,11 +109,52 @@ def _sessions_carry_over(resources: Sources, day: str) -> pd.DataFrame:
     return sessions_reaching_into(stream_session_frame(resources.stream.sessions()), day)
 
 
+def _lake_copy(asset: str, key: dg.AssetKey, t: Table) -> WarehouseCopy:
+    return WarehouseCopy(t, key, _from_lake(asset, t), stream=True, lake_table=asset)
+
+
+def lake_day_rows(lake: LakeResource, asset: str, t: Table, day: str) -> int:
+    """Rows the warehouse should hold for a lake day, from the commit log (no data read), or from
+    the ``is_current`` column alone for a table whose warehouse copy keeps current revisions only."""
+    tables = lake.tables()
+    schema = SCHEMAS.get(asset)
+    if schema is not None and "is_current" in schema.names and "is_current" not in t.names:
+        rows = tables.read(asset, day, columns=["is_current"], ordered=False)
+        return 0 if rows is None else int(pc.sum(pc.fill_null(rows["is_current"], False)).as_py() or 0)
+    return tables.count(asset, day)
+
+
+def load_new_rows(target: Target, copy: WarehouseCopy, sources: Sources, day: str) -> tuple[DayLoad, pd.DataFrame]:
+    """A stream run's load of a lake copy: only what the lake holds beyond the day's watermark.
+
+    Tables with landing segments read the rows above the watermark (file statistics on ``segment``
+    skip the rest); others (minute bars) read the files added since the table version last loaded.
+    Returns the load and the rows it read.
+    """
+    assert copy.lake_table is not None
+    t, lake = copy.table, sources.lake
+    mark = target.watermark(t, day)
+    lake_rows = lake_day_rows(lake, copy.lake_table, t, day)
+
+    def whole_day() -> pd.DataFrame:
+        return copy.read(sources, day)
+
+    if t.has_segments:
+        frame = lake_frame(lake.read_partition(copy.lake_table, day, where=newer_than("segment", mark)), t)
+        load = load_day(
+            target, t, day, frame, incremental=True, source=copy.source, lake_rows=lake_rows, whole_day=whole_day
+        )
+        return load, frame
+    changed, version = lake.tables().changed_since(copy.lake_table, day, mark)
+    frame = lake_frame(changed, t)
+    return load_changes(target, t, day, frame, version, lake_rows, whole_day, copy.source), frame
+
+
 COPIES: tuple[WarehouseCopy, ...] = (
-    WarehouseCopy(TRADES, raw_trades.key, _from_lake("raw_trades", TRADES), stream=True),
-    WarehouseCopy(QUOTES, raw_quotes.key, _from_lake("raw_quotes", QUOTES), stream=True),
-    WarehouseCopy(AGGREGATES, raw_aggregates.key, _from_lake("raw_aggregates", AGGREGATES), stream=True),
-    WarehouseCopy(MINUTE_BARS, MINUTE_BARS_KEY, _from_lake("minute_bars", MINUTE_BARS), stream=True),
+    _lake_copy("raw_trades", raw_trades.key, TRADES),
+    _lake_copy("raw_quotes", raw_quotes.key, QUOTES),
+    _lake_copy("raw_aggregates", raw_aggregates.key, AGGREGATES),
+    _lake_copy("minute_bars", MINUTE_BARS_KEY, MINUTE_BARS),
     WarehouseCopy(
         DAILY_OPEN_CLOSE,
         daily_open_close.key,
@@ -267,8 +313,12 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
         freshness: dict[str, float] = {}
         with _target(backend_resource) as target:
             for day in context.partition_keys:
-                rows = copy.read(resources, day)
-                loads.append(load_day(target, copy.table, day, rows, incremental=incremental, source=copy.source))
+                if incremental and copy.lake_table is not None:
+                    load, rows = load_new_rows(target, copy, resources, day)
+                    loads.append(load)
+                else:
+                    rows = copy.read(resources, day)
+                    loads.append(load_day(target, copy.table, day, rows, incremental=incremental, source=copy.source))
                 if incremental:
                     result = loads[-1].result
                     freshness = freshness_metadata(rows, result.watermark_before, result.watermark)

@@ -77,6 +77,15 @@ def greater(column: str, value: int) -> Predicate:
     return Predicate(f"{column} > {int(value)}", ds.field(column) > value)
 
 
+def newer_than(column: str, value: int | None) -> Predicate | None:
+    """Rows whose ``column`` is above ``value`` or NULL (a row a REST repair added has no segment); None: all."""
+    if value is None:
+        return None
+    return Predicate(
+        f"({column} > {int(value)} OR {column} IS NULL)", (ds.field(column) > value) | ds.field(column).is_null()
+    )
+
+
 def is_false(column: str) -> Predicate:
     return Predicate(f"{column} = false", ds.field(column) == False)  # noqa: E712 (an Arrow expression)
 
@@ -206,6 +215,42 @@ class DeltaLake:
         if ordered and set(ORDER.get(name, ())) <= set(wanted):
             rows = sort_rows(name, rows)
         return rows
+
+    def version(self, name: str) -> int | None:
+        """The table's current version (None: the table does not exist)."""
+        table = self.open(name)
+        return None if table is None else table.version()
+
+    def changed_since(self, name: str, day: str, version: int | None) -> tuple[pa.Table | None, int | None]:
+        """Rows of ``day`` in the data files added after table ``version``, and the version read.
+
+        What a copy must take in since it last read the table at ``version``: a predicate overwrite or
+        a merge rewrites only the files holding the rows it changed, so the new files hold every
+        changed row (and a few unchanged neighbours, which an upsert leaves as they are), never the
+        day. ``version`` None, or one the log no longer has, gives the whole day.
+        """
+        table = self.open(name)
+        if table is None:
+            return None, None
+        now = table.version()
+        condition = on_day(day)
+        dataset = table.to_pyarrow_dataset(file_pruning_predicate=condition.sql, filesystem=self._filesystem(name))
+        if version is not None:
+            try:
+                before = DeltaTable(self.uri(name), version=version, storage_options=self._options())
+            except Exception:  # the log no longer reaches back that far: take the whole day
+                before = None
+            if before is not None:
+                old = set(before.file_uris(file_pruning_predicate=condition.sql))
+                new = {u for u in table.file_uris(file_pruning_predicate=condition.sql) if u not in old}
+                fragments = [f for f in dataset.get_fragments() if any(u.endswith(f.path) for u in new)]
+                dataset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+        schema = SCHEMAS.get(name)
+        wanted = schema.names if schema is not None else [n for n in dataset.schema.names if n != DATE_COLUMN]
+        rows = dataset.to_table(columns=wanted, filter=condition.arrow)
+        if schema is not None:
+            rows = rows.cast(schema)
+        return sort_rows(name, rows), now
 
     def files(self, name: str, day: str, where: Predicate | None = None) -> list[str]:
         """The data files a :meth:`read` of ``day`` and ``where`` opens (partition and statistics pruning)."""

@@ -11,23 +11,34 @@ table has segments?   incremental                            otherwise (UI, back
 ====================  =====================================  ==========================================
 yes (trades, quotes,  rows with segment > the day's load     the whole day replaced; watermark set to
 aggregates)           watermark upserted, watermark raised   the day's highest segment
-no (bars, sessions,   the whole day upserted (at most 1,440  the whole day replaced
-daily open/close)     bars per pair: cheap)
+no, lake table       the rows of the lake files added since  the whole day replaced
+(minute bars)         the table version the day's copy last
+                      read (its watermark), upserted
+no (sessions, daily   the whole day upserted (a few rows)    the whole day replaced
+open/close)
 ====================  =====================================  ==========================================
 
-Parity: a rebuild or whole-day upsert compares every row of the day. A per-segment load compares
-the rows it covered (segments above the old watermark up to the new one) column by column, plus the
-day's row counts; when the counts differ the whole day is compared to name the rows.
+Incremental loads read only what is new from the lake (rows above the watermark, found through the
+files' segment statistics; or the files added since a version): their cost does not grow with the
+day, which at the whole feed holds millions of rows.
+
+Parity: a rebuild or whole-day upsert compares every row of the day. An incremental load compares
+the rows it covered column by column against the warehouse's rows of the same keys, plus the day's
+row counts (the lake's from its commit log); when the counts differ the whole day is compared to
+name the rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow as pa
 
+from crypto_platform.lake.tables import time_ranges
 from crypto_platform.warehouse.frames import segment_mask
 from crypto_platform.warehouse.parity import ParityReport, compare, diff_rows
 from crypto_platform.warehouse.snowflake import (
@@ -38,12 +49,15 @@ from crypto_platform.warehouse.snowflake import (
     load_snowflake_new_segments,
     migrate_snowflake,
     read_snowflake_partition,
+    snowflake_watermark,
 )
 from crypto_platform.warehouse.sources import lake_row_count
 from crypto_platform.warehouse.sql import LoadResult, SqlWarehouse
 from crypto_platform.warehouse.tables import Table
 
 Segments = tuple[int | None, int | None]
+# [lo, hi) of the table's partition column (a time in ms or ns) inside the day
+Within = tuple[int, int]
 
 
 class Target(Protocol):
@@ -55,15 +69,19 @@ class Target(Protocol):
 
     def rebuild(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult: ...
 
-    def upsert_day(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult: ...
+    def upsert_day(self, t: Table, day: str, frame: pd.DataFrame, watermark: int | None = None) -> LoadResult: ...
 
     def upsert(self, t: Table, frame: pd.DataFrame) -> LoadResult: ...
 
     def upsert_new_segments(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult: ...
 
-    def read(self, t: Table, day: str, segments: Segments | None = None) -> pd.DataFrame: ...
+    def read(
+        self, t: Table, day: str, segments: Segments | None = None, within: Within | None = None
+    ) -> pd.DataFrame: ...
 
     def count(self, t: Table, day: str) -> int: ...
+
+    def watermark(self, t: Table, day: str) -> int | None: ...
 
 
 class SqlTarget:
@@ -79,8 +97,8 @@ class SqlTarget:
     def rebuild(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult:
         return self.warehouse.rebuild_day(t, day, frame)
 
-    def upsert_day(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult:
-        return self.warehouse.upsert(t, frame, day=day)
+    def upsert_day(self, t: Table, day: str, frame: pd.DataFrame, watermark: int | None = None) -> LoadResult:
+        return self.warehouse.upsert(t, frame, day=day, watermark_floor=watermark)
 
     def upsert(self, t: Table, frame: pd.DataFrame) -> LoadResult:
         return self.warehouse.upsert(t, frame)
@@ -88,11 +106,14 @@ class SqlTarget:
     def upsert_new_segments(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult:
         return self.warehouse.upsert_new_segments(t, day, frame)
 
-    def read(self, t: Table, day: str, segments: Segments | None = None) -> pd.DataFrame:
-        return self.warehouse.read_partition(t, day, segments=segments)
+    def read(self, t: Table, day: str, segments: Segments | None = None, within: Within | None = None) -> pd.DataFrame:
+        return self.warehouse.read_partition(t, day, segments=segments, within=within)
 
     def count(self, t: Table, day: str) -> int:
         return self.warehouse.count_partition(t, day)
+
+    def watermark(self, t: Table, day: str) -> int | None:
+        return self.warehouse.watermark(t, day)
 
 
 class SnowflakeTarget:
@@ -110,8 +131,8 @@ class SnowflakeTarget:
     def rebuild(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult:
         return load_snowflake(self.conn, t, frame, day=day, rebuild=True, **self.where)
 
-    def upsert_day(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult:
-        return load_snowflake(self.conn, t, frame, day=day, **self.where)
+    def upsert_day(self, t: Table, day: str, frame: pd.DataFrame, watermark: int | None = None) -> LoadResult:
+        return load_snowflake(self.conn, t, frame, day=day, _watermark_floor=watermark, **self.where)
 
     def upsert(self, t: Table, frame: pd.DataFrame) -> LoadResult:
         return load_snowflake(self.conn, t, frame, **self.where)
@@ -119,11 +140,14 @@ class SnowflakeTarget:
     def upsert_new_segments(self, t: Table, day: str, frame: pd.DataFrame) -> LoadResult:
         return load_snowflake_new_segments(self.conn, t, day, frame, **self.where)
 
-    def read(self, t: Table, day: str, segments: Segments | None = None) -> pd.DataFrame:
-        return read_snowflake_partition(self.conn, t, day, segments=segments, **self.where)
+    def read(self, t: Table, day: str, segments: Segments | None = None, within: Within | None = None) -> pd.DataFrame:
+        return read_snowflake_partition(self.conn, t, day, segments=segments, within=within, **self.where)
 
     def count(self, t: Table, day: str) -> int:
         return count_snowflake_partition(self.conn, t, day, **self.where)
+
+    def watermark(self, t: Table, day: str) -> int | None:
+        return snowflake_watermark(self.conn, t, day, **self.where)
 
 
 @dataclass(frozen=True)
@@ -142,15 +166,59 @@ def load_day(
     *,
     incremental: bool,
     source: str = "lake",
+    lake_rows: int | None = None,
+    whole_day: Callable[[], pd.DataFrame] | None = None,
 ) -> DayLoad:
-    """Load the lake partition ``lake`` of ``day`` into ``target`` and compare (see the module doc)."""
+    """Load the lake rows ``lake`` of ``day`` into ``target`` and compare (see the module doc).
+
+    ``lake`` is the whole day, or for an incremental load of a table with segments it may be only
+    the rows above the target's watermark; then ``lake_rows`` is the day's row count in the lake and
+    ``whole_day`` reads the whole day (only to name differing rows when the counts disagree).
+    """
     labels = (source, target.label)
     if incremental and t.has_segments:
         result = target.upsert_new_segments(t, day, lake)
         segments = (result.watermark_before, result.watermark)
-        return DayLoad(result, batch_parity(target, t, day, lake, segments, labels, result.day_rows))
+        parity = batch_parity(target, t, day, lake, segments, labels, result.day_rows, lake_rows, whole_day)
+        return DayLoad(result, parity)
     result = target.upsert_day(t, day, lake) if incremental else target.rebuild(t, day, lake)
     return DayLoad(result, compare(t, lake, target.read(t, day), labels))
+
+
+def load_changes(
+    target: Target,
+    t: Table,
+    day: str,
+    changed: pd.DataFrame,
+    version: int | None,
+    lake_rows: int,
+    whole_day: Callable[[], pd.DataFrame],
+    source: str = "lake",
+) -> DayLoad:
+    """Upsert the ``changed`` rows of a lake table without segments, raising the day's watermark to ``version``.
+
+    Parity compares those rows with the warehouse's rows of the same keys (read by the partition
+    column's ranges that hold them), plus the day's row counts.
+    """
+    labels = (source, target.label)
+    result = target.upsert_day(t, day, changed, watermark=version)
+    if changed.empty:
+        right = changed
+    else:
+        column = pd.to_numeric(changed[t.partition]).astype("int64")
+        parts = [target.read(t, day, within=(lo, hi + 1)) for lo, hi in time_ranges(pa.array(column.to_numpy()))]
+        right = pd.concat(parts, ignore_index=True) if parts else changed.iloc[0:0]
+        keys = changed[list(t.key)].astype(object).apply(tuple, axis=1)
+        right = right[right[list(t.key)].astype(object).apply(tuple, axis=1).isin(set(keys))]
+    report = compare(t, changed, right, labels)
+    day_rows = result.day_rows if result.day_rows is not None else target.count(t, day)
+    differences = report.differences
+    if lake_rows != day_rows and not differences:
+        differences = diff_rows(t, whole_day(), target.read(t, day), labels)
+    since = result.watermark_before
+    scope = f"rows changed since lake version {since}" if since is not None else "day"
+    report = dataclasses.replace(report, scope=scope, day_rows=(lake_rows, day_rows), differences=differences)
+    return DayLoad(result, report)
 
 
 def batch_parity(
@@ -161,16 +229,23 @@ def batch_parity(
     segments: Segments,
     labels: tuple[str, str],
     day_rows: int | None = None,
+    lake_rows: int | None = None,
+    whole_day: Callable[[], pd.DataFrame] | None = None,
 ) -> ParityReport:
     """Rows of segments ``(after, upto]`` column by column, plus the whole day's row counts.
 
-    ``day_rows``: the day's rows in the target as the load counted them (saves counting again).
+    ``day_rows``: the day's rows in the target as the load counted them (saves counting again);
+    ``lake_rows``: the lake's (default: counted in ``lake``, the whole day); ``whole_day``: the lake's
+    whole day when ``lake`` is not (read only to name rows when the counts differ).
     """
     after, upto = segments
     report = compare(t, lake[segment_mask(lake, after, upto)], target.read(t, day, segments), labels)
-    counts = (lake_row_count(t, lake), target.count(t, day) if day_rows is None else day_rows)
+    counts = (
+        lake_row_count(t, lake) if lake_rows is None else lake_rows,
+        target.count(t, day) if day_rows is None else day_rows,
+    )
     differences = report.differences
     if counts[0] != counts[1] and not differences:
-        differences = diff_rows(t, lake, target.read(t, day), labels)
+        differences = diff_rows(t, lake if whole_day is None else whole_day(), target.read(t, day), labels)
     scope = f"segments {'1' if after is None else after + 1}-{upto}" if upto is not None else "segments"
     return dataclasses.replace(report, scope=scope, day_rows=counts, differences=differences)

@@ -425,13 +425,15 @@ def _write_watermark(conn: Connection, t: Table, day: date | str, segment: int |
     )
 
 
-def _day_where(t: Table, day: date | str) -> tuple[str, tuple[Any, ...]]:
+def _day_where(t: Table, day: date | str, within: tuple[int, int] | None = None) -> tuple[str, tuple[Any, ...]]:
     col = t.column(t.partition)
     if col.kind == "date":
         return f"{t.partition.upper()} = %s", (day_text(day),)
     lo, hi = day_bounds_ms(day)
     if col.unit == "ns":
         lo, hi = lo * 1_000_000, hi * 1_000_000
+    if within is not None:
+        lo, hi = max(lo, within[0]), min(hi, within[1])
     return f"{t.partition.upper()} >= %s AND {t.partition.upper()} < %s", (lo, hi)
 
 
@@ -463,10 +465,12 @@ def read_snowflake_partition(
     database: str = DATABASE,
     schema: str = SCHEMA,
     segments: tuple[int | None, int | None] | None = None,
+    within: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """The rows of one UTC day (loader columns, lower-case names), as Python values.
 
-    ``segments=(after, upto)`` keeps what one per-batch load wrote (see ``SqlWarehouse.read_partition``).
+    ``segments=(after, upto)`` keeps what one per-batch load wrote, ``within=(lo, hi)`` the rows whose
+    partition column is in ``[lo, hi)`` (see ``SqlWarehouse.read_partition``).
     """
     target = _sf_name(t)
     with _connection(source) as conn:
@@ -475,7 +479,7 @@ def read_snowflake_partition(
         cols = [c for c in t.names if c in present]
         if not cols:
             raise WarehouseLoadError(f"{database}.{schema}.{target} does not exist: run migrate_snowflake first")
-        where, params = _day_where(t, day)
+        where, params = _day_where(t, day, within)
         if segments is not None and t.has_segments:
             after, upto = segments
             bounds = ["SEGMENT > %s"] * (after is not None) + ["SEGMENT <= %s"] * (upto is not None)

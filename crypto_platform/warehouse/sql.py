@@ -339,11 +339,13 @@ class SqlWarehouse:
         batch_rows: int = DEFAULT_BATCH_ROWS,
         validate: bool = True,
         day: date | str | None = None,
+        watermark_floor: int | None = None,
     ) -> LoadResult:
         """Insert or update every row of ``frame`` (one transaction; statements of ``batch_rows`` rows).
 
         With ``day``, every row must belong to that UTC day and the day's load watermark is raised to
-        the highest segment in ``frame`` in the same transaction.
+        the highest segment in ``frame`` (at least ``watermark_floor``: for a table without segments,
+        the lake version the rows were read at) in the same transaction.
         """
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
@@ -356,7 +358,7 @@ class SqlWarehouse:
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
             day_rows = None
             if day is not None:
-                after = highest_segment(before, max_segment_of(prepared))
+                after = highest_segment(highest_segment(before, watermark_floor), max_segment_of(prepared))
                 day_rows = self._write_watermark(conn, t, day, after, "upsert")
         return LoadResult.of(
             prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
@@ -479,14 +481,16 @@ class SqlWarehouse:
         columns: list[str] | None = None,
         *,
         segments: tuple[int | None, int | None] | None = None,
+        within: tuple[int, int] | None = None,
     ) -> pd.DataFrame:
         """The rows of one UTC day (loader columns, in the table's order), as Python values.
 
         ``segments=(after, upto)`` keeps rows with ``after < segment <= upto`` (either bound may be
-        None) plus rows without a segment: what one per-batch load wrote.
+        None) plus rows without a segment: what one per-batch load wrote. ``within=(lo, hi)`` keeps
+        rows whose partition column (a time) is in ``[lo, hi)``, served by the same index as the day.
         """
         cols = columns or [c for c in t.names if c in self.columns(t.name)]
-        where, params = self._day_where(t, day)
+        where, params = self._day_where(t, day, within=within)
         sql = f"SELECT {', '.join(cols)} FROM {t.name} WHERE {where}"
         if segments is not None and t.has_segments:
             ph = self._placeholder()
@@ -635,7 +639,9 @@ class SqlWarehouse:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _day_where(self, t: Table, day: date | str, alias: str = "") -> tuple[str, tuple[Any, ...]]:
+    def _day_where(
+        self, t: Table, day: date | str, alias: str = "", within: tuple[int, int] | None = None
+    ) -> tuple[str, tuple[Any, ...]]:
         ph = self._placeholder()
         col = f"{alias}.{t.partition}" if alias else t.partition
         if t.column(t.partition).kind == "date":
@@ -643,6 +649,8 @@ class SqlWarehouse:
         lo, hi = day_bounds_ms(day)
         if t.column(t.partition).unit == "ns":
             lo, hi = lo * 1_000_000, hi * 1_000_000
+        if within is not None:
+            lo, hi = max(lo, within[0]), min(hi, within[1])
         return f"{col} >= {ph} AND {col} < {ph}", (lo, hi)
 
     def _count_day(self, conn: Any, t: Table, day: date | str) -> int:
