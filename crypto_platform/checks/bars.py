@@ -41,7 +41,10 @@ from crypto_platform.checks.figures import (
     schema_figures,
 )
 from crypto_platform.checks.lake import IN_PARTITION_DAY, SCHEMA, UNIQUE_KEY, VALID_VALUES, merge, partition_days
+from crypto_platform.lake.bars import MINUTE_MS
+from crypto_platform.lake.tables import between, in_ranges, time_ranges
 from crypto_platform.resources.lake import LakeResource
+from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
 from crypto_platform.warehouse.sql import day_bounds_ms
 
 MATCHES_XA = "matches_xa"
@@ -149,6 +152,29 @@ def evaluate_bars_day(table: pa.Table | None, aggregates: pa.Table | None, day: 
     return out
 
 
+def bars_to_check(lake: LakeResource, day: str, run_segments: str | None) -> tuple[pa.Table | None, pa.Table | None]:
+    """The bars a check run reads, with the XA bars beside them: the day, or for a stream run the
+    minutes its segments' trades and bars touched (a pruned read of each table, not the day)."""
+    if not run_segments:
+        return lake.read_partition(bars.ASSET, day), lake.read_partition("raw_aggregates", day)
+    first, last = parse_segment_range(run_segments)
+    in_run = between("segment", first, last)
+    minutes: list[pa.Array] = []
+    for source, column in (("raw_trades", "event_ms"), ("raw_aggregates", "start_ms")):
+        rows = lake.read_partition(source, day, where=in_run, columns=[column])
+        if rows is not None and rows.num_rows:
+            minutes.append(rows[column].combine_chunks())
+    ranges = time_ranges(pa.chunked_array(minutes, pa.int64())) if minutes else []
+    if not ranges:
+        return bars.SCHEMA.empty_table(), None
+    spans = [(lo - lo % MINUTE_MS, hi - hi % MINUTE_MS) for lo, hi in ranges]
+    table = lake.read_partition(bars.ASSET, day, where=in_ranges("minute_ms", spans))
+    aggregates = lake.read_partition(
+        "raw_aggregates", day, where=in_ranges("start_ms", [(lo, hi + MINUTE_MS - 1) for lo, hi in spans])
+    )
+    return table, aggregates
+
+
 SPECS = [
     dg.AssetCheckSpec(SCHEMA, asset=bars.ASSET, blocking=True, description="columns and types as the bars schema"),
     dg.AssetCheckSpec(UNIQUE_KEY, asset=bars.ASSET, blocking=True, description="one bar per (pair, minute_ms)"),
@@ -181,10 +207,8 @@ _BLOCKING = {s.name: s.blocking for s in SPECS}
 )
 def minute_bars_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator[dg.AssetCheckResult]:
     days = partition_days(context, lake, bars.ASSET)
-    per_day = [
-        (day, evaluate_bars_day(lake.read_partition(bars.ASSET, day), lake.read_partition("raw_aggregates", day), day))
-        for day in days
-    ]
+    segments = context.run.tags.get(SEGMENTS_TAG)
+    per_day = [(day, evaluate_bars_day(*bars_to_check(lake, day, segments), day)) for day in days]
     selected = {k.name for k in context.selected_asset_check_keys}
     for spec in SPECS:
         if spec.name not in selected:

@@ -43,6 +43,7 @@ from crypto_platform.checks.figures import (
     rule_figures,
     schema_figures,
 )
+from crypto_platform.lake.tables import between, in_ranges, time_ranges
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
@@ -190,9 +191,18 @@ def freshness_figures(
 
 
 def evaluate_day(
-    checks: LakeAssetChecks, table: pa.Table | None, day: str, landing: Path, run_segments: str | None
+    checks: LakeAssetChecks,
+    table: pa.Table | None,
+    day: str,
+    landing: Path,
+    run_segments: str | None,
+    neighbours: pa.Table | None = None,
 ) -> dict[str, Figures]:
-    """Every check of one table on one day's partition (``None``: the partition does not exist)."""
+    """Every check of one table on one day's rows (``None``: the partition does not exist).
+
+    ``table`` is the day, or a stream run's new rows; then ``neighbours`` are the table's rows their
+    keys can collide with (same event-time ranges), where key uniqueness is counted.
+    """
     spec = checks.spec
     names = [SCHEMA, UNIQUE_KEY, VALID_VALUES, IN_PARTITION_DAY, FRESHNESS, *(e[0] for e in checks.extra)]
     if table is None:
@@ -204,13 +214,38 @@ def evaluate_day(
         skipped = Figures(table.num_rows, 1, ["not evaluated: the schema check failed"])
         return {name: out.get(name, skipped) for name in names}
     lo, hi = day_bounds_ms(day)
-    out[UNIQUE_KEY] = duplicate_figures(table, spec.key)
+    out[UNIQUE_KEY] = duplicate_figures(table if neighbours is None else neighbours, spec.key)
     out[VALID_VALUES] = rule_figures(table, checks.rules, spec.key)
     out[IN_PARTITION_DAY] = in_window_figures(table, checks.time_column, lo, hi, spec.key)
     out[FRESHNESS] = freshness_figures(table, spec, checks.time_column, day, landing, run_segments)
     for name, _, _, fn in checks.extra:
         out[name] = fn(table)
     return out
+
+
+def rows_to_check(
+    lake: LakeResource, checks: LakeAssetChecks, day: str, run_segments: str | None
+) -> tuple[pa.Table | None, pa.Table | None]:
+    """What a check run reads: the day (no tag), or a stream run's new rows and their neighbours.
+
+    A stream run checks the rows of its segments (found through the files' segment statistics) and
+    key uniqueness among every row of the table in those rows' event-time ranges: the same pruned
+    lookup the writer de-duplicates against. Neither grows with the day. Whole days are checked
+    when a day is rebuilt and after its compaction (``lake_maintenance``).
+    """
+    name = checks.spec.name
+    if not run_segments:
+        return lake.read_partition(name, day), None
+    first, last = parse_segment_range(run_segments)
+    new = lake.read_partition(name, day, where=between("segment", first, last))
+    if new is None or new.num_rows == 0:
+        return new, None
+    ranges = time_ranges(new[checks.time_column])
+    columns = [*checks.spec.key, checks.time_column]
+    near = lake.read_partition(
+        name, day, where=in_ranges(checks.time_column, ranges), columns=list(dict.fromkeys(columns))
+    )
+    return new, near
 
 
 def _specs(asset: str, checks: LakeAssetChecks) -> list[dg.AssetCheckSpec]:
@@ -243,10 +278,10 @@ def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefi
     ) -> Iterator[dg.AssetCheckResult]:
         days = partition_days(context, lake, asset)
         segments = context.run.tags.get(SEGMENTS_TAG)
-        per_day = [
-            (day, evaluate_day(checks, lake.read_partition(asset, day), day, stream.landing_dir, segments))
-            for day in days
-        ]
+        per_day = []
+        for day in days:
+            rows, neighbours = rows_to_check(lake, checks, day, segments)
+            per_day.append((day, evaluate_day(checks, rows, day, stream.landing_dir, segments, neighbours)))
         selected = {k.name for k in context.selected_asset_check_keys}
         for name in [s.name for s in specs if s.name in selected]:
             figures = merge([(day, found[name]) for day, found in per_day]) if per_day else Figures(0)
