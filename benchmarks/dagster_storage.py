@@ -47,10 +47,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.partition_build import DAY, land  # noqa: E402
 from benchmarks.simulator_rate import PAIRS, free_port  # noqa: E402
 from crypto_platform.definitions import build_definitions  # noqa: E402
+from crypto_platform.lake.raw import RAW_TABLES, apply_segments  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
+from crypto_platform.resources.lake import build_lake_resource  # noqa: E402
 from crypto_platform.run_retention import prune_runless_observations, prune_stream_runs  # noqa: E402
-from crypto_platform.sensors import batch_selection, health_metadata  # noqa: E402
+from crypto_platform.sensors import batch_checks, batch_selection, health_metadata  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import log_id  # noqa: E402
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG  # noqa: E402
@@ -104,6 +106,19 @@ def logical_bytes(instance: dg.DagsterInstance, run_id: str) -> tuple[int, int]:
     return event_bytes, check_bytes
 
 
+def event_kinds(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[int, int]]:
+    """A run's events by kind: (count, serialized bytes), biggest first."""
+    from dagster._serdes import serialize_value
+
+    kinds: dict[str, list[int]] = {}
+    for record in instance.all_logs(run_id):
+        kind = record.dagster_event.event_type_value if record.dagster_event else "log message"
+        entry = kinds.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += len(serialize_value(record))
+    return {k: (n, b) for k, (n, b) in sorted(kinds.items(), key=lambda kv: -kv[1][1])}
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -139,17 +154,28 @@ def main() -> int:
         seqs = [int(e["seq"]) for e in day.entries]
         if len(seqs) < segments:
             raise SystemExit(f"the landing log has {len(seqs)} segments of the day, {segments} needed")
-        job = build_definitions(settings).resolve_job_def("stream_batch")
+        channels = {"XT", "XQ", "XA", "XAS"}
+        # The run as the sensor requests it while the lake writer runs (the default): the writer has
+        # appended the segment, the run builds what follows from it and checks the raw tables' new rows.
+        job = (
+            build_definitions(settings)
+            .resolve_job_def("stream_batch")
+            .get_subset(
+                asset_selection=set(batch_selection(channels, lake_writer=True)),
+                asset_check_selection=set(batch_checks(channels, lake_writer=True) or []),
+            )
+        )
         landing_log_id = log_id(settings.landing_dir) or ""
-        selection = batch_selection({"XT", "XQ", "XA", "XAS"})
+        lake = build_lake_resource(settings)
         with dg.DagsterInstance.get() as instance:
 
             def batch(seq: int) -> int:
+                for name in RAW_TABLES:
+                    apply_segments(lake.tables(), RAW_TABLES[name], settings.landing_dir, seq)
                 before = storage_bytes(home)
                 result = job.execute_in_process(
                     instance=instance,
                     partition_key=DAY,
-                    asset_selection=selection,
                     tags={
                         "dagster/sensor_name": "stream_sensor",
                         LANDING_LOG_TAG: landing_log_id,
@@ -169,6 +195,7 @@ def main() -> int:
             last_run = instance.get_run_records(limit=1)[0].dagster_run.run_id
             events = len(instance.all_logs(last_run))
             event_text, check_text = logical_bytes(instance, last_run)
+            kinds = event_kinds(instance, last_run)
             bytes_per_run = statistics.median(per_run)
 
             from crypto_platform.resources.stream import build_stream_resource
@@ -197,7 +224,10 @@ def main() -> int:
                 report.observations_deleted = prune_runless_observations(instance, cutoff)
                 windows.append((grown, report, storage_bytes(home), time.perf_counter() - started))
 
-        print(f"stream_batch run: {len(selection)} assets and their checks, one 5 s segment (~2,500 events) each")
+        assets = len(batch_selection(channels, lake_writer=True))
+        checks = len(batch_checks(channels, lake_writer=True) or [])
+        print(f"stream_batch run: {assets} assets and {checks} checks, one 5 s segment (~2,500 events) each")
+        print("  events by kind (count, bytes): " + ", ".join(f"{k} {n} ({b:,})" for k, (n, b) in kinds.items()))
         print(
             f"Dagster storage per run: median {bytes_per_run:,.0f} bytes ({events} events in the event log); "
             f"runs {[f'{b:,}' for b in per_run]}"

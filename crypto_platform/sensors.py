@@ -8,14 +8,21 @@ restarts and reloads neither skip nor repeat a batch.
 
 While one of its runs is queued or running, the sensor requests no other (back-pressure: the next
 run takes every segment sealed meanwhile, so a slow run makes batches bigger, not the queue longer).
-The runs are of the ``stream_batch`` job: the raw tables of the channels the batch holds, the
-minute bars and alerts when it has trades or bars, and their MySQL and Snowflake copies, with
-every check of those assets. It runs in one process (no process per step: a step process costs a
-few seconds of imports, which is most of a micro-batch's budget), and ``dagster.yaml`` lets one
-``stream_batch`` run go at a time (tag ``crypto/landing_log``) so batches apply in order; each
-stage keeps its own watermark, so a failed run's segments are taken in by the next one. Ingester
-health is reported as an observation of the ``landing_log`` asset (events/s, lag, reconnects, gaps,
-last error), visible on its page in the UI, and in the tick's log.
+The runs are of the ``stream_batch`` job: the minute bars and alerts when the batch has trades or
+bars, and the MySQL and Snowflake copies, with every check of those assets and of the raw tables.
+The raw tables themselves are appended by the lake writer as segments seal, outside any run: a
+round takes only the segments the writer has appended (so the run reads them from the lake) and
+leaves the raw assets out. Without a running writer the run applies the segments to the raw tables
+itself. Rounds come at most every ``CRYPTO_BATCH_INTERVAL_S``; the lake checks (raw tables on every
+row appended since the last checked round, minute bars, alerts) join one at most every
+``CRYPTO_CHECK_INTERVAL_S`` and the Snowflake copies at most every ``CRYPTO_SNOWFLAKE_INTERVAL_S``,
+which keeps Dagster's own storage per day bounded (each check evaluation is three events in the
+event log) and a Snowflake warehouse from never suspending. A run goes in one process (no process
+per step: a step process costs a few seconds of imports, which is most of a micro-batch's budget),
+and ``dagster.yaml`` lets one ``stream_batch`` run go at a time (tag ``crypto/landing_log``) so
+batches apply in order; each stage keeps its own watermark, so a failed run's segments are taken in
+by the next one. Ingester health is reported as an observation of the ``landing_log`` asset
+(events/s, lag, reconnects, gaps, last error), visible on its page in the UI, and in the tick's log.
 """
 
 import dataclasses
@@ -29,27 +36,74 @@ from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.landing_log import landing_log
 from crypto_platform.assets.raw import raw_aggregates, raw_book, raw_quotes, raw_trades
 from crypto_platform.assets.warehouse import COPIES, WAREHOUSE_ASSETS
+from crypto_platform.checks.bars import minute_bars_checks
+from crypto_platform.checks.lake import raw_aggregates_checks, raw_book_checks, raw_quotes_checks, raw_trades_checks
 from crypto_platform.lake import writer
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import iter_manifest
-from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
+from crypto_platform.stream_batches import CHECK_SEGMENTS_TAG, LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
 
 RAW_BY_CHANNEL = {"XT": raw_trades, "XQ": raw_quotes, "XA": raw_aggregates, "XAS": raw_aggregates, "XL2": raw_book}
 # Built from trades and XA bars: selected (with both raw tables) when a batch has either.
 BAR_INPUTS = {raw_trades.key, raw_aggregates.key}
 STREAM_COPIES = [(c, WAREHOUSE_ASSETS[c.asset_name(b)]) for c in COPIES if c.stream for b in ("mysql", "snowflake")]
+RAW_KEYS = {a.key for a in RAW_BY_CHANNEL.values()}
+# Every check a stream_batch run can execute, in a stable order.
+CHECK_KEYS: list[dg.AssetCheckKey] = [
+    key
+    for definition in (
+        raw_trades_checks,
+        raw_quotes_checks,
+        raw_aggregates_checks,
+        raw_book_checks,
+        minute_bars_checks,
+        crypto_alerts,
+        *(asset for _, asset in STREAM_COPIES),
+    )
+    for key in definition.check_keys
+]
 
 
-def batch_selection(channels: Iterable[str]) -> list[dg.AssetKey]:
-    """The assets a micro-batch run builds for a day whose new segments hold ``channels``."""
+def batch_selection(channels: Iterable[str], lake_writer: bool = False, snowflake: bool = True) -> list[dg.AssetKey]:
+    """The assets a micro-batch run builds for a day whose new segments hold ``channels``.
+
+    ``lake_writer``: the lake writer has already appended the segments to the raw tables, so the run
+    leaves them out (their checks still run, on the new rows: :func:`batch_checks`). ``snowflake``:
+    the round also loads the Snowflake copies.
+    """
     lake = {RAW_BY_CHANNEL[c].key for c in channels if c in RAW_BY_CHANNEL}
     if lake & BAR_INPUTS:
         lake |= BAR_INPUTS | {minute_bars.key, crypto_alerts.key}
     # The session ledger's copy goes with every batch: each one has connection news.
     sources = lake | {landing_log.key}
-    copies = [asset.key for copy, asset in STREAM_COPIES if copy.upstream in sources]
-    return sorted(lake, key=str) + copies
+    copies = [
+        asset.key
+        for copy, asset in STREAM_COPIES
+        if copy.upstream in sources and (snowflake or not asset.key.path[0].startswith("snowflake_"))
+    ]
+    built = lake - RAW_KEYS if lake_writer else lake
+    return sorted(built, key=str) + copies
+
+
+def batch_checks(
+    channels: Iterable[str], lake_writer: bool = False, lake_checks: bool = True, snowflake: bool = True
+) -> list[dg.AssetCheckKey] | None:
+    """The checks of a micro-batch run. None: Dagster's default, every check of the selected assets.
+
+    With the lake writer: the copies' parity always (each load is compared with the lake), and when
+    ``lake_checks`` is due, the checks of the raw tables (on the rows appended since the last checked
+    round), of the minute bars and of the alerts.
+    """
+    if not lake_writer:
+        return None
+    channels = list(channels)
+    assets = set(batch_selection(channels, lake_writer, snowflake))
+    if lake_checks:
+        assets |= {RAW_BY_CHANNEL[c].key for c in channels if c in RAW_BY_CHANNEL}
+        return [key for key in CHECK_KEYS if key.asset_key in assets]
+    copies = {asset.key for _, asset in STREAM_COPIES}
+    return [key for key in CHECK_KEYS if key.asset_key in assets & copies]
 
 
 stream_batch = dg.define_asset_job(
@@ -87,6 +141,12 @@ def batch_in_flight(instance: dg.DagsterInstance, log_id: str) -> str | None:
 REPORT_EVERY_S = 30.0
 
 
+def lake_watermark(stream: StreamResource) -> int:
+    """The last landing segment every raw table has taken in (0: none)."""
+    lake = writer.lake_of(stream.settings())
+    return min((lake.watermark(name, LANDING_APP_ID) or 0) for name in RAW_TABLES)
+
+
 def writer_materializations(
     stream: StreamResource, cursor: StreamCursor, now: float
 ) -> tuple[list[dg.AssetMaterialization], StreamCursor]:
@@ -99,7 +159,7 @@ def writer_materializations(
     if now - cursor.reported_at < REPORT_EVERY_S:
         return [], cursor
     lake = writer.lake_of(stream.settings())
-    through = min((lake.watermark(name, LANDING_APP_ID) or 0) for name in RAW_TABLES)
+    through = lake_watermark(stream)
     if through <= cursor.reported_seq:
         return [], cursor
     touched: dict[tuple[str, str], int] = {}
@@ -162,6 +222,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         writer_action = stream.ensure_writer()
     except Exception as exc:  # reported; the stream runs still apply the segments themselves
         writer_action = f"could not start the lake writer: {exc}"
+    lake_writer = writer_action == "running" or writer_action.startswith("started")
     context.log.info(f"ingester: {action}; lake writer: {writer_action}")
     health = {**health_metadata(stream, action), "lake_writer": writer_action}
     observation = dg.AssetObservation(asset_key=landing_log.key, metadata=health)
@@ -191,22 +252,42 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         return dg.SensorResult(
             skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
         )
-    batches, new_cursor = plan_batches(stream.sealed_after(start), cursor, log, stream.max_segments_per_tick)
+    sealed = stream.sealed_after(start)
+    if lake_writer:
+        # A round takes the segments the lake writer has appended: the run then reads them from the
+        # raw tables, and the rest wait for the next round.
+        through = lake_watermark(stream)
+        sealed = [e for e in sealed if int(e["seq"]) <= through]
+    batches, new_cursor = plan_batches(sealed, cursor, log, stream.max_segments_per_tick)
+    # The lake checks and the Snowflake copies join a round at their own cadence (every round without
+    # the writer: the run then builds the raw tables, and Dagster runs every check of what it builds).
+    checks_due = not lake_writer or now - cursor.checked_at >= stream.check_interval_s
+    snowflake_due = not lake_writer or now - cursor.snowflake_at >= stream.snowflake_interval_s
+    runs = []
+    for b in batches:
+        tags = {SEGMENTS_TAG: b.segment_range, LANDING_LOG_TAG: log}
+        if checks_due and lake_writer:
+            # Every segment since the last checked round: no appended row goes unchecked.
+            tags[CHECK_SEGMENTS_TAG] = f"{min(cursor.checked_seq + 1, b.first_seq)}-{b.last_seq}"
+        runs.append(
+            dg.RunRequest(
+                run_key=b.run_key(log),
+                partition_key=b.day,
+                asset_selection=batch_selection(b.channels, lake_writer, snowflake_due),
+                asset_check_keys=batch_checks(b.channels, lake_writer, checks_due, snowflake_due),
+                tags=tags,
+            )
+        )
+    launched = bool(batches)
     new_cursor = dataclasses.replace(
         new_cursor,
         reported_seq=cursor.reported_seq,
         reported_at=cursor.reported_at,
-        launched_at=now if batches else cursor.launched_at,
+        launched_at=now if launched else cursor.launched_at,
+        checked_seq=new_cursor.seq if launched and checks_due else cursor.checked_seq,
+        checked_at=now if launched and checks_due else cursor.checked_at,
+        snowflake_at=now if launched and snowflake_due else cursor.snowflake_at,
     )
-    runs = [
-        dg.RunRequest(
-            run_key=b.run_key(log),
-            partition_key=b.day,
-            asset_selection=batch_selection(b.channels),
-            tags={SEGMENTS_TAG: b.segment_range, LANDING_LOG_TAG: log},
-        )
-        for b in batches
-    ]
     summary = (
         f"segments {start + 1}-{new_cursor.seq}: {len(runs)} run(s) for {', '.join(b.day for b in batches)}"
         if runs

@@ -241,6 +241,23 @@ class Settings(BaseSettings):
         "shorter for fresher warehouse tables, longer for fewer runs (README, Operations)",
         ge=0.0,
     )
+    check_interval_s: float = setting(
+        "CRYPTO_CHECK_INTERVAL_S",
+        300.0,
+        "`300` (while the lake writer runs, the raw tables', minute bars' and alerts' checks join a "
+        "`stream_batch` round at most this often, evaluating every row appended since the last time)",
+        "shorter for faster check status, longer for less Dagster storage (README, Operations)",
+        ge=0.0,
+    )
+    snowflake_interval_s: float = setting(
+        "CRYPTO_SNOWFLAKE_INTERVAL_S",
+        300.0,
+        "`300` (the Snowflake copies join a `stream_batch` round at most this often, each taking everything "
+        "new since its last load; the MySQL copies load every round)",
+        "shorter for fresher Snowflake tables; each load resumes the Snowflake warehouse (billed per second, "
+        "60 s minimum)",
+        ge=0.0,
+    )
     run_retention_days: int = setting(
         "CRYPTO_RUN_RETENTION_DAYS",
         7,

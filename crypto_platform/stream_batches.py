@@ -22,6 +22,9 @@ from typing import Any
 
 # Tag on a sensor-launched run: "first-last" sealed segment seqs it covers (inclusive).
 SEGMENTS_TAG = "crypto/segments"
+# Tag on a round that runs the lake checks: "first-last" segments whose rows they evaluate (every
+# segment since the previous checked round, so no row goes unchecked).
+CHECK_SEGMENTS_TAG = "crypto/check_segments"
 LANDING_LOG_TAG = "crypto/landing_log"
 
 
@@ -36,6 +39,11 @@ class StreamCursor:
     reported_at: float = 0.0
     # When the sensor last launched stream_batch runs (CRYPTO_BATCH_INTERVAL_S counts from here).
     launched_at: float = 0.0
+    # The last segment whose rows the lake checks evaluated, and when (CRYPTO_CHECK_INTERVAL_S).
+    checked_seq: int = 0
+    checked_at: float = 0.0
+    # When a round last loaded the Snowflake copies (CRYPTO_SNOWFLAKE_INTERVAL_S).
+    snowflake_at: float = 0.0
 
     def encode(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -52,6 +60,9 @@ class StreamCursor:
                 reported_seq=int(data.get("reported_seq", 0)),
                 reported_at=float(data.get("reported_at", 0.0)),
                 launched_at=float(data.get("launched_at", 0.0)),
+                checked_seq=int(data.get("checked_seq", 0)),
+                checked_at=float(data.get("checked_at", 0.0)),
+                snowflake_at=float(data.get("snowflake_at", 0.0)),
             )
         except (ValueError, TypeError, AttributeError):
             # A cursor from another version: start over; run keys keep this from duplicating runs.
@@ -74,6 +85,11 @@ class DayBatch:
 
     def run_key(self, log_id: str) -> str:
         return f"landing:{log_id}:{self.day}:{self.segment_range}"
+
+
+def checked_segments(tags: Mapping[str, str]) -> str | None:
+    """The segment range whose rows a run's lake checks evaluate (None: the whole day)."""
+    return tags.get(CHECK_SEGMENTS_TAG) or tags.get(SEGMENTS_TAG)
 
 
 def parse_segment_range(tag: str) -> tuple[int, int]:

@@ -311,3 +311,102 @@ def test_a_malformed_segment_tag_fails_the_run_clearly(tmp_path: Path, tag: str)
         return
     with pytest.raises(ValueError, match="segment range"):
         dg.materialize([raw_trades], partition_key="2025-11-24", tags={SEGMENTS_TAG: tag}, resources=resources)
+
+
+def test_with_the_lake_writer_running_a_round_takes_what_it_appended_and_leaves_the_raw_tables_out(
+    tmp_path: Path,
+) -> None:
+    """The writer holds its lock and has appended segments 1-2; segment 3 is sealed but not in the lake.
+    The round covers 1-2 only, builds bars, alerts and copies (not the raw tables, which the writer
+    owns) and checks the raw tables' new rows; the run, subset as the daemon subsets the job, succeeds."""
+    from crypto_platform.checks.lake import raw_trades_checks
+    from crypto_platform.definitions import build_definitions
+    from crypto_platform.lake import writer
+    from crypto_platform.resources.lake import build_lake_resource
+
+    landing = Landing(tmp_path)
+    settings = landing.settings
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+    landing.segment(trades_frame(5, 5, DAY1_MS + 60_000))
+    lake = build_lake_resource(settings)
+    writer.write_pass(lake.tables(), settings.landing_dir, lake.locked)
+    landing.segment(trades_frame(10, 5, DAY1_MS + 120_000))
+    with writer.writer_lock(settings), dg.instance_for_test() as instance:
+        result = tick(landing, instance, None)
+        (request,) = result.run_requests
+        assert request.tags[SEGMENTS_TAG] == "1-2"
+        assert StreamCursor.decode(result.cursor).seq == 2  # segment 3 waits for the writer
+        selected = set(request.asset_selection or [])
+        assert raw_trades.key not in selected and dg.AssetKey("minute_bars") in selected
+        checks = set(request.asset_check_keys or [])
+        assert set(raw_trades_checks.check_keys) <= checks
+        job = build_definitions(settings).resolve_job_def("stream_batch")
+        run = job.get_subset(asset_selection=selected, asset_check_selection=checks).execute_in_process(
+            instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+        )
+        assert run.success
+        materialized = {e.asset_key for e in run.get_asset_materialization_events()}
+        assert raw_trades.key not in materialized and dg.AssetKey("minute_bars") in materialized
+        evaluated = {(e.asset_key, e.check_name) for e in run.get_asset_check_evaluations()}
+        assert (raw_trades.key, "unique_key") in evaluated
+        assert {e.check_name for e in run.get_asset_check_evaluations() if e.asset_key == raw_trades.key} == {
+            k.name for k in raw_trades_checks.check_keys
+        }
+
+
+def test_lake_checks_and_snowflake_copies_join_rounds_at_their_own_cadence(tmp_path: Path) -> None:
+    """Round 1 runs every check and both warehouses; round 2, within CRYPTO_CHECK_INTERVAL_S and
+    CRYPTO_SNOWFLAKE_INTERVAL_S, only the MySQL copies' parity; round 3, once both are due again, checks
+    every segment since round 1 (2-3), so no appended row goes unchecked."""
+    from crypto_platform.checks.lake import raw_trades_checks
+    from crypto_platform.lake import writer
+    from crypto_platform.resources.lake import build_lake_resource
+    from crypto_platform.stream_batches import CHECK_SEGMENTS_TAG
+
+    landing = Landing(tmp_path)
+    settings = landing.settings
+    lake = build_lake_resource(settings)
+    base = landing.resource()
+    stream = StreamResource(
+        project_dir=base.project_dir,
+        state_dir=base.state_dir,
+        data_dir=base.data_dir,
+        autostart=False,
+        check_interval_s=300,
+        snowflake_interval_s=300,
+    )
+
+    def round_(cursor: str | None) -> dg.SensorResult:
+        writer.write_pass(lake.tables(), settings.landing_dir, lake.locked)
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"stream": stream}) as ctx:
+            result = stream_sensor(ctx)
+        assert isinstance(result, dg.SensorResult)
+        return result
+
+    def snowflake(request: dg.RunRequest) -> bool:
+        return any(k.path[0].startswith("snowflake_") for k in request.asset_selection or [])
+
+    with writer.writer_lock(settings), dg.instance_for_test() as instance:
+        landing.segment(trades_frame(0, 5, DAY1_MS))
+        first = round_(None)
+        (r1,) = first.run_requests
+        assert r1.tags[CHECK_SEGMENTS_TAG] == "1-1" and snowflake(r1)
+        assert set(raw_trades_checks.check_keys) <= set(r1.asset_check_keys or [])
+
+        landing.segment(trades_frame(5, 5, DAY1_MS + 1000))
+        second = round_(first.cursor)
+        (r2,) = second.run_requests
+        assert CHECK_SEGMENTS_TAG not in r2.tags and not snowflake(r2)
+        assert r2.tags[SEGMENTS_TAG] == "2-2"
+        mysql = {k for k in r2.asset_selection or [] if k.path[0].startswith("mysql_")}
+        assert dg.AssetKey("mysql_trades") in mysql  # only the copies' parity checks run in this round
+        assert {k.asset_key for k in r2.asset_check_keys or []} == mysql
+
+        landing.segment(trades_frame(10, 5, DAY1_MS + 2000))
+        due = StreamCursor.decode(second.cursor)
+        assert due.checked_seq == 1
+        due = dataclasses.replace(due, checked_at=due.checked_at - 301, snowflake_at=due.snowflake_at - 301)
+        third = round_(due.encode())
+        (r3,) = third.run_requests
+        assert r3.tags[SEGMENTS_TAG] == "3-3" and r3.tags[CHECK_SEGMENTS_TAG] == "2-3" and snowflake(r3)
+        assert StreamCursor.decode(third.cursor).checked_seq == 3

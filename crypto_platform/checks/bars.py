@@ -44,7 +44,7 @@ from crypto_platform.checks.lake import IN_PARTITION_DAY, SCHEMA, UNIQUE_KEY, VA
 from crypto_platform.lake.bars import MINUTE_MS
 from crypto_platform.lake.tables import between, in_ranges, time_ranges
 from crypto_platform.resources.lake import LakeResource
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import checked_segments, parse_segment_range
 from crypto_platform.warehouse.sql import day_bounds_ms
 
 MATCHES_XA = "matches_xa"
@@ -207,7 +207,7 @@ _BLOCKING = {s.name: s.blocking for s in SPECS}
 )
 def minute_bars_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator[dg.AssetCheckResult]:
     days = partition_days(context, lake, bars.ASSET)
-    segments = context.run.tags.get(SEGMENTS_TAG)
+    segments = checked_segments(context.run.tags)
     per_day = [(day, evaluate_bars_day(*bars_to_check(lake, day, segments), day)) for day in days]
     selected = {k.name for k in context.selected_asset_check_keys}
     for spec in SPECS:

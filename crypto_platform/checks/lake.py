@@ -48,7 +48,7 @@ from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import iter_manifest
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import checked_segments, parse_segment_range
 from crypto_platform.warehouse.sql import day_bounds_ms
 
 SCHEMA = "schema"
@@ -277,7 +277,7 @@ def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefi
         context: dg.AssetCheckExecutionContext, lake: LakeResource, stream: StreamResource
     ) -> Iterator[dg.AssetCheckResult]:
         days = partition_days(context, lake, asset)
-        segments = context.run.tags.get(SEGMENTS_TAG)
+        segments = checked_segments(context.run.tags)
         per_day = []
         for day in days:
             rows, neighbours = rows_to_check(lake, checks, day, segments)

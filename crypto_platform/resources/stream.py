@@ -31,6 +31,10 @@ class StreamResource(dg.ConfigurableResource):
     max_segments_per_tick: int = 500
     # CRYPTO_BATCH_INTERVAL_S: at most one round of stream_batch runs per this many seconds (0: every tick).
     batch_interval_s: float = 0.0
+    # CRYPTO_CHECK_INTERVAL_S / CRYPTO_SNOWFLAKE_INTERVAL_S: how often a round also runs the lake checks /
+    # the Snowflake copies (0: every round).
+    check_interval_s: float = 0.0
+    snowflake_interval_s: float = 0.0
     _settings: Settings | None = PrivateAttr(default=None)
 
     def settings(self) -> Settings:
@@ -117,4 +121,6 @@ def build_stream_resource(settings: Settings) -> StreamResource:
         autostart=settings.ingester_autostart,
         start_simulator=settings.uses_simulator,
         batch_interval_s=settings.batch_interval_s,
+        check_interval_s=settings.check_interval_s,
+        snowflake_interval_s=settings.snowflake_interval_s,
     )

@@ -226,3 +226,42 @@ def test_duplicate_examples_come_in_key_order_and_the_counts_are_exact() -> None
     groups = sorted(counts)
     assert figures.violations == 20_000 - len(groups) and figures.extra["duplicate_keys"] == len(groups)
     assert figures.examples == [f"pair={p}, trade_id={i} ({counts[p, i]} rows)" for p, i in groups[:MAX_EXAMPLES]]
+
+
+def test_a_stream_run_checks_its_new_rows_and_their_keys_against_the_table(
+    built: tuple[Built, dg.DagsterInstance],
+) -> None:
+    """With the run's segment tag, the checks read segment 2's rows, not the day: a bad row of segment 1
+    is not theirs, while a key of segment 2 that the table already holds elsewhere is a duplicate."""
+    b, instance = built
+    trades = b.table("raw_trades")
+    segment = trades["segment"].to_pylist()
+    second = [i for i, s in enumerate(segment) if s == 2]
+    first = [i for i, s in enumerate(segment) if s == 1]
+    prices = trades["price"].to_pylist()
+    prices[first[0]] = Decimal(0)  # a defect outside the run's segments
+    bad = with_column(trades, "price", prices)
+    # A copy of a segment-2 trade under segment 1: same key, same event time.
+    copy = bad.take([second[0]])
+    copy = with_column(copy, "segment", [1])
+    b.replace("raw_trades", pa.concat_tables([bad, copy]))
+
+    def stream_run() -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+        result = dg.materialize(
+            [*ASSETS, *CHECKS],
+            selection=dg.AssetSelection.checks(raw_trades_checks),
+            tags={"dagster/partition": DAY, SEGMENTS_TAG: "2-2"},
+            instance=instance,
+            resources=b.resources,
+            raise_on_error=False,
+        )
+        return evaluations(result)
+
+    found = stream_run()
+    assert found[("raw_trades", "valid_values")].passed  # segment 1's zero price is not in the run
+    assert meta(found[("raw_trades", "valid_values")], "rows_checked") == len(second)  # its rows only
+    unique = found[("raw_trades", "unique_key")]
+    assert not unique.passed and meta(unique, "duplicate_keys") == 1
+    # The whole day (no tag: the UI, a rebuild) sees both defects.
+    whole = evaluations(run_checks_only(instance, ASSETS, [raw_trades_checks], DAY, b.resources))
+    assert not whole[("raw_trades", "valid_values")].passed and not whole[("raw_trades", "unique_key")].passed
