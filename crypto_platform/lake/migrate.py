@@ -373,7 +373,11 @@ def add_arguments(name: str, parser: Any) -> None:
     cmd = sub.add_parser(
         "migrate",
         help="turn an old lake of daily Parquet files into the Delta tables",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=(
+            "Turn a lake of daily Parquet files (<data>/lake/<table>/date=<day>/part.parquet, the layout before "
+            "Delta Lake) into the Delta tables; the old files are kept in the backup folder. Stop the lake writer "
+            "first (make stop)."
+        ),
     )
     cmd.add_argument("--rebuild", action="store_true", help="rebuild the raw tables' days from the landing log")
     cmd.add_argument("--dry-run", action="store_true", help="list what would be done; write and move nothing")
