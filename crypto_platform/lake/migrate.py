@@ -22,10 +22,10 @@ Nothing is lost, and running it again changes nothing:
 - every file is read and checked before anything is written: a damaged file or a column that does
   not convert stops the run with nothing written and nothing moved;
 - a day the Delta table already has is not written again but verified: every row of the file
-  (by the table's key, :data:`~crypto_platform.lake.schemas.ORDER`) must be in it. That is what a
+  (by the table's key, :data:`~crypto_platform.lake.schemas.ORDER`) is in it. That is what a
   second run finds, and it still holds after the lake writer has appended to the day since. A day
-  that lacks some of them (written by something else since an interrupted migration) stops the run
-  naming the day;
+  that lacks some (the lake writer ran before the migration: it applied the landing log, not the
+  trades from gap repair or history) has the file's rows merged in (:func:`merge_day`);
 - after its commit a day is verified the same way, and a converted day must hold exactly the
   file's row count;
 - only then is the file moved to the backup folder (``<data>/lake-parquet-backup/``, same layout),
@@ -55,10 +55,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crypto_platform.lake.decode import merge
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES, _identities, rebuilt_day
 from crypto_platform.lake.schemas import DATE_COLUMN, ORDER, SCHEMAS
 from crypto_platform.lake.tables import DeltaLake, sort_rows, with_date
@@ -97,13 +99,14 @@ class TableSummary:
     rows_in: int = 0  # rows of the old files
     rows_out: int = 0  # rows the Delta table holds for those days afterwards
     written: int = 0  # days converted or rebuilt
-    verified: int = 0  # days already in Delta, verified
+    merged: int = 0  # days Delta already had, lacking rows of the file: merged
+    verified: int = 0  # days already in Delta with every row of the file
     watermark: tuple[int | None, int | None] | None = None  # (before, after) for a raw table
 
     def line(self, dry_run: bool = False) -> str:
         text = f"{self.table}: {self.days} days, {self.rows_in} rows in"
         if not dry_run:
-            done = f"{self.written} written, {self.verified} already in Delta"
+            done = f"{self.written} written, {self.merged} merged into Delta's, {self.verified} already in Delta"
             text = f"{self.table}: {self.days} days ({done}), {self.rows_in} rows in, {self.rows_out} rows out"
         if self.watermark is not None:
             before, after = (("none" if v is None else str(v)) for v in self.watermark)
@@ -179,13 +182,36 @@ def read_old(old: OldFile) -> tuple[pa.Table, int | None]:
     return conform(old.table, rows, old.path), int(through) if through is not None else None
 
 
+def lacking(table: str, rows: pa.Table, held: pa.Table | None) -> pa.Table:
+    """The rows of ``rows`` whose key (:data:`ORDER`) no row of ``held`` has."""
+    key = list(ORDER[table])
+    if held is None or held.num_rows == 0:
+        return rows
+    ids = _identities(rows, key).append_column("__row", pa.array(range(rows.num_rows), pa.int64()))
+    absent = ids.join(_identities(held, key), key, join_type="left anti")["__row"]
+    return rows.take(absent)
+
+
 def missing_keys(lake: DeltaLake, table: str, day: str, rows: pa.Table) -> int:
     """How many of ``rows`` have no row with their key in the table's ``day``."""
-    key = list(ORDER[table])
-    held = lake.read(table, day, columns=key, ordered=False)
-    if held is None or held.num_rows == 0:
-        return rows.num_rows
-    return _identities(rows, key).join(_identities(held, key), key, join_type="left anti").num_rows
+    return lacking(table, rows, lake.read(table, day, columns=list(ORDER[table]), ordered=False)).num_rows
+
+
+def merge_day(lake: DeltaLake, table: str, day: str, rows: pa.Table) -> None:
+    """Merge the file's ``rows`` into the ``day`` Delta already has (written before the migration).
+
+    A raw day by the raw tables' rule (natural key, earliest receipt; a tie keeps the row already
+    in Delta; bar revisions renumbered), as a rebuild with the file's rows kept would; another
+    table keeps Delta's row of a key (written later) and gains the file's other rows. One commit.
+    """
+    held = lake.read(table, day)
+    if table in RAW_TABLES:
+        spec = RAW_TABLES[table]
+        decoded = rows.append_column("idx", pa.array(np.zeros(rows.num_rows, np.int64)))
+        day_rows, _ = merge(decoded, held, spec.schema, spec.key, spec.order, spec.finish, fast=False)
+    else:
+        day_rows = sort_rows(table, pa.concat_tables([t for t in (held, lacking(table, rows, held)) if t is not None]))
+    lake.replace(table, day, day_rows)
 
 
 def landing_watermark(root: Path, channels: frozenset[str], through: Mapping[str, int | None]) -> int | None:
@@ -234,12 +260,10 @@ def _write_day(
                 f"{old.table} {old.day}: the landing log no longer has segments {missing[:5]} (removed by retention), "
                 f"so a rebuild would lose rows of {old.path}; migrate without --rebuild"
             )
-        lacking = _identities(rows, list(ORDER[old.table])).join(
-            _identities(day_rows, list(ORDER[old.table])), list(ORDER[old.table]), join_type="left anti"
-        )
-        if lacking.num_rows:
+        lost = lacking(old.table, rows, day_rows).num_rows
+        if lost:
             raise MigrationError(
-                f"{old.table} {old.day}: a rebuild from the landing log lacks {lacking.num_rows} rows of {old.path} "
+                f"{old.table} {old.day}: a rebuild from the landing log lacks {lost} rows of {old.path} "
                 "(nothing written for the day); migrate without --rebuild"
             )
         lake.replace(old.table, old.day, day_rows)
@@ -303,9 +327,8 @@ def migrate(
         if dry_run:
             out("dry run: nothing written, nothing moved")
         else:
-            total = sum(len([f for f in work.files if f.table == s.table]) for s in summaries)
             out(
-                f"done: every row of the {total} old files is in the Delta tables at {settings.lake_url}; "
+                f"done: every row of the {len(work.files)} old files is in the Delta tables at {settings.lake_url}; "
                 f"the old files are kept in {backup} (delete them once you are satisfied)"
             )
         return summaries
@@ -333,9 +356,7 @@ def _migrate_table(
             out(f"  {table} {old.day}: {action}, {old.rows} rows, watermark {old.through}: {old.path} -> {old.backup}")
             continue
         rows, _ = read_old(old)
-        if old.day in present:
-            summary.verified += 1
-        else:
+        if old.day not in present:
             written = _write_day(lake, settings, old, rows, rebuild, upto)
             summary.written += 1
             if lake.count(table, old.day) != written.num_rows:
@@ -343,13 +364,16 @@ def _migrate_table(
                     f"{table} {old.day}: Delta holds {lake.count(table, old.day)} rows after writing the "
                     f"{written.num_rows} of {old.path}; the file stays where it is"
                 )
-        lacking = missing_keys(lake, table, old.day, rows)
-        if lacking:
+        elif missing_keys(lake, table, old.day, rows):
+            merge_day(lake, table, old.day, rows)  # a day the writer or a run wrote before the migration
+            summary.merged += 1
+        else:
+            summary.verified += 1
+        lost = missing_keys(lake, table, old.day, rows)
+        if lost:
             raise MigrationError(
-                f"{table} {old.day}: the Delta table lacks {lacking} of the {rows.num_rows} rows of {old.path} "
-                "(the day was written since by something other than this migration); the file stays where it "
-                f"is: rebuild the day (a Dagster materialization of {table}) and put the missing rows back, or move "
-                "the day out of the Delta table and run again"
+                f"{table} {old.day}: the Delta table lacks {lost} of the {rows.num_rows} rows of {old.path} after "
+                "the migration wrote the day; the file stays where it is"
             )
         summary.rows_out += lake.count(table, old.day)
         _move(old)

@@ -147,7 +147,8 @@ def test_migrate_moves_every_row_into_delta_once_and_the_writer_continues_from_t
         assert lake.read(name, day).equals(sort_rows(name, rows)), (name, day)  # exactly the same rows
         assert not old.path(name, day).exists() and old.backup(name, day).exists()  # kept, out of the lake
     trades_in = sum(old.files["raw_trades", d].num_rows for d in (DAY1, DAY2))
-    assert f"raw_trades: 2 days (2 written, 0 already in Delta), {trades_in} rows in, {trades_in} rows out" in out
+    done = "2 written, 0 merged into Delta's, 0 already in Delta"
+    assert f"raw_trades: 2 days ({done}), {trades_in} rows in, {trades_in} rows out" in out
     # Segment 3 holds DAY2's trades and quotes, which DAY2's files lacked (built through 2).
     assert {n: lake.watermark(n, LANDING_APP_ID) for n in RAW} == {
         "raw_trades": 2,
@@ -161,7 +162,7 @@ def test_migrate_moves_every_row_into_delta_once_and_the_writer_continues_from_t
     code, out, err = migrate(capsys)  # a second run: verified, nothing written, nothing moved
     assert code == 0, err
     assert versions(lake) == before
-    assert "raw_trades: 2 days (0 written, 2 already in Delta)" in out
+    assert "raw_trades: 2 days (0 written, 0 merged into Delta's, 2 already in Delta)" in out
 
     last = old.landing.segment(trades_frame(100, 5, DAY2_MS + 500), quotes_frame(DAY2_MS + 500, 2))
     applied = writer.write_pass(lake, old.settings.landing_dir, lambda _: contextlib.nullcontext())
@@ -180,7 +181,7 @@ def test_rebuild_mode_rebuilds_each_day_from_the_landing_log_like_dagster(
 ) -> None:
     code, out, err = migrate(capsys, "--rebuild")
     assert code == 0, err
-    assert "raw_trades: 2 days (2 written, 0 already in Delta)" in out
+    assert "raw_trades: 2 days (2 written, 0 merged into Delta's, 0 already in Delta)" in out
     lake = old.lake
     expected = DeltaLake(str(old.settings.data_dir / "rebuilt"))
     expected.append("raw_trades", with_date(repaired_trade(), DAY1))  # the rows the landing log cannot give
@@ -242,3 +243,25 @@ def test_a_column_that_does_not_convert_is_refused_by_name_and_a_missing_one_is_
     assert migrated.column("source").to_pylist() == ["ws"] * trades.num_rows  # its documented default
     assert migrated.column("session").null_count == trades.num_rows
     assert migrated.drop_columns(["session"]).equals(sort_rows("raw_trades", trades).drop_columns(["session"]))
+
+
+def test_days_the_writer_appended_before_the_migration_get_the_rows_only_the_files_had(
+    old: OldLake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Upgraded and started before migrating: the writer applied the whole landing log (old files untouched).
+    lake = old.lake
+    writer.write_pass(lake, old.settings.landing_dir, lambda _: contextlib.nullcontext())
+    assert lake.read("raw_trades", DAY1).num_rows == old.files["raw_trades", DAY1].num_rows - 1  # no REST trade
+    code, out, err = migrate(capsys)
+    assert code == 0, err
+    assert "raw_trades: 2 days (0 written, 1 merged into Delta's, 1 already in Delta)" in out
+    expected = DeltaLake(str(old.settings.data_dir / "rebuilt"))
+    expected.append("raw_trades", with_date(repaired_trade(), DAY1))
+    for name in RAW:
+        for day in (DAY1, DAY2):
+            rebuild_day(expected, RAW_TABLES[name], old.settings.landing_dir, day, 4)
+            assert lake.read(name, day).equals(expected.read(name, day)), (name, day)
+        assert lake.watermark(name, LANDING_APP_ID) == 4  # the writer's, never lowered
+    assert lake.read("minute_bars", DAY1).equals(old.files["minute_bars", DAY1])
+    before = versions(lake)
+    assert migrate(capsys)[0] == 0 and versions(lake) == before
