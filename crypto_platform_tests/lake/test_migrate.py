@@ -6,7 +6,8 @@ watermark in the footer), from rows the real decode path builds from a real land
 built at different segments as the old per-day runs left them. Then: the Delta tables hold exactly
 the files' rows, a second run changes nothing, the lake writer continues with exactly the segments
 the migrated rows lack (the tables equal a rebuild: nothing twice, nothing skipped), ``--rebuild``
-equals a Dagster rebuild, a running writer and a damaged or unconvertible file stop it with
+equals a Dagster rebuild, days the writer appended before the migration get the rows only the
+files had, and a running writer (a real process) or a damaged or unconvertible file stop it with
 nothing lost.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +31,10 @@ from crypto_platform.lake import writer
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES, rebuild_day, segments_to_read
 from crypto_platform.lake.schemas import SCHEMAS
 from crypto_platform.lake.tables import DeltaLake, sort_rows, with_date
+from crypto_platform.local.stack import stop_lake_writer
+from crypto_platform.settings import child_environment
 from crypto_platform_tests.assets.test_raw_tables import MINUTE, bar, quotes_frame
+from crypto_platform_tests.test_lake_writer import wait_for
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame
 
 DAY1, DAY2 = "2025-11-24", "2025-11-25"
@@ -200,14 +206,24 @@ def test_rebuild_mode_rebuilds_each_day_from_the_landing_log_like_dagster(
     assert migrate(capsys, "--rebuild")[0] == 0 and versions(lake) == before
 
 
-def test_a_running_lake_writer_stops_the_migration_before_it_touches_anything(
-    old: OldLake, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with writer.writer_lock(old.settings):  # what a running `crypto-platform lake-writer` holds
-        code, _, err = migrate(capsys)
-    assert code == 3 and "lake writer is running" in err and "make stop" in err
-    assert versions(old.lake) == dict.fromkeys(SCHEMAS)
-    assert all(old.path(*k).exists() for k in old.files)
+def test_a_running_lake_writer_stops_the_migration_and_after_make_stop_it_runs(old: OldLake) -> None:
+    env = child_environment()  # the fixture's CRYPTO_PROJECT_DIR / CRYPTO_STATE_DIR
+    lake_writer = subprocess.Popen(
+        [sys.executable, "-m", "crypto_platform.cli", "lake-writer"], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: writer.running_pid(old.settings) == lake_writer.pid, 60, "the lake writer's lock")
+        command = [sys.executable, "-m", "crypto_platform.cli", "lake", "migrate"]
+        refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 3, refused.stderr
+        assert f"lake writer is running (pid {lake_writer.pid})" in refused.stderr and "make stop" in refused.stderr
+        assert all(old.path(*k).exists() for k in old.files)  # nothing moved
+    finally:
+        said = stop_lake_writer(old.settings)  # what `make stop` does to it
+    assert said == f"lake writer: stopped (pid {lake_writer.pid})", said
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not any(old.path(*k).exists() for k in old.files) and "done: every row of the 6 old files" in done.stdout
 
 
 def test_a_damaged_file_stops_the_migration_naming_it_with_nothing_written_or_moved(
