@@ -20,6 +20,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("crypto_platform.stream.stream_cli", "Run the ingester in the foreground (--stop stops it)."),
     "status": ("crypto_platform.stream.status_cli", "Show the ingester's health (--json for machines)."),
     "lake-writer": ("crypto_platform.lake.writer", "Append sealed landing segments to the raw Delta tables."),
+    "lake": (
+        "crypto_platform.lake.migrate",
+        "Lake upkeep: `lake migrate` turns an old Parquet lake into Delta tables.",
+    ),
     "dev": ("crypto_platform.local.cli", "Run `dagster dev` on loopback; local services start on demand."),
     "services": ("crypto_platform.local.cli", "Start, stop or show the background local services."),
     "dashboard": ("crypto_platform.dashboard.cli", "Serve the live market page (Streamlit) in the foreground."),

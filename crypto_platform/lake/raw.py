@@ -335,25 +335,36 @@ def changes(spec: RawTable, merged: pa.Table, existing: pa.Table | None) -> tupl
     return merged.take(pa.array(rows, pa.int64())), existing.num_rows - kept
 
 
+def rebuilt_day(
+    lake: DeltaLake, spec: RawTable, root: Path, day: str, upto: int, kept: pa.Table | None = None
+) -> tuple[pa.Table, int, int, int, list[int]]:
+    """``day`` as a rebuild makes it from every landed segment through ``upto``, not yet written.
+
+    ``kept``: the rows the landing log cannot give back (``kept_on_rebuild``); read from the table's
+    partition when None. Returns (the day's rows, rows read, duplicates dropped, segments read,
+    segments retention removed).
+    """
+    entries, missing = segments_to_read(root, day, spec.channels, 0, upto)
+    if kept is None and spec.kept_on_rebuild is not None:
+        column, values = spec.kept_on_rebuild
+        kept = lake.read(spec.name, day, any_of(equals(column, v) for v in values))
+    table, read, dupes = spec.build(root, entries, day, kept, incremental=True)
+    return table, read, dupes, len(entries), missing
+
+
 def rebuild_day(
     lake: DeltaLake, spec: RawTable, root: Path, day: str, upto: int
 ) -> tuple[pa.Table, int, int, int, list[int]]:
     """Replace ``day`` with every landed segment through ``upto`` (plus the rows kept on rebuild).
 
-    Returns (the day's rows, rows read, duplicates dropped, segments read, segments retention
-    removed). One commit: readers see
+    Returns what :func:`rebuilt_day` does. One commit: readers see
     the old day or the new one. The watermark is not moved: it says what the appends have applied,
     and re-applying segments the rebuild already holds adds nothing (their rows are ties, and a tie
     keeps the row already in the table).
     """
-    entries, missing = segments_to_read(root, day, spec.channels, 0, upto)
-    kept = None
-    if spec.kept_on_rebuild is not None:
-        column, values = spec.kept_on_rebuild
-        kept = lake.read(spec.name, day, any_of(equals(column, v) for v in values))
-    table, read, dupes = spec.build(root, entries, day, kept, incremental=True)
-    lake.replace(spec.name, day, table)
-    return table, read, dupes, len(entries), missing
+    rebuilt = rebuilt_day(lake, spec, root, day, upto)
+    lake.replace(spec.name, day, rebuilt[0])
+    return rebuilt
 
 
 def apply_segments(lake: DeltaLake, spec: RawTable, root: Path, upto: int) -> Applied:
