@@ -41,8 +41,8 @@ from crypto_platform.checks.figures import (
     schema_figures,
 )
 from crypto_platform.checks.lake import IN_PARTITION_DAY, SCHEMA, UNIQUE_KEY, VALID_VALUES, merge, partition_days
+from crypto_platform.partitions import day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
-from crypto_platform.warehouse.sql import day_bounds_ms
 
 MATCHES_XA = "matches_xa"
 COVERAGE = "coverage"

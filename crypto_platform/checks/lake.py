@@ -43,12 +43,11 @@ from crypto_platform.checks.figures import (
     rule_figures,
     schema_figures,
 )
-from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
-from crypto_platform.warehouse.sql import day_bounds_ms
 
 SCHEMA = "schema"
 UNIQUE_KEY = "unique_key"

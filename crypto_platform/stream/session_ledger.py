@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from crypto_platform.days import clock_text
 from crypto_platform.durable import AppendFile, is_disk_full, iter_json_lines
 
 # The ledger's file, beside the landing log's manifest in the landing directory.
@@ -189,9 +189,5 @@ class GapWindow:
     @property
     def label(self) -> str:
         """How the window is named where it explains something (a muted alert)."""
-        text = f"stream gap {_clock(self.start_ms)}-{_clock(self.end_ms)} after session {self.after_session}"
+        text = f"stream gap {clock_text(self.start_ms)}-{clock_text(self.end_ms)} after session {self.after_session}"
         return text + (f" (close {self.close_code})" if self.close_code else "")
-
-
-def _clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.settings import Secret, mask_url_password
 from crypto_platform.warehouse.errors import (
     RowRejectedError,
@@ -78,7 +79,6 @@ from crypto_platform.warehouse.views import view_sql
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_ROWS = 5_000
-DAY_MS = 86_400_000
 # Strict: a value that does not fit is an error, never a silent truncation.
 _MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 # pymysql splits executemany statements above this size; keep one statement per batch so that
@@ -147,13 +147,6 @@ class LoadResult:
             watermark=watermark,
             day_rows=day_rows,
         )
-
-
-def day_bounds_ms(day: date | str) -> tuple[int, int]:
-    """[start, end) of a UTC day in epoch ms."""
-    d = date.fromisoformat(day) if isinstance(day, str) else day
-    start = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
-    return start, start + DAY_MS
 
 
 def day_text(day: date | str) -> str:
@@ -955,4 +948,4 @@ def sql_warehouse(url: str | Secret, **kwargs: Any) -> SqlWarehouse:
     return SqlWarehouse(url, **kwargs)
 
 
-__all__ = ["DEFAULT_BATCH_ROWS", "LoadResult", "SqlWarehouse", "day_bounds_ms", "sql_warehouse"]
+__all__ = ["DEFAULT_BATCH_ROWS", "LoadResult", "SqlWarehouse", "sql_warehouse"]
