@@ -60,7 +60,7 @@ from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.snowflake import build_snowflake_resource  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest  # noqa: E402
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range  # noqa: E402
+from crypto_platform.stream_batches import BatchScope  # noqa: E402
 from crypto_platform.warehouse.sql import SqlWarehouse  # noqa: E402
 
 TARGETS_P95_S = {"lake": 15.0, "MySQL": 50.0}
@@ -211,11 +211,11 @@ def run_times(base: str) -> dict[int, tuple[float, float]]:
     runs = http_json(f"{base}/graphql", {"query": RUNS_QUERY})["data"]["runsOrError"]["results"]
     out: dict[int, tuple[float, float]] = {}
     for run in runs:
-        tags = {t["key"]: t["value"] for t in run["tags"]}
+        segments = BatchScope.from_tags({t["key"]: t["value"] for t in run["tags"]}).segments
         # STARTED: the run loaded its rows and is still running its checks.
-        if run["status"] not in ("SUCCESS", "STARTED") or SEGMENTS_TAG not in tags or not run["startTime"]:
+        if run["status"] not in ("SUCCESS", "STARTED") or segments is None or not run["startTime"]:
             continue
-        first, last = parse_segment_range(tags[SEGMENTS_TAG])
+        first, last = segments
         for seq in range(first, last + 1):
             # A segment touching two days has two runs; the later start is when it was wholly loaded.
             previous = out.get(seq)

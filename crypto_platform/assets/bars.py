@@ -54,7 +54,7 @@ from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import BatchScope
 
 ASSET = "minute_bars"
 SCHEMA = MINUTE_BARS_SCHEMA
@@ -385,7 +385,7 @@ def minute_bars(
 ) -> dg.MaterializeResult:
     platform = stream.settings()
     settings = BarSettings(int(platform.bar_revision_window_s * 1000), platform.repair_trades)
-    tag = context.run.tags.get(SEGMENTS_TAG)
+    scope = BatchScope.from_context(context)
     client = polygon_rest.client()
     tables = lake.tables()
     totals: dict[str, Any] = {}
@@ -403,10 +403,10 @@ def minute_bars(
             # The bars take in raw rows up to the older of the two raw watermarks.
             marks = [tables.watermark(t, LANDING_APP_ID) for t in ("raw_trades", "raw_aggregates")]
             through = min(m for m in marks if m is not None) if any(m is not None for m in marks) else None
-            existing = lake.read_partition(ASSET, day) if tag else None
+            existing = lake.read_partition(ASSET, day) if scope.incremental else None
             segments = None
-            if tag and existing is not None:
-                first, last = parse_segment_range(tag)
+            if scope.segments is not None and existing is not None:
+                first, last = scope.segments
                 done = tables.watermark(ASSET, bars_app_id(day))
                 segments = ((done if done is not None else first - 1) + 1, through or last)
             result = build_day(
@@ -420,7 +420,7 @@ def minute_bars(
                 segments,
                 existing,
                 history_bars=None
-                if tag or not platform.history_enabled
+                if scope.incremental or not platform.history_enabled
                 else _history_bars(context, platform, client, day, polygon_rest.pairs),
             )
             if result.new_trades is not None:

@@ -36,7 +36,7 @@ from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import last_manifest_entry
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import BatchScope
 
 __all__ = [
     "AGGREGATES",
@@ -74,11 +74,11 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
         description=description,
     )
     def build(context: dg.AssetExecutionContext, stream: StreamResource, lake: LakeResource) -> dg.MaterializeResult:
-        tag = context.run.tags.get(SEGMENTS_TAG)
+        scope = BatchScope.from_context(context)
         root = stream.landing_dir
         tables = lake.tables()
-        if tag:
-            upto = parse_segment_range(tag)[1]
+        if scope.segments is not None:
+            upto = scope.segments[1]
             with lake.locked(spec.name):
                 applied = apply_segments(tables, spec, root, upto)
             if applied.missing:

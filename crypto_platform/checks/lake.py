@@ -47,7 +47,7 @@ from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import iter_manifest
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import BatchScope
 
 SCHEMA = "schema"
 UNIQUE_KEY = "unique_key"
@@ -158,7 +158,7 @@ TABLE_CHECKS["raw_book"] = LakeAssetChecks(raw.BOOK, "event_ms", ())
 
 
 def freshness_figures(
-    table: pa.Table, spec: RawTable, time_column: str, day: str, landing: Path, run_segments: str | None
+    table: pa.Table, spec: RawTable, time_column: str, day: str, landing: Path, run_segments: tuple[int, int] | None
 ) -> Figures:
     """How far the partition trails the landing log, and how old its data was when it landed.
 
@@ -176,8 +176,8 @@ def freshness_figures(
     if table.num_rows:
         landed_ms = pc.divide(table["received_ns"], 1_000_000)
         extra.update(percentiles(pc.divide(pc.subtract(landed_ms, table[time_column]), 1000.0), "event_to_landed_s"))
-    if run_segments and table.num_rows:
-        first, last = parse_segment_range(run_segments)
+    if run_segments is not None and table.num_rows:
+        first, last = run_segments
         mine = table.filter(pc.and_(pc.greater_equal(table["segment"], first), pc.less_equal(table["segment"], last)))
         now_ns = time.time_ns()
         # integer ms first: int64 ns beyond 2**53 do not convert to double exactly (and pyarrow refuses)
@@ -189,7 +189,7 @@ def freshness_figures(
 
 
 def evaluate_day(
-    checks: LakeAssetChecks, table: pa.Table | None, day: str, landing: Path, run_segments: str | None
+    checks: LakeAssetChecks, table: pa.Table | None, day: str, landing: Path, run_segments: tuple[int, int] | None
 ) -> dict[str, Figures]:
     """Every check of one table on one day's partition (``None``: the partition does not exist)."""
     spec = checks.spec
@@ -241,7 +241,7 @@ def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefi
         context: dg.AssetCheckExecutionContext, lake: LakeResource, stream: StreamResource
     ) -> Iterator[dg.AssetCheckResult]:
         days = partition_days(context, lake, asset)
-        segments = context.run.tags.get(SEGMENTS_TAG)
+        segments = BatchScope.from_context(context).segments
         per_day = [
             (day, evaluate_day(checks, lake.read_partition(asset, day), day, stream.landing_dir, segments))
             for day in days
