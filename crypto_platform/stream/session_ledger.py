@@ -114,6 +114,13 @@ class Gap:
     def seconds(self) -> float | None:
         return None if self.end_ns is None else (self.end_ns - self.start_ns) / 1e9
 
+    def window(self, now_ms: int) -> GapWindow:
+        """The gap on the receive clock, in ms; an open gap (still disconnected) runs to ``now_ms``."""
+        end_ms = self.end_ns // 1_000_000 if self.end_ns is not None else now_ms
+        return GapWindow(
+            self.start_ns // 1_000_000, end_ms, self.after_session, self.before_session, self.reason, self.close_code
+        )
+
 
 def sessions(path: Path) -> list[Session]:
     """Every session in the ledger, oldest first."""

@@ -73,7 +73,7 @@ from crypto_platform.warehouse.migrations import (
     apply_migrations,
     column_type,
 )
-from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
+from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table
 from crypto_platform.warehouse.views import view_sql
 
 log = logging.getLogger(__name__)
@@ -403,7 +403,7 @@ class SqlWarehouse:
 
     def rebuild_day(
         self,
-        t: Table | str,
+        t: Table,
         day: date | str,
         frame: pd.DataFrame,
         *,
@@ -423,8 +423,6 @@ class SqlWarehouse:
         half the time of a 1M-row rebuild. Whether anything is stale is one indexed count (the day's rows
         vs the partition's); only then are the partition's keys put in a temporary table to find them.
         """
-        # A name (str) only until assets/alerts.py passes its Table (ALERTS) like every other caller.
-        t = table(t) if isinstance(t, str) else t
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
         check_day(prepared, day)
