@@ -113,9 +113,11 @@ def stop_writer(settings: Settings, timeout: float = 30.0) -> str:
     return supervision.terminate(pid, lambda: running_pid(settings) is not None, timeout)
 
 
-def start_detached(settings: Settings) -> int:
-    """Start ``crypto-platform lake-writer`` in its own session (it outlives a code-server reload); its pid."""
-    return supervision.spawn_cli(settings, "lake-writer", writer_dir(settings) / "writer.log").pid
+def start_detached(settings: Settings, ready_timeout: float = 20.0) -> int:
+    """Start ``crypto-platform lake-writer`` in its own session (it outlives a code-server reload); its pid
+    once it holds its lock, so the stream sensor's next tick sees it running instead of starting another."""
+    log, lock = writer_dir(settings) / "writer.log", lock_path(settings)
+    return supervision.start_holding(settings, "lake-writer", lock, log, ready_timeout, "the lake writer")
 
 
 def read_heartbeat(settings: Settings) -> dict[str, Any] | None:

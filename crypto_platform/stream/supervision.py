@@ -266,17 +266,22 @@ def start_detached(settings: Settings, ready_timeout: float = 20.0) -> int:
     running = holder_pid(settings)
     if running is not None:
         raise IngesterAlreadyRunning(f"an ingester (pid {running}) is already running")
-    log = log_path(settings)
-    proc = spawn_cli(settings, "stream", log)
+    return start_holding(settings, "stream", _lock_path(settings), log_path(settings), ready_timeout, "the ingester")
+
+
+def start_holding(settings: Settings, command: str, lock: Path, log: Path, ready_timeout: float, what: str) -> int:
+    """:func:`spawn_cli` ``command``; its pid once it holds ``lock`` (so a caller asking again meanwhile
+    sees it running and never starts a second one); ``RuntimeError`` with its log's tail if it exits first."""
+    proc = spawn_cli(settings, command, log)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
-        if holder_pid(settings) == proc.pid:
+        if lock_holder(lock) == proc.pid:
             return proc.pid
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").splitlines()[-5:]
-            raise RuntimeError(f"the ingester exited at start (code {proc.returncode}): {' | '.join(tail)}")
+            raise RuntimeError(f"{what} exited at start (code {proc.returncode}): {' | '.join(tail)}")
         time.sleep(0.05)
-    raise RuntimeError(f"the ingester did not take its lock within {ready_timeout:.0f}s; see {log}")
+    raise RuntimeError(f"{what} did not take its lock within {ready_timeout:.0f}s; see {log}")
 
 
 def terminate(pid: int, running: Callable[[], bool], timeout: float) -> str:
