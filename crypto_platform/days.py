@@ -1,7 +1,8 @@
 """UTC days and minutes in epoch milliseconds: the one home of the platform's time arithmetic.
 
 Every table keys its rows by event time in epoch ms, partitions by UTC day and builds bars by UTC
-minute, so the day's bounds and the minute's length are written once, here. This module imports
+minute, and the simulator's feed, REST answers and Flat Files cut time the same way, so the day's
+bounds and the minute's length are written once, here. This module imports
 nothing but the standard library on purpose: the ingester and the lake writer (``stream/``,
 ``lake/``) use it on their hot path and must start without loading Dagster, which
 ``partitions.py`` (the Dagster side of days) does; ``partitions.py`` re-exports these names for the
