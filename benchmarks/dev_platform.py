@@ -76,6 +76,8 @@ def dev_running(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A non-interactive parent may have SIGINT ignored; give dev the default back, as it is stopped by SIGINT.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         yield dev
