@@ -28,9 +28,7 @@ import contextlib
 import json
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,12 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.freshness import PRODUCTION_VARIABLES, percentile  # noqa: E402
-from benchmarks.simulator_rate import free_port  # noqa: E402
+from benchmarks.dev_platform import PRODUCTION_VARIABLES, dev_environment, dev_running  # noqa: E402
+from benchmarks.summary import percentile  # noqa: E402
 from crypto_platform.dashboard.cached import REFRESH_S  # noqa: E402
 from crypto_platform.resources.lake import build_lake_resource  # noqa: E402
-from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
-from crypto_platform.stream import supervision  # noqa: E402
+from crypto_platform.settings import Settings, load_settings  # noqa: E402
 
 TARGET_PAGE_P95_S = 20.0
 TARGET_VIEWER_RATIO = 2.0
@@ -92,41 +89,16 @@ def event_to_page(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="crypto-dashboard-") as tmp:
-        state = Path(tmp) / "state"
-        overrides = {
-            "CRYPTO_STATE_DIR": str(state),
-            "CRYPTO_DATA_DIR": str(state / "data"),
-            "DAGSTER_HOME": str(Path(tmp) / "dagster_home"),
-            "CRYPTO_DAGSTER_PORT": str(free_port()),
-            "CRYPTO_FAKESNOW_PORT": str(free_port()),
-            "CRYPTO_SIMULATOR_PORT": str(free_port()),
-            "CRYPTO_DASHBOARD_PORT": str(free_port()),
-        }
-        if args.mysql_url:
-            overrides["MYSQL_URL"] = args.mysql_url
-        env = child_environment(overrides)
-        for name in PRODUCTION_VARIABLES:
-            env.pop(name, None)
-        if not args.mysql_url:
-            env.pop("MYSQL_URL", None)
-        settings = load_settings(env, cwd=ROOT)
+        env, settings = dev_environment(Path(tmp), args.mysql_url, more_ports=("CRYPTO_DASHBOARD_PORT",))
+        state = settings.state_dir
         url = f"http://127.0.0.1:{settings.dashboard_port}"
         log_path = Path(tmp) / "dev.log"
-        with open(log_path, "wb") as log:
-            dev = subprocess.Popen(
-                [sys.executable, "-m", "crypto_platform.cli", "dev"],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         page_seen: dict[tuple[str, int], float] = {}
         lake_seen: dict[tuple[str, int], float] = {}
         stop = threading.Event()
         watcher = threading.Thread(target=_watch_lake, args=(settings, stop, args.poll_s, lake_seen), daemon=True)
-        try:
+        # dev_running stops dev and every service it started (the ingester and lake writer too).
+        with dev_running(env, log_path, then=stop.set) as dev:
             print(f"crypto-platform dev with the page on {url}, state in {state}", flush=True)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
@@ -163,14 +135,6 @@ def event_to_page(args: argparse.Namespace) -> tuple[list[float], list[float]]:
                     page.screenshot(path=args.screenshot, full_page=True)
                     print(f"screenshot: {args.screenshot}")
                 browser.close()
-        finally:
-            stop.set()
-            os.killpg(dev.pid, signal.SIGINT)
-            try:
-                dev.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(dev.pid, signal.SIGKILL)
-            supervision.stop_ingester(settings)  # in case dev left it running (it is detached)
     after = (started or 0) + args.warmup_s
     page_lat = [seen - ms / 1000 for (_, ms), seen in page_seen.items() if ms / 1000 >= after]
     lake_lat = [seen - ms / 1000 for (_, ms), seen in lake_seen.items() if ms / 1000 >= after]

@@ -37,8 +37,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,25 +51,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.simulator_rate import free_port  # noqa: E402
+from benchmarks.dev_platform import dev_environment, dev_running  # noqa: E402
 from benchmarks.summary import Summary, percentile  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.snowflake import build_snowflake_resource  # noqa: E402
-from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
+from crypto_platform.settings import Settings, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest  # noqa: E402
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range  # noqa: E402
+from crypto_platform.stream_batches import BatchScope  # noqa: E402
 from crypto_platform.warehouse.sql import SqlWarehouse  # noqa: E402
 
 TARGETS_P95_S = {"lake": 15.0, "MySQL": 50.0}
-# Variables that would switch a part of the stack away from the local defaults.
-PRODUCTION_VARIABLES = (
-    "POLYGON_API_KEY",
-    "POLYGON_WS_URL",
-    "POLYGON_REST_URL",
-    "SNOWFLAKE_ACCOUNT",
-    "MLFLOW_TRACKING_URI",
-)
 HOPS = ("event -> landed", "landed -> sealed", "sealed -> tick", "tick -> run start", "run start -> loaded")
 RUNS_QUERY = """{ runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: "stream_sensor"}]}) {
     ... on Runs { results { runId status creationTime startTime tags { key value } } } } }"""
@@ -211,11 +201,11 @@ def run_times(base: str) -> dict[int, tuple[float, float]]:
     runs = http_json(f"{base}/graphql", {"query": RUNS_QUERY})["data"]["runsOrError"]["results"]
     out: dict[int, tuple[float, float]] = {}
     for run in runs:
-        tags = {t["key"]: t["value"] for t in run["tags"]}
+        segments = BatchScope.from_tags({t["key"]: t["value"] for t in run["tags"]}).segments
         # STARTED: the run loaded its rows and is still running its checks.
-        if run["status"] not in ("SUCCESS", "STARTED") or SEGMENTS_TAG not in tags or not run["startTime"]:
+        if run["status"] not in ("SUCCESS", "STARTED") or segments is None or not run["startTime"]:
             continue
-        first, last = parse_segment_range(tags[SEGMENTS_TAG])
+        first, last = segments
         for seq in range(first, last + 1):
             # A segment touching two days has two runs; the later start is when it was wholly loaded.
             previous = out.get(seq)
@@ -302,25 +292,13 @@ def main(argv: list[str] | None = None) -> int:
 
     drop_database: Callable[[], None] = lambda: None  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="crypto-freshness-", ignore_cleanup_errors=True) as tmp:
-        state = Path(tmp) / "state"
-        overrides = {
-            "CRYPTO_STATE_DIR": str(state),
-            "CRYPTO_DATA_DIR": str(state / "data"),
-            "DAGSTER_HOME": str(Path(tmp) / "dagster_home"),
-            "CRYPTO_DAGSTER_PORT": str(free_port()),
-            "CRYPTO_FAKESNOW_PORT": str(free_port()),
-            "CRYPTO_SIMULATOR_PORT": str(free_port()),
-        }
+        mysql_url = None
         if args.mysql_url:
-            overrides["MYSQL_URL"], drop_database = throwaway_database(args.mysql_url)
-        env = child_environment(overrides)
-        for name in PRODUCTION_VARIABLES:
-            env.pop(name, None)
-        if not args.mysql_url:
-            env.pop("MYSQL_URL", None)
-        settings = load_settings(env, cwd=ROOT)
+            mysql_url, drop_database = throwaway_database(args.mysql_url)
+        env, settings = dev_environment(Path(tmp), mysql_url)
+        state = settings.state_dir
         # A throwaway instance: the repo's config, its stores in the temporary DAGSTER_HOME.
-        install_instance_config(settings, Path(overrides["DAGSTER_HOME"]))
+        install_instance_config(settings, Path(env["DAGSTER_HOME"]))
         base = f"http://127.0.0.1:{settings.dagster_port}"
         sim_base = f"http://127.0.0.1:{settings.simulator_port}"
         paths = local_stack.stack_paths(settings)
@@ -328,18 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         # The simulator `dev` would start, plus the trade record; `dev` finds it running and adopts it.
         simulator = dataclasses.replace(simulator, argv=(*simulator.argv, "--record-trades"))
         local_stack.start_service(simulator, paths, env, ready_timeout=60)
-        log_path = Path(tmp) / "dev.log"
-        with open(log_path, "wb") as log:
-            dev = subprocess.Popen(
-                [sys.executable, "-m", "crypto_platform.cli", "dev"],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
+        # dev_running stops dev and every service, the simulator above included, then drops the database.
+        with dev_running(env, Path(tmp) / "dev.log", then=drop_database) as dev:
             print(f"crypto-platform dev on {base}, state in {state}", flush=True)
             wait_for(lambda: http_json(f"{base}/server_info"), 240, "the webserver", dev)
             sql_label = sql_backend(settings, bool(args.mysql_url))
@@ -381,15 +349,6 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_times(base)
             sealed = {int(e["seq"]): int(e["sealed_ns"]) / 1e9 for e in iter_manifest(settings.landing_dir)}
             held = {w.name: w.trades() for w in watches}
-        finally:
-            os.killpg(dev.pid, signal.SIGINT)
-            try:
-                dev.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(dev.pid, signal.SIGKILL)
-            # The simulator, fakesnow, the dashboard and the ingester outlive dagster dev.
-            subprocess.run([sys.executable, "-m", "crypto_platform.cli", "services", "stop"], cwd=ROOT, env=env)
-            drop_database()
 
     summary.note += (
         f" (+{args.warmup_s:g} s warm-up left out); {len(keys):,} trades sent in the window, all counted; "

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from crypto_platform.assets.raw import TRADES, segments_to_read  # noqa: E402
-from crypto_platform.stream.landing_log import LandingLog, day_of  # noqa: E402
+from crypto_platform.days import day_of  # noqa: E402
+from crypto_platform.stream.landing_log import LandingLog  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest  # noqa: E402
 
 SEGMENT_S = 5

@@ -65,11 +65,12 @@ from benchmarks.simulator_rate import PAIRS, START_MS  # noqa: E402
 # by default the last 30 days) must reach back to it, here and in every run process started below.
 os.environ.setdefault("CRYPTO_START_DATE", time.strftime("%Y-%m-%d", time.gmtime(START_MS // 1000)))
 from crypto_platform.assets.raw import TRADES, TRADES_SCHEMA  # noqa: E402
-from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS, compute_minute_bars  # noqa: E402
+from crypto_platform.days import DAY_MS, MINUTE_MS  # noqa: E402
+from crypto_platform.lake.bars import BARS_SCHEMA, compute_minute_bars  # noqa: E402
 from crypto_platform.simulator.feed import Renderer, Schedule  # noqa: E402
 from crypto_platform.simulator.market import Market  # noqa: E402
 from crypto_platform.simulator.server import _FLOOD_TRADES_PER_PAIR_S  # noqa: E402
-from crypto_platform.stream.landing_log import DAY_MS, LandingLog  # noqa: E402
+from crypto_platform.stream.landing_log import LandingLog  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest, segment_path  # noqa: E402
 from crypto_platform.stream.session_ledger import SessionLedger  # noqa: E402
 

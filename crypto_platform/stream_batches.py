@@ -18,7 +18,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # Tag on a sensor-launched run: "first-last" sealed segment seqs it covers (inclusive).
 SEGMENTS_TAG = "crypto/segments"
@@ -87,17 +87,56 @@ class DayBatch:
         return f"landing:{log_id}:{self.day}:{self.segment_range}"
 
 
-def checked_segments(tags: Mapping[str, str]) -> str | None:
-    """The segment range whose rows a run's lake checks evaluate (None: the whole day)."""
-    return tags.get(CHECK_SEGMENTS_TAG) or tags.get(SEGMENTS_TAG)
-
-
 def parse_segment_range(tag: str) -> tuple[int, int]:
     """``"12-40"`` -> ``(12, 40)``; raises ``ValueError`` naming the tag on anything else."""
     first, sep, last = tag.partition("-")
     if not sep or not first.isdigit() or not last.isdigit() or int(first) > int(last):
         raise ValueError(f"run tag {SEGMENTS_TAG}={tag!r} is not a segment range FIRST-LAST")
     return int(first), int(last)
+
+
+class RunTags(Protocol):
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+
+
+class RunContext(Protocol):
+    """What :meth:`BatchScope.from_context` reads of a Dagster context (an asset's or a check's)."""
+
+    @property
+    def run(self) -> RunTags: ...
+
+
+@dataclass(frozen=True)
+class BatchScope:
+    """What a run covers: the sealed segments the stream sensor handed it, or every segment of its days.
+
+    The sensor puts the range in :data:`SEGMENTS_TAG`; a manual materialization or a backfill has no
+    such tag and rebuilds its days whole from every segment. The tag is read here and nowhere else,
+    so every asset and check of a run agrees on whether it is incremental, and a malformed tag fails
+    the same way, naming the tag, wherever it is read. Plain typing instead of Dagster's classes
+    keeps this module testable without Dagster.
+    """
+
+    segments: tuple[int, int] | None = None  # (first, last) seq, inclusive; None: the whole day
+    # The segments whose rows the run's lake checks evaluate: every segment since the previous checked
+    # round (CHECK_SEGMENTS_TAG) when the round runs them, else the run's own; None: the whole day.
+    checked: tuple[int, int] | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return self.segments is not None
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> BatchScope:
+        tag = tags.get(SEGMENTS_TAG)
+        segments = parse_segment_range(tag) if tag else None
+        check = tags.get(CHECK_SEGMENTS_TAG)
+        return cls(segments, parse_segment_range(check) if check and segments else segments)
+
+    @classmethod
+    def from_context(cls, context: RunContext) -> BatchScope:
+        return cls.from_tags(context.run.tags)
 
 
 def plan_batches(

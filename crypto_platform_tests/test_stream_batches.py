@@ -1,10 +1,9 @@
-"""Cursor transitions of the stream sensor's batching, one test per transition."""
+"""Cursor transitions of the stream sensor's batching, one test per transition, and a run's BatchScope."""
 
-from __future__ import annotations
-
+import dagster as dg
 import pytest
 
-from crypto_platform.stream_batches import StreamCursor, parse_segment_range, plan_batches
+from crypto_platform.stream_batches import SEGMENTS_TAG, BatchScope, StreamCursor, parse_segment_range, plan_batches
 
 
 def entry(seq: int, days: dict[str, int], status_only_day: str | None = None) -> dict:
@@ -90,3 +89,28 @@ def test_segment_range_tag_rejects_malformed_values(bad: str) -> None:
 
 def test_segment_range_tag_parses() -> None:
     assert parse_segment_range("12-40") == (12, 40)
+
+
+def test_a_run_s_scope_is_its_segment_tag_or_the_whole_day() -> None:
+    assert BatchScope.from_tags({SEGMENTS_TAG: "12-40", "other": "x"}) == BatchScope((12, 40))
+    assert BatchScope.from_tags({SEGMENTS_TAG: "12-40"}).incremental
+    for whole_day in ({}, {SEGMENTS_TAG: ""}, {"dagster/backfill": "abc"}):
+        assert BatchScope.from_tags(whole_day) == BatchScope(None) and not BatchScope.from_tags(whole_day).incremental
+    with pytest.raises(ValueError, match=f"run tag {SEGMENTS_TAG}='9-3'"):
+        BatchScope.from_tags({SEGMENTS_TAG: "9-3"})
+
+
+scopes_seen: list[BatchScope] = []
+
+
+@dg.asset
+def probe(context: dg.AssetExecutionContext) -> None:
+    scopes_seen.append(BatchScope.from_context(context))
+
+
+def test_a_run_s_scope_is_read_from_a_real_dagster_run() -> None:
+    scopes_seen.clear()
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([probe], instance=instance, tags={SEGMENTS_TAG: "3-5"}).success
+        assert dg.materialize([probe], instance=instance).success
+    assert scopes_seen == [BatchScope((3, 5)), BatchScope(None)]

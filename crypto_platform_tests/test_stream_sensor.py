@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from crypto_platform.assets.raw import raw_trades
+from crypto_platform.lake import writer
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.sensors import stream_sensor
@@ -298,6 +299,7 @@ def test_the_sensor_starts_the_ingester_once(tmp_path: Path) -> None:
             assert second.asset_events[0].metadata["ingester"].value.startswith("running")
             assert supervision.holder_pid(settings) is not None
         finally:
+            writer.stop_writer(settings)  # the sensor starts the lake writer beside the ingester
             assert "stopped" in supervision.stop_ingester(settings)
 
 

@@ -29,9 +29,9 @@ check (WARN) fails while the day has alerts nobody muted.
 
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -43,15 +43,15 @@ import pyarrow.compute as pc
 
 from crypto_platform.assets import bars
 from crypto_platform.assets.raw import TRADES_SCHEMA, raw_trades
-from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.partitions import DAILY_PARTITIONS, MINUTE_MS, clock_text, day_bounds_ms, minute_of
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
-from crypto_platform.stream.session_ledger import gaps, sessions
-from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
+from crypto_platform.stream.session_ledger import GapWindow
+from crypto_platform.warehouse.sql import SqlWarehouse
+from crypto_platform.warehouse.tables import ALERTS
 
-MINUTE_MS = 60_000
 REPAIR = "rest_repair"
 NO_UNMUTED = "no_unmuted_alerts"
 SHOWN_IN_UI = 50
@@ -88,30 +88,6 @@ class Alert:
     threshold: Decimal
     muted: bool
     reason: str
-
-
-@dataclass(frozen=True)
-class GapWindow:
-    start_ms: int
-    end_ms: int
-    label: str
-
-    def overlaps(self, lo: int, hi: int) -> bool:
-        return self.start_ms < hi and lo < self.end_ms
-
-
-def gap_windows(ledger_gaps: Iterable[Any], now_ms: int) -> list[GapWindow]:
-    """Session-ledger gaps in ms; an open gap (still disconnected) runs to ``now_ms``."""
-    out = []
-    for g in ledger_gaps:
-        start, end = g.start_ns // 1_000_000, (g.end_ns // 1_000_000) if g.end_ns else now_ms
-        label = f"stream gap {_clock(start)}-{_clock(end)} after session {g.after_session}"
-        out.append(GapWindow(start, end, label + (f" (close {g.close_code})" if g.close_code else "")))
-    return out
-
-
-def _clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _mute(ts_lo: int, ts_hi: int, repaired: bool, windows: Sequence[GapWindow]) -> tuple[bool, str]:
@@ -194,7 +170,7 @@ def minute_volumes(trades: pa.Table | None, minute_bars: pa.Table | None) -> dic
     if trades is None:
         return out
     for t in trades.select(["pair", "event_ms", "size", "source"]).to_pylist():
-        m = out.setdefault(t["pair"], {}).setdefault(t["event_ms"] // MINUTE_MS * MINUTE_MS, Minute(Decimal(0)))
+        m = out.setdefault(t["pair"], {}).setdefault(minute_of(t["event_ms"]), Minute(Decimal(0)))
         m.volume += t["size"]
         m.repaired = m.repaired or t["source"] == REPAIR
     return out
@@ -271,7 +247,7 @@ def alerts_markdown(alerts: Sequence[Alert]) -> str:
     for a in alerts[:SHOWN_IN_UI]:
         reason = a.reason.replace("|", "/")
         lines.append(
-            f"| {_clock(a.ts_ms)} | {a.rule} | {a.pair} | {a.value.normalize()} | {a.threshold.normalize()} "
+            f"| {clock_text(a.ts_ms)} | {a.rule} | {a.pair} | {a.value.normalize()} | {a.threshold.normalize()} "
             f"| {'yes' if a.muted else 'no'} | {reason} |"
         )
     if len(alerts) > SHOWN_IN_UI:
@@ -301,7 +277,8 @@ def crypto_alerts(
     context: dg.AssetExecutionContext, lake: LakeResource, stream: StreamResource, sql_tables: SqlTablesResource
 ) -> dg.MaterializeResult:
     rules = AlertRules.from_settings(stream.settings())
-    windows = gap_windows(gaps(sessions(stream.landing_dir / "sessions.ndjson")), int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    windows = [gap.window(now_ms) for gap in stream.gaps()]
     warehouse = SqlWarehouse(sql_tables.url)
     warehouse.migrate()
     every: list[Alert] = []
@@ -316,7 +293,7 @@ def crypto_alerts(
             rules,
             windows,
         )
-        warehouse.rebuild_day("crypto_alerts", day, alerts_frame(alerts))
+        warehouse.rebuild_day(ALERTS, day, alerts_frame(alerts))
         every += alerts
     loud = [a for a in every if not a.muted]
     counts = {f"{rule}.{kind}": 0 for rule in RULES for kind in ("fired", "muted")}

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from crypto_platform.assets import raw
 from crypto_platform.assets.raw import TRADES, raw_aggregates, raw_trades
-from crypto_platform.lake.bars import MINUTE_MS, compute_minute_bars
+from crypto_platform.lake.bars import compute_minute_bars
 from crypto_platform.lake.gap_repair import (
     REST_BARS_SCHEMA,
     GapWindow,
@@ -49,13 +49,12 @@ from crypto_platform.lake.gap_repair import (
 from crypto_platform.lake.raw import LANDING_APP_ID
 from crypto_platform.lake.schemas import MINUTE_BARS_SCHEMA
 from crypto_platform.lake.tables import in_ranges, time_ranges
-from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.partitions import DAILY_PARTITIONS, MINUTE_MS, day_bounds_ms
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import DAY_MS
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import BatchScope
 
 ASSET = "minute_bars"
 SCHEMA = MINUTE_BARS_SCHEMA
@@ -126,11 +125,6 @@ class DayBuild:
     figures: dict[str, Any] = field(default_factory=dict)
     new_trades: pa.Table | None = None  # trades fetched from REST that raw_trades does not hold yet
     redo: set[int] | None = None  # the minutes recomputed (None: the whole day)
-
-
-def day_bounds(day: str) -> tuple[int, int]:
-    lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
-    return lo, lo + DAY_MS
 
 
 def _minute_of(ms: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -250,7 +244,7 @@ def build_day(
     ``history_bars`` (``minute_aggs`` or REST), with ``source`` saying which.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    lo, hi = day_bounds(day)
+    lo, hi = day_bounds_ms(day)
     clock = session_clock(trades, aggregates)
     spans, windows = ledger_windows(landing_dir, clock, lo, hi, now_ms)
     gap_minutes = minutes_in_gaps(windows, lo, hi, settings.revision_window_ms)
@@ -391,7 +385,7 @@ def minute_bars(
 ) -> dg.MaterializeResult:
     platform = stream.settings()
     settings = BarSettings(int(platform.bar_revision_window_s * 1000), platform.repair_trades)
-    tag = context.run.tags.get(SEGMENTS_TAG)
+    scope = BatchScope.from_context(context)
     client = polygon_rest.client()
     tables = lake.tables()
     totals: dict[str, Any] = {}
@@ -409,10 +403,10 @@ def minute_bars(
             # The bars take in raw rows up to the older of the two raw watermarks.
             marks = [tables.watermark(t, LANDING_APP_ID) for t in ("raw_trades", "raw_aggregates")]
             through = min(m for m in marks if m is not None) if any(m is not None for m in marks) else None
-            existing = lake.read_partition(ASSET, day) if tag else None
+            existing = lake.read_partition(ASSET, day) if scope.incremental else None
             segments = None
-            if tag and existing is not None:
-                first, last = parse_segment_range(tag)
+            if scope.segments is not None and existing is not None:
+                first, last = scope.segments
                 done = tables.watermark(ASSET, bars_app_id(day))
                 segments = ((done if done is not None else first - 1) + 1, through or last)
             result = build_day(
@@ -426,7 +420,7 @@ def minute_bars(
                 segments,
                 existing,
                 history_bars=None
-                if tag or not platform.history_enabled
+                if scope.incremental or not platform.history_enabled
                 else _history_bars(context, platform, client, day, polygon_rest.pairs),
             )
             if result.new_trades is not None:

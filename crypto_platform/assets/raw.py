@@ -32,12 +32,11 @@ from crypto_platform.lake.raw import (
     segments_to_read,
 )
 from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, DECIMAL, QUOTES_SCHEMA, TRADES_SCHEMA
-from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.landing_log import DAY_MS
 from crypto_platform.stream.manifest import last_manifest_entry
-from crypto_platform.stream_batches import SEGMENTS_TAG, parse_segment_range
+from crypto_platform.stream_batches import BatchScope
 
 __all__ = [
     "AGGREGATES",
@@ -75,11 +74,11 @@ def _raw_asset(spec: RawTable, description: str) -> dg.AssetsDefinition:
         description=description,
     )
     def build(context: dg.AssetExecutionContext, stream: StreamResource, lake: LakeResource) -> dg.MaterializeResult:
-        tag = context.run.tags.get(SEGMENTS_TAG)
+        scope = BatchScope.from_context(context)
         root = stream.landing_dir
         tables = lake.tables()
-        if tag:
-            upto = parse_segment_range(tag)[1]
+        if scope.segments is not None:
+            upto = scope.segments[1]
             with lake.locked(spec.name):
                 applied = apply_segments(tables, spec, root, upto)
             if applied.missing:
@@ -149,8 +148,7 @@ def with_history(
 
     if table.num_rows and pc.any(pc.is_in(table["source"], value_set=pa.array(HISTORY_SOURCES))).as_py():
         return table, {}
-    lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
-    if has_segments and lo + DAY_MS > time.time() * 1000:
+    if has_segments and day_bounds_ms(day)[1] > time.time() * 1000:
         return table, {}
     settings = stream.settings()
     if not settings.history_enabled:

@@ -38,7 +38,7 @@ from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream_batches import SEGMENTS_TAG
+from crypto_platform.stream_batches import BatchScope
 from crypto_platform.warehouse.frames import segment_mask
 from crypto_platform.warehouse.loads import DayLoad, SnowflakeTarget, SqlTarget, Target, load_changes, load_day
 from crypto_platform.warehouse.snowflake import snowflake_connect_error
@@ -308,7 +308,7 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
     )
 
     def run(context: dg.AssetExecutionContext, backend_resource: Any, resources: Sources) -> dg.MaterializeResult:
-        incremental = SEGMENTS_TAG in context.run.tags
+        incremental = BatchScope.from_context(context).incremental
         loads = []
         freshness: dict[str, float] = {}
         with _target(backend_resource) as target:

@@ -41,11 +41,10 @@ from crypto_platform.checks.figures import (
     schema_figures,
 )
 from crypto_platform.checks.lake import IN_PARTITION_DAY, SCHEMA, UNIQUE_KEY, VALID_VALUES, merge, partition_days
-from crypto_platform.lake.bars import MINUTE_MS
 from crypto_platform.lake.tables import between, in_ranges, time_ranges
+from crypto_platform.partitions import MINUTE_MS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
-from crypto_platform.stream_batches import checked_segments, parse_segment_range
-from crypto_platform.warehouse.sql import day_bounds_ms
+from crypto_platform.stream_batches import BatchScope
 
 MATCHES_XA = "matches_xa"
 COVERAGE = "coverage"
@@ -152,12 +151,14 @@ def evaluate_bars_day(table: pa.Table | None, aggregates: pa.Table | None, day: 
     return out
 
 
-def bars_to_check(lake: LakeResource, day: str, run_segments: str | None) -> tuple[pa.Table | None, pa.Table | None]:
+def bars_to_check(
+    lake: LakeResource, day: str, run_segments: tuple[int, int] | None
+) -> tuple[pa.Table | None, pa.Table | None]:
     """The bars a check run reads, with the XA bars beside them: the day, or for a stream run the
     minutes its segments' trades and bars touched (a pruned read of each table, not the day)."""
     if not run_segments:
         return lake.read_partition(bars.ASSET, day), lake.read_partition("raw_aggregates", day)
-    first, last = parse_segment_range(run_segments)
+    first, last = run_segments
     in_run = between("segment", first, last)
     minutes: list[pa.Array] = []
     for source, column in (("raw_trades", "event_ms"), ("raw_aggregates", "start_ms")):
@@ -207,7 +208,7 @@ _BLOCKING = {s.name: s.blocking for s in SPECS}
 )
 def minute_bars_checks(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> Iterator[dg.AssetCheckResult]:
     days = partition_days(context, lake, bars.ASSET)
-    segments = checked_segments(context.run.tags)
+    segments = BatchScope.from_context(context).checked
     per_day = [(day, evaluate_bars_day(*bars_to_check(lake, day, segments), day)) for day in days]
     selected = {k.name for k in context.selected_asset_check_keys}
     for spec in SPECS:

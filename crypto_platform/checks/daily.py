@@ -42,8 +42,8 @@ from crypto_platform.checks.figures import (
     schema_figures,
 )
 from crypto_platform.checks.lake import IN_PARTITION_DAY, SCHEMA, UNIQUE_KEY, VALID_VALUES, merge, partition_days
+from crypto_platform.partitions import day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
-from crypto_platform.warehouse.sql import day_bounds_ms
 
 RECONCILE = "matches_raw_trades"
 RECONCILE_TOLERANCE = Decimal("0.01")

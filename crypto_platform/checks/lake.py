@@ -44,12 +44,11 @@ from crypto_platform.checks.figures import (
     schema_figures,
 )
 from crypto_platform.lake.tables import between, in_ranges, time_ranges
-from crypto_platform.partitions import DAILY_PARTITIONS
+from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import iter_manifest
-from crypto_platform.stream_batches import checked_segments, parse_segment_range
-from crypto_platform.warehouse.sql import day_bounds_ms
+from crypto_platform.stream_batches import BatchScope
 
 SCHEMA = "schema"
 UNIQUE_KEY = "unique_key"
@@ -160,7 +159,7 @@ TABLE_CHECKS["raw_book"] = LakeAssetChecks(raw.BOOK, "event_ms", ())
 
 
 def freshness_figures(
-    table: pa.Table, spec: RawTable, time_column: str, day: str, landing: Path, run_segments: str | None
+    table: pa.Table, spec: RawTable, time_column: str, day: str, landing: Path, run_segments: tuple[int, int] | None
 ) -> Figures:
     """How far the partition trails the landing log, and how old its data was when it landed.
 
@@ -178,8 +177,8 @@ def freshness_figures(
     if table.num_rows:
         landed_ms = pc.divide(table["received_ns"], 1_000_000)
         extra.update(percentiles(pc.divide(pc.subtract(landed_ms, table[time_column]), 1000.0), "event_to_landed_s"))
-    if run_segments and table.num_rows:
-        first, last = parse_segment_range(run_segments)
+    if run_segments is not None and table.num_rows:
+        first, last = run_segments
         mine = table.filter(pc.and_(pc.greater_equal(table["segment"], first), pc.less_equal(table["segment"], last)))
         now_ns = time.time_ns()
         # integer ms first: int64 ns beyond 2**53 do not convert to double exactly (and pyarrow refuses)
@@ -195,7 +194,7 @@ def evaluate_day(
     table: pa.Table | None,
     day: str,
     landing: Path,
-    run_segments: str | None,
+    run_segments: tuple[int, int] | None,
     neighbours: pa.Table | None = None,
 ) -> dict[str, Figures]:
     """Every check of one table on one day's rows (``None``: the partition does not exist).
@@ -224,7 +223,7 @@ def evaluate_day(
 
 
 def rows_to_check(
-    lake: LakeResource, checks: LakeAssetChecks, day: str, run_segments: str | None
+    lake: LakeResource, checks: LakeAssetChecks, day: str, run_segments: tuple[int, int] | None
 ) -> tuple[pa.Table | None, pa.Table | None]:
     """What a check run reads: the day (no tag), or a stream run's new rows and their neighbours.
 
@@ -236,7 +235,7 @@ def rows_to_check(
     name = checks.spec.name
     if not run_segments:
         return lake.read_partition(name, day), None
-    first, last = parse_segment_range(run_segments)
+    first, last = run_segments
     new = lake.read_partition(name, day, where=between("segment", first, last))
     if new is None or new.num_rows == 0:
         return new, None
@@ -277,7 +276,7 @@ def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefi
         context: dg.AssetCheckExecutionContext, lake: LakeResource, stream: StreamResource
     ) -> Iterator[dg.AssetCheckResult]:
         days = partition_days(context, lake, asset)
-        segments = checked_segments(context.run.tags)
+        segments = BatchScope.from_context(context).checked
         per_day = []
         for day in days:
             rows, neighbours = rows_to_check(lake, checks, day, segments)

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from crypto_platform.dashboard import cached, charts, data
+from crypto_platform.days import MINUTE_MS, minute_of
 from crypto_platform.settings import Settings, SettingsError, load_settings
 
 RANGES_MIN = {"Last hour": 60, "Last 6 hours": 360, "Last 24 hours": 1440, "Last 7 days": 7 * 1440}
@@ -26,8 +27,8 @@ def _clock(ms: int | None) -> str:
 
 def _since_ms(range_min: int) -> int:
     """The range's start as a whole minute, so cache keys stay put within a minute."""
-    now_minute = int(time.time() * 1000) // data.MINUTE_MS * data.MINUTE_MS
-    return now_minute - range_min * data.MINUTE_MS
+    now_minute = minute_of(int(time.time() * 1000))
+    return now_minute - range_min * MINUTE_MS
 
 
 def _change(row: dict[str, Any], label: str) -> str:

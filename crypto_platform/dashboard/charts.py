@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pandas as pd
 import plotly.graph_objects as go
 
-from crypto_platform.dashboard.data import MINUTE_MS
+from crypto_platform.days import MINUTE_MS
 
 GAP_COLOUR = "rgba(230, 126, 34, 0.18)"
 REPAIRED_COLOUR = "rgba(52, 152, 219, 0.20)"

@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_platform.days import DAY_MS, MINUTE_MS
 from crypto_platform.resources.lake import LakeResource, build_lake_resource
 from crypto_platform.settings import Settings
 from crypto_platform.stream import supervision
@@ -36,8 +37,6 @@ from crypto_platform.stream.session_ledger import gaps, ledger_path, sessions
 from crypto_platform.warehouse.errors import WarehouseConnectionError
 from crypto_platform.warehouse.sql import SqlWarehouse
 
-MINUTE_MS = 60_000
-DAY_MS = 86_400_000
 # Changes shown beside each price: the latest trade against the last trade this long before it.
 CHANGE_WINDOWS_MS = {"1m": MINUTE_MS, "1h": 60 * MINUTE_MS, "24h": DAY_MS}
 # The feed counts as stale when its last event is older than this while the ingester runs.

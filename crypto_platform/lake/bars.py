@@ -27,9 +27,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_platform.days import MINUTE_MS
 from crypto_platform.lake.schemas import DECIMAL
 
-MINUTE_MS = 60_000
 SCALE = 18
 # Wide enough for any decimal(76, 36) value: conversions under it never round.
 _EXACT = Context(prec=100)

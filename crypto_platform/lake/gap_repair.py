@@ -34,7 +34,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from crypto_platform.lake.bars import BARS_SCHEMA, MINUTE_MS
+from crypto_platform.days import MINUTE_MS, minute_of
+from crypto_platform.lake.bars import BARS_SCHEMA
 from crypto_platform.lake.schemas import TRADES_SCHEMA
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.stream.session_ledger import LEDGER_FILE, GapWindow, Session, gaps, sessions
@@ -158,7 +159,7 @@ def minutes_observed(spans: Iterable[SessionWindow], day_lo: int, day_hi: int) -
     """Minute starts of the day that overlap a session's event-time span."""
     out: set[int] = set()
     for s in spans:
-        lo = max(day_lo, s.first_ms - s.first_ms % MINUTE_MS)
+        lo = max(day_lo, minute_of(s.first_ms))
         hi = min(day_hi - 1, s.last_ms)
         out.update(range(lo, hi + 1, MINUTE_MS))
     return out

@@ -27,7 +27,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from crypto_platform.lake.bars import DECIMAL, MINUTE_MS
+from crypto_platform.days import MINUTE_MS, day_bounds_ms
+from crypto_platform.lake.bars import DECIMAL
 from crypto_platform.lake.gap_repair import REST_BARS_SCHEMA, rest_minute_bars
 from crypto_platform.lake.raw import TRADES
 from crypto_platform.lake.schemas import TRADES_SCHEMA
@@ -56,7 +57,6 @@ FLAT_FILE_SOURCE = "flat_file"
 REST_HISTORY_SOURCE = "rest_history"
 MINUTE_AGGS_SOURCE = "minute_aggs"
 REST_BARS_SOURCE = "rest_minute_bars"
-DAY_MS = 86_400_000
 _NS_PER_MS = 1_000_000
 
 TRADES_COLUMNS: dict[str, pa.DataType] = {
@@ -92,11 +92,6 @@ class DamagedFileError(HistoryError):
 
 def _no_log(message: str) -> None:
     pass
-
-
-def day_bounds(day: date) -> tuple[int, int]:
-    lo = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-    return lo, lo + DAY_MS
 
 
 # -- parsing ----------------------------------------------------------------------------------------
@@ -240,7 +235,7 @@ def read_trades_csv(
         },
         schema=TRADES_SCHEMA,
     )
-    lo, hi = day_bounds(day)
+    lo, hi = day_bounds_ms(day)
     in_day = pc.and_(pc.greater_equal(table["event_ms"], lo), pc.less(table["event_ms"], hi))
     table = _pairs_filter(table.filter(in_day), pairs)
     table = table.take(pc.sort_indices(table, [(k, "ascending") for k in TRADES.order]))
@@ -399,7 +394,7 @@ def rest_trades(
     Each page is kept as ``rest-<pair>-<page>.parquet``; ``state.json`` holds, per pair, the pages
     done and the URL of the next one (``done`` once the last page is in).
     """
-    lo, hi = day_bounds(work.day)
+    lo, hi = day_bounds_ms(work.day)
     started = time.monotonic()
     fetched_pages = resumed_pages = rows_fetched = 0
     received_ns = time.time_ns()
@@ -457,7 +452,7 @@ def _dedupe(table: pa.Table) -> pa.Table:
 
 def rest_minute_bars_day(rest: PolygonRest, day: date, pairs: Iterable[str]) -> pa.Table:
     """Polygon's minute bars of every minute of ``day`` from REST ``/v2/aggs``."""
-    lo, hi = day_bounds(day)
+    lo, hi = day_bounds_ms(day)
     return rest_minute_bars(rest, sorted(set(pairs) - {"*"}), range(lo, hi, MINUTE_MS))
 
 

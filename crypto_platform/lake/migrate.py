@@ -303,7 +303,7 @@ def migrate(
     source = source or settings.data_dir / "lake"
     backup = backup or settings.data_dir / BACKUP_DIR
     lake = lake_of(settings)
-    guard: AbstractContextManager[None] = nullcontext() if dry_run else writer_lock(settings)
+    guard: AbstractContextManager[object] = nullcontext() if dry_run else writer_lock(settings)
     with guard:
         work = plan(settings, source, backup)
         if not work.files:

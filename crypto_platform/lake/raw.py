@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake.exceptions import CommitFailedError
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.lake.decode import (
     DECIMAL_SQL,
     LEVELS_SQL,
@@ -49,8 +50,6 @@ from crypto_platform.lake.decode import (
 )
 from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 from crypto_platform.lake.tables import DeltaLake, any_of, equals, in_ranges, time_ranges, with_date
-from crypto_platform.partitions import DAILY_PARTITIONS
-from crypto_platform.stream.landing_log import DAY_MS
 from crypto_platform.stream.manifest import iter_manifest, segment_path
 
 # The application transaction of the raw tables: its version is the highest landing segment whose
@@ -213,9 +212,8 @@ class RawTable:
 
     def decode(self, root: Path, entries: Iterable[dict[str, Any]], day: str) -> pa.Table:
         """Rows of ``day`` (by event time) from the given sealed segments, not yet de-duplicated."""
-        lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
         segments = _segment_files(root, entries, day, self.channels)
-        return decode(self.shape, segments, (lo, lo + DAY_MS), self.schema, self.fixup)
+        return decode(self.shape, segments, day_bounds_ms(day), self.schema, self.fixup)
 
     def build(
         self, root: Path, entries: Iterable[dict[str, Any]], day: str, existing: pa.Table | None, incremental: bool

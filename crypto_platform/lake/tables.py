@@ -35,6 +35,7 @@ import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+from crypto_platform.days import MINUTE_MS
 from crypto_platform.lake.schemas import DATE_COLUMN, ORDER, SCHEMAS
 
 Scalar = int | str | bool
@@ -104,7 +105,7 @@ def on_day(day: str) -> Predicate:
     return equals(DATE_COLUMN, day)
 
 
-def time_ranges(values: pa.ChunkedArray | pa.Array, gap: int = 60_000) -> list[tuple[int, int]]:
+def time_ranges(values: pa.ChunkedArray | pa.Array, gap: int = MINUTE_MS) -> list[tuple[int, int]]:
     """The distinct ``values`` as few ``[lo, hi]`` ranges: a new range wherever two differ by more than ``gap``.
 
     A batch's event times are mostly a few seconds wide, but a late re-sent trade can be hours old:

@@ -8,6 +8,9 @@ A long-lived process beside the ingester (``crypto-platform lake-writer``), one 
 - ``lake_writer/heartbeat.json``: replaced atomically after every pass: pid, time, each table's
   watermark and the last error (a failed pass is retried on the next one; nothing is skipped).
 
+The lock, heartbeat, detached start and stop are the ingester's (:mod:`crypto_platform.stream.supervision`),
+so the two background processes are found, started and stopped alike.
+
 Each pass applies, table by table, every sealed segment after the table's watermark
 (:func:`crypto_platform.lake.raw.apply_segments`: de-duplicated against the rows the segments can
 collide with, one commit whose application transaction carries the last segment). So a writer that
@@ -20,11 +23,9 @@ and the writer never interleave.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,18 +33,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES, Applied, apply_segments
 from crypto_platform.lake.tables import DeltaLake
-from crypto_platform.settings import Settings, child_environment
+from crypto_platform.settings import Settings
+from crypto_platform.stream import supervision
 from crypto_platform.stream.manifest import last_manifest_entry
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
 
 
-class WriterAlreadyRunning(RuntimeError):
+class WriterAlreadyRunning(supervision.AlreadyRunning):
     """Another lake writer holds the lock for this data directory."""
 
 
@@ -53,6 +53,10 @@ def writer_dir(settings: Settings) -> Path:
 
 def heartbeat_path(settings: Settings) -> Path:
     return writer_dir(settings) / "heartbeat.json"
+
+
+def lock_path(settings: Settings) -> Path:
+    return writer_dir(settings) / "lock"
 
 
 def lake_of(settings: Settings) -> DeltaLake:
@@ -86,88 +90,38 @@ def write_pass(
     return out
 
 
-@contextlib.contextmanager
-def writer_lock(settings: Settings) -> Iterator[None]:
-    path = writer_dir(settings) / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WriterAlreadyRunning(f"a lake writer already runs for {settings.data_dir} (lock {path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        os.close(fd)
+def writer_lock(settings: Settings) -> supervision.PidLock:
+    path = lock_path(settings)
+
+    def refusal(pid: int | None) -> supervision.AlreadyRunning:
+        return WriterAlreadyRunning(f"a lake writer (pid {pid}) already runs for {settings.data_dir} (lock {path})")
+
+    return supervision.PidLock(path, refusal)
 
 
 def running_pid(settings: Settings) -> int | None:
     """The running writer's pid (0 when it holds the lock but wrote no pid yet); None when none runs."""
-    path = writer_dir(settings) / "lock"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else 0
-        return None  # the lock was free: closing the descriptor releases it again
-    finally:
-        os.close(fd)
+    return supervision.lock_holder(lock_path(settings))
 
 
 def stop_writer(settings: Settings, timeout: float = 30.0) -> str:
     """Stop the running writer (SIGTERM: it finishes its pass; SIGKILL after ``timeout``, which loses nothing:
     a pass that dies before its commit is applied again by the next writer)."""
-    from crypto_platform.stream.supervision import terminate
-
     pid = running_pid(settings)
-    if not pid:
+    if not pid:  # never signal pid 0: that is this process's whole group
         return "not running" if pid is None else "starting (no pid yet); left alone"
-    return terminate(pid, lambda: running_pid(settings) is not None, timeout)
+    return supervision.terminate(pid, lambda: running_pid(settings) is not None, timeout)
 
 
-def start_detached(settings: Settings) -> int:
-    """Start ``crypto-platform lake-writer`` in its own session (it outlives a code-server reload); its pid."""
-    directory = writer_dir(settings)
-    directory.mkdir(parents=True, exist_ok=True)
-    env = child_environment(
-        {
-            "CRYPTO_PROJECT_DIR": str(settings.project_dir),
-            "CRYPTO_STATE_DIR": str(settings.state_dir),
-            "CRYPTO_DATA_DIR": str(settings.data_dir),
-        }
-    )
-    with open(directory / "writer.log", "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crypto_platform.cli", "lake-writer"],
-            env=env,
-            cwd=settings.project_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    return proc.pid
-
-
-def _heartbeat(settings: Settings, state: dict[str, Any]) -> None:
-    path = heartbeat_path(settings)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(orjson.dumps(state))
-    os.replace(tmp, path)
+def start_detached(settings: Settings, ready_timeout: float = 20.0) -> int:
+    """Start ``crypto-platform lake-writer`` in its own session (it outlives a code-server reload); its pid
+    once it holds its lock, so the stream sensor's next tick sees it running instead of starting another."""
+    log, lock = writer_dir(settings) / "writer.log", lock_path(settings)
+    return supervision.start_holding(settings, "lake-writer", lock, log, ready_timeout, "the lake writer")
 
 
 def read_heartbeat(settings: Settings) -> dict[str, Any] | None:
-    try:
-        return dict(orjson.loads(heartbeat_path(settings).read_bytes()))
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
+    return supervision.read_document(heartbeat_path(settings))
 
 
 def run_writer(settings: Settings, stop: threading.Event, poll_s: float = POLL_S) -> int:
@@ -187,10 +141,9 @@ def run_writer(settings: Settings, stop: threading.Event, poll_s: float = POLL_S
             for name, a in applied.items():
                 if a.rows_added or a.replaced_ranges:
                     log.info("%s: segments through %d, %d rows added", name, a.through, a.rows_added)
-            _heartbeat(
-                settings,
+            supervision.write_heartbeat_file(
+                heartbeat_path(settings),
                 {
-                    "pid": os.getpid(),
                     "ts": time.time(),
                     "pass_s": round(time.time() - started, 3),
                     "watermarks": {n: lake.watermark(n, LANDING_APP_ID) for n in RAW_TABLES},

@@ -33,6 +33,8 @@ from polygon.exceptions import BadResponse
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
+from crypto_platform.days import MINUTE_MS
+
 # Polygon answers every throttled or overloaded request with one of these.
 RETRY_STATUSES = frozenset({413, 429, 499, 500, 502, 503, 504})
 # The most base aggregates /v2/aggs returns for one request (its limit caps at 50,000); longer ranges are chunked.
@@ -159,7 +161,7 @@ class PolygonRest:
 
         Windows longer than the 50k-aggregate limit are split into chunks so no request is truncated.
         """
-        chunk_ms = MAX_AGGS_PER_REQUEST * 60_000
+        chunk_ms = MAX_AGGS_PER_REQUEST * MINUTE_MS
         lo = start_ms
         while lo < end_ms:
             hi = min(end_ms, lo + chunk_ms)

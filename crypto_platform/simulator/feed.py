@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import NamedTuple
 
+from crypto_platform.days import MINUTE_MS
 from crypto_platform.simulator.market import Agg, Market, PairSpec, Quote, Trade
 
 XAS_DELAY_MS = 1_200
@@ -196,7 +197,7 @@ class Schedule:
         for pair, channels in self.plan.items():
             sec = self.market.second(pair, second)
             if "XT" in channels:
-                next_minute = (second // 60 + 1) * 60_000
+                next_minute = (second // 60 + 1) * MINUTE_MS
                 for tr in sec.trades:
                     deliver = next_minute + LATE_TRADE_DELAY_MS if tr.late else tr.t
                     key = trade_key(pair, tr) if self.keep_trade_keys else None
@@ -211,8 +212,8 @@ class Schedule:
                 push(second * 1000 + 999, "XL2", pair, render.book(pair, second))
             if "XA" in channels and second % 60 == 59:
                 minute = self.market.minute(pair, second // 60)
-                start = minute.minute * 60_000
-                end = start + 60_000
+                start = minute.minute * MINUTE_MS
+                end = start + MINUTE_MS
                 if minute.first_bar is not None:
                     push(end + XA_DELAY_MS, "XA", pair, render.bar("XA", pair, minute.first_bar, start, end))
                 if minute.late and minute.final_bar is not None:

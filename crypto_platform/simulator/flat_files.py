@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from crypto_platform.days import MINUTE_MS, day_bounds_ms
 from crypto_platform.simulator.feed import Renderer
 from crypto_platform.simulator.market import Agg, Market, merge
 
@@ -33,7 +34,6 @@ DAY_AGGS = "day_aggs_v1"
 DATASETS = (TRADES, MINUTE_AGGS, DAY_AGGS)
 TRADES_HEADER = "ticker,conditions,exchange,id,participant_timestamp,price,size"
 AGGS_HEADER = "ticker,volume,open,close,high,low,window_start,transactions"
-DAY_MS = 86_400_000
 _NS = 1_000_000
 
 
@@ -69,10 +69,6 @@ class StoredObject:
     size: int
     etag: str
     last_modified: datetime
-
-
-def _day_start_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
 class _GzipCsv:
@@ -214,7 +210,7 @@ class FlatFiles:
         finally:
             for f in (trades, minutes, days):
                 f.close()
-        modified = datetime.fromtimestamp(min(self.now_ms(), _day_start_ms(day) + DAY_MS) / 1000, UTC)
+        modified = datetime.fromtimestamp(min(self.now_ms(), day_bounds_ms(day)[1]) / 1000, UTC)
         for ds, path in tmp.items():
             final = folder / f"{ds}.csv.gz"
             os.replace(path, final)
@@ -229,8 +225,8 @@ class FlatFiles:
         return f"{ticker(pair)},{b.v},{b.o},{b.c},{b.h},{b.low},{start_ms * _NS},{b.n}\n"
 
     def _write_day(self, day: date, trades: _GzipCsv, minutes: _GzipCsv, days: _GzipCsv) -> None:
-        lo = _day_start_ms(day)
-        first_minute = lo // 60_000
+        lo = day_bounds_ms(day)[0]
+        first_minute = lo // MINUTE_MS
         market = self.market
         for pair in sorted(market.pairs, key=ticker):
             text = self.render_text.text[pair]
@@ -247,7 +243,7 @@ class FlatFiles:
                     trades.add(rows)
                 bar = market.minute(pair, minute).final_bar
                 if bar is not None:
-                    minutes.add([self._agg_row(pair, bar, minute * 60_000)])
+                    minutes.add([self._agg_row(pair, bar, minute * MINUTE_MS)])
                     whole_day = merge(whole_day, bar)
             if whole_day is not None:
                 days.add([self._agg_row(pair, whole_day, lo)])

@@ -32,6 +32,8 @@ from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
+from crypto_platform.days import DAY_MS, MINUTE_MS
+
 # Known pairs: (typical price, price decimals, size decimals). Others get values derived from a hash.
 KNOWN_PAIRS: dict[str, tuple[float, int, int]] = {
     "BTC-USD": (91_000.0, 2, 8),
@@ -47,7 +49,6 @@ KNOWN_PAIRS: dict[str, tuple[float, int, int]] = {
 EXCHANGES = (1, 2, 4, 23)
 # Per-minute log-price volatility of the finest noise octave; octaves up to ~2 years.
 _MINUTE_VOL = 0.0006
-DAY_MS = 86_400_000
 _OCTAVES = 21
 
 K = TypeVar("K", bound=Hashable)
@@ -318,10 +319,10 @@ class Market:
         within = np.sort(np.repeat(np.arange(seconds, dtype=np.int64) * 1000, counts) + offsets)
         day, offset = divmod(first_minute, 1440)
         anchors = self._day_anchors(pair, day)[offset : offset + size + 1]
-        minute_of = within // 60_000
+        minute_of = within // MINUTE_MS
         a0, a1 = anchors[minute_of], anchors[minute_of + 1]
         noise, size_draw = g.standard_normal((2, n))
-        price = (a0 + (a1 - a0) * ((within % 60_000) / 60_000.0)) * (1.0 + 0.0002 * noise)
+        price = (a0 + (a1 - a0) * ((within % MINUTE_MS) / MINUTE_MS)) * (1.0 + 0.0002 * noise)
         ticks = np.maximum(1, np.rint(price / spec.tick)).astype(np.int64)
         # Log-normal sizes (sigma 1.1) worth about 2,000 in the quote currency; exp of a normal is
         # the same law as Generator.lognormal at half its cost.
@@ -342,7 +343,7 @@ class Market:
         lo, hi = int(b.minute_starts[k]), int(b.minute_starts[k + 1])
         n = hi - lo
         counts = b.counts[k * 60 : k * 60 + 60]
-        start_ms = b.first_minute * 60_000
+        start_ms = b.first_minute * MINUTE_MS
         t = start_ms + b.within[lo:hi]
         ticks, sizes = b.ticks[lo:hi], b.sizes[lo:hi]
         g = np.random.Generator(np.random.PCG64(_seed(self.seed, pair, "t", minute)))
@@ -410,7 +411,7 @@ class Market:
     def _make_minutes(self, pair: str, block: int) -> list[Minute]:
         """Every minute of a block: per-minute aggregates with one reduction per field."""
         b = self._block(pair, block)
-        start_ms = b.first_minute * 60_000
+        start_ms = b.first_minute * MINUTE_MS
         on_time = np.ones(len(b.within), dtype=bool)
         on_time[b.late[b.late >= 0]] = False
         keep = np.flatnonzero(on_time)
@@ -436,9 +437,9 @@ class Market:
             if t % DAY_MS == 0 and t + DAY_MS <= end_ms:
                 result = merge(result, self._day(pair, t // DAY_MS))
                 t += DAY_MS
-            elif t % 60_000 == 0 and t + 60_000 <= end_ms:
-                result = merge(result, self.minute(pair, t // 60_000).final_bar)
-                t += 60_000
+            elif t % MINUTE_MS == 0 and t + MINUTE_MS <= end_ms:
+                result = merge(result, self.minute(pair, t // MINUTE_MS).final_bar)
+                t += MINUTE_MS
             else:
                 nxt = min(end_ms, (t // 1000 + 1) * 1000)
                 sec = self.second(pair, t // 1000)

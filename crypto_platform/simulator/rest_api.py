@@ -14,17 +14,17 @@ import base64
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from crypto_platform.days import DAY_MS, MINUTE_MS, day_bounds_ms
 from crypto_platform.simulator.feed import Renderer
 from crypto_platform.simulator.market import Agg, Market, Trade
 
-DAY_MS = 86_400_000
-TIMESPAN_MS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000, "day": DAY_MS, "week": 7 * DAY_MS}
+TIMESPAN_MS = {"second": 1_000, "minute": MINUTE_MS, "hour": 3_600_000, "day": DAY_MS, "week": 7 * DAY_MS}
 MAX_LIMIT = 50_000
 PUBLIC_BASE = "https://api.polygon.io"
 
@@ -66,7 +66,7 @@ def _day_start_ms(text: str) -> int:
         day = date.fromisoformat(text)
     except ValueError:
         raise RestError(400, f"{text!r} is not a date YYYY-MM-DD") from None
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    return day_bounds_ms(day)[0]
 
 
 class RestApi:

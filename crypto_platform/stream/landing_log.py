@@ -28,7 +28,6 @@ contract is in docs/architecture.md). Why this shape:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -43,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from crypto_platform.days import DAY_MS, day_of
 from crypto_platform.durable import (
     AppendFile,
     as_disk_full,
@@ -65,22 +65,11 @@ from crypto_platform.stream.manifest import (
 
 log = logging.getLogger("crypto_platform.landing_log")
 
-DAY_MS = 86_400_000
 FSYNC_POLICIES = ("never", "seal", "frame")
 SEALERS = ("inline", "process")
 # The sealer process yields the CPU to the reader (and the feed's sender) when both want it; it
 # catches up whenever the reader waits for the network, which is most of the time on a real feed.
 SEALER_NICE = 10
-
-
-@functools.lru_cache(maxsize=64)
-def _day_text(day_number: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86_400))
-
-
-def day_of(ms: int) -> str:
-    """UTC date of an epoch-ms time as YYYY-MM-DD (memoised per day: it runs once per frame)."""
-    return _day_text(ms // DAY_MS)
 
 
 def validate(frame: bytes) -> tuple[list[dict[str, Any]] | None, str | None]:

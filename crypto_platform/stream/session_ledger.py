@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from crypto_platform.days import clock_text
 from crypto_platform.durable import AppendFile, is_disk_full, iter_json_lines
 
 # The ledger's file, beside the landing log's manifest in the landing directory.
@@ -114,6 +114,13 @@ class Gap:
     def seconds(self) -> float | None:
         return None if self.end_ns is None else (self.end_ns - self.start_ns) / 1e9
 
+    def window(self, now_ms: int) -> GapWindow:
+        """The gap on the receive clock, in ms; an open gap (still disconnected) runs to ``now_ms``."""
+        end_ms = self.end_ns // 1_000_000 if self.end_ns is not None else now_ms
+        return GapWindow(
+            self.start_ns // 1_000_000, end_ms, self.after_session, self.before_session, self.reason, self.close_code
+        )
+
 
 def sessions(path: Path) -> list[Session]:
     """Every session in the ledger, oldest first."""
@@ -189,9 +196,5 @@ class GapWindow:
     @property
     def label(self) -> str:
         """How the window is named where it explains something (a muted alert)."""
-        text = f"stream gap {_clock(self.start_ms)}-{_clock(self.end_ms)} after session {self.after_session}"
+        text = f"stream gap {clock_text(self.start_ms)}-{clock_text(self.end_ms)} after session {self.after_session}"
         return text + (f" (close {self.close_code})" if self.close_code else "")
-
-
-def _clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")

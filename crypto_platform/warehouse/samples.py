@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_platform.days import DAY_MS, MINUTE_MS, day_bounds_ms
 from crypto_platform.warehouse.frames import DECIMAL_TYPE
-from crypto_platform.warehouse.sql import day_bounds_ms
 
 DEFAULT_PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
 
@@ -43,7 +43,7 @@ def trades(
     rng = np.random.default_rng(seed)
     lo, _hi = day_bounds_ms(day)
     idx = np.arange(rows, dtype=np.int64)
-    event_ms = lo + (idx * (86_400_000 // max(rows, 1))) + rng.integers(0, 5, rows)
+    event_ms = lo + (idx * (DAY_MS // max(rows, 1))) + rng.integers(0, 5, rows)
     event_ms = np.minimum(event_ms, lo + 86_399_999)
     pair_idx = idx % len(pairs)
     base = np.array([97_000, 3_500, 180, 1, 2][: len(pairs)] + [1] * max(0, len(pairs) - 5))[pair_idx]
@@ -80,7 +80,7 @@ def minute_bars(day: date | str, pairs: tuple[str, ...] = DEFAULT_PAIRS, minutes
             records.append(
                 {
                     "pair": pair,
-                    "minute_ms": lo + m * 60_000,
+                    "minute_ms": lo + m * MINUTE_MS,
                     "open": px,
                     "high": px + Decimal("1.5"),
                     "low": px - Decimal("0.25"),
@@ -88,8 +88,8 @@ def minute_bars(day: date | str, pairs: tuple[str, ...] = DEFAULT_PAIRS, minutes
                     "volume": Decimal("12.000000000123456789"),
                     "vwap": px + Decimal("0.1"),
                     "trade_count": 40 + m,
-                    "first_trade_ms": lo + m * 60_000 + 10,
-                    "last_trade_ms": lo + m * 60_000 + 59_000,
+                    "first_trade_ms": lo + m * MINUTE_MS + 10,
+                    "last_trade_ms": lo + m * MINUTE_MS + 59_000,
                     "xa_open": px if m != 3 else None,
                     "xa_high": px + Decimal("1.5") if m != 3 else None,
                     "xa_low": px - Decimal("0.25") if m != 3 else None,

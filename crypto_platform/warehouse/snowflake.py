@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.warehouse.errors import WarehouseAuthError, WarehouseConnectionError, WarehouseLoadError
 from crypto_platform.warehouse.frames import Prepared, max_segment, prepare, segment_mask
 from crypto_platform.warehouse.migrations import (
@@ -51,7 +52,6 @@ from crypto_platform.warehouse.migrations import (
 from crypto_platform.warehouse.sql import (
     LoadResult,
     check_day,
-    day_bounds_ms,
     day_text,
     highest_segment,
     max_segment_of,

@@ -24,8 +24,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.stream.session_ledger import Session, gaps
-from crypto_platform.warehouse.sql import day_bounds_ms
 from crypto_platform.warehouse.tables import DAILY_OPEN_CLOSE, STREAM_SESSIONS, Table
 
 

@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.settings import Secret, mask_url_password
 from crypto_platform.warehouse.errors import (
     RowRejectedError,
@@ -72,13 +73,12 @@ from crypto_platform.warehouse.migrations import (
     apply_migrations,
     column_type,
 )
-from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table, table
+from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table
 from crypto_platform.warehouse.views import view_sql
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_ROWS = 5_000
-DAY_MS = 86_400_000
 # Strict: a value that does not fit is an error, never a silent truncation.
 _MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 # pymysql splits executemany statements above this size; keep one statement per batch so that
@@ -147,13 +147,6 @@ class LoadResult:
             watermark=watermark,
             day_rows=day_rows,
         )
-
-
-def day_bounds_ms(day: date | str) -> tuple[int, int]:
-    """[start, end) of a UTC day in epoch ms."""
-    d = date.fromisoformat(day) if isinstance(day, str) else day
-    start = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
-    return start, start + DAY_MS
 
 
 def day_text(day: date | str) -> str:
@@ -412,7 +405,7 @@ class SqlWarehouse:
 
     def rebuild_day(
         self,
-        t: Table | str,
+        t: Table,
         day: date | str,
         frame: pd.DataFrame,
         *,
@@ -432,8 +425,6 @@ class SqlWarehouse:
         half the time of a 1M-row rebuild. Whether anything is stale is one indexed count (the day's rows
         vs the partition's); only then are the partition's keys put in a temporary table to find them.
         """
-        # A name (str) only until assets/alerts.py passes its Table (ALERTS) like every other caller.
-        t = table(t) if isinstance(t, str) else t
         started = time.perf_counter()
         prepared = self._prepare(t, frame, validate)
         check_day(prepared, day)
@@ -963,4 +954,4 @@ def sql_warehouse(url: str | Secret, **kwargs: Any) -> SqlWarehouse:
     return SqlWarehouse(url, **kwargs)
 
 
-__all__ = ["DEFAULT_BATCH_ROWS", "LoadResult", "SqlWarehouse", "day_bounds_ms", "sql_warehouse"]
+__all__ = ["DEFAULT_BATCH_ROWS", "LoadResult", "SqlWarehouse", "sql_warehouse"]

@@ -13,11 +13,12 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from crypto_platform.assets.alerts import NO_UNMUTED, AlertRules, GapWindow, crypto_alerts, evaluate_day
+from crypto_platform.assets.alerts import NO_UNMUTED, AlertRules, crypto_alerts, evaluate_day
 from crypto_platform.assets.raw import TRADES_SCHEMA
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
+from crypto_platform.stream.session_ledger import GapWindow
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import local_settings
 
@@ -115,9 +116,9 @@ def test_a_volume_spike_alerts_and_is_muted_in_a_gap_or_a_repair_flood() -> None
     # 4 more is not above 5x the median:
     assert evaluate_day(DAY, trades(spiky_day(35, "4")), None, None, None, spike, []) == []
     # The same minute inside a ledger gap: kept, muted, with the gap as the reason.
-    gap = GapWindow(DAY_MS + 35 * MINUTE, DAY_MS + 36 * MINUTE, "stream gap after session 1")
+    gap = GapWindow(DAY_MS + 35 * MINUTE, DAY_MS + 36 * MINUTE, after_session=1, before_session=2, reason=None)
     (muted,) = evaluate_day(DAY, trades(spiky_day(35, "5")), None, None, None, spike, [gap])
-    assert muted.muted and muted.reason == "stream gap after session 1"
+    assert muted.muted and muted.reason == "stream gap 2025-11-24 00:35:00-2025-11-24 00:36:00 after session 1"
     # A burst of trades fetched by gap repair is not a spike.
     flood = pa.concat_tables(
         [trades(spiky_day(35, "0.5")), trades([("BTC-USD", DAY_MS + 35 * MINUTE + 9, "97000", "5")], "rest_repair")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from crypto_platform.resources.stream import StreamResource
-from crypto_platform.stream.session_ledger import LEDGER_FILE, GapWindow, SessionLedger, gaps, sessions
+from crypto_platform.stream.session_ledger import LEDGER_FILE, Gap, GapWindow, SessionLedger, gaps, sessions
 
 T0_NS = 1_764_000_000_000_000_000  # 2025-11-24 16:00:00 UTC
 
@@ -16,6 +16,15 @@ def test_a_gap_window_overlaps_half_open_spans_and_names_itself() -> None:
     assert not w.overlaps(2_000, 3_000) and not w.overlaps(0, 1_000)
     assert w.label == "stream gap 1970-01-01 00:00:01-1970-01-01 00:00:02 after session 3 (close 1006)"
     assert GapWindow(1_000, 2_000, 3, None, None).label.endswith("after session 3")
+
+
+def test_a_ledger_gap_placed_on_the_receive_clock_runs_to_now_while_open() -> None:
+    closed = Gap(5_000_000_999, 9_000_000_000, after_session=1, before_session=2, close_code=1006, reason="reset")
+    assert closed.window(now_ms=99_000) == GapWindow(5_000, 9_000, 1, 2, "reset", 1006)
+    still_open = Gap(12_000_000_000, None, after_session=2, before_session=None, close_code=None, reason=None)
+    window = still_open.window(now_ms=99_000)
+    assert window == GapWindow(12_000, 99_000, 2, None, None, None)
+    assert window.label == "stream gap 1970-01-01 00:00:12-1970-01-01 00:01:39 after session 2"
 
 
 def test_the_stream_resource_reads_the_ledger_it_names_and_its_settings_once(tmp_path: Path) -> None:

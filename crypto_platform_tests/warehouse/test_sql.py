@@ -8,6 +8,7 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.warehouse import samples
 from crypto_platform.warehouse.errors import (
     RowRejectedError,
@@ -17,7 +18,7 @@ from crypto_platform.warehouse.errors import (
 )
 from crypto_platform.warehouse.migrations import SCHEMA_VERSION
 from crypto_platform.warehouse.parity import compare_sql
-from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
+from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform.warehouse.tables import ALL_TABLES, MINUTE_BARS, TRADES, Table
 
 DAY = "2025-11-20"

@@ -15,9 +15,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from crypto_platform.days import day_bounds_ms
 from crypto_platform.warehouse import tables
 from crypto_platform.warehouse.snowflake import load_snowflake, migrate_snowflake, use_schema
-from crypto_platform.warehouse.sql import SqlWarehouse, day_bounds_ms
+from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform.warehouse.views import VIEWS, sqlite_exact_max, sqlite_exact_sum
 
 DAY = "2025-11-20"
