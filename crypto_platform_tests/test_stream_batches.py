@@ -3,7 +3,14 @@
 import dagster as dg
 import pytest
 
-from crypto_platform.stream_batches import SEGMENTS_TAG, BatchScope, StreamCursor, parse_segment_range, plan_batches
+from crypto_platform.stream_batches import (
+    CHECK_SEGMENTS_TAG,
+    SEGMENTS_TAG,
+    BatchScope,
+    StreamCursor,
+    parse_segment_range,
+    plan_batches,
+)
 
 
 def entry(seq: int, days: dict[str, int], status_only_day: str | None = None) -> dict:
@@ -92,8 +99,10 @@ def test_segment_range_tag_parses() -> None:
 
 
 def test_a_run_s_scope_is_its_segment_tag_or_the_whole_day() -> None:
-    assert BatchScope.from_tags({SEGMENTS_TAG: "12-40", "other": "x"}) == BatchScope((12, 40))
+    assert BatchScope.from_tags({SEGMENTS_TAG: "12-40", "other": "x"}) == BatchScope((12, 40), (12, 40))
     assert BatchScope.from_tags({SEGMENTS_TAG: "12-40"}).incremental
+    # A round that runs the lake checks: they cover every segment since the last checked round.
+    assert BatchScope.from_tags({SEGMENTS_TAG: "12-40", CHECK_SEGMENTS_TAG: "3-40"}).checked == (3, 40)
     for whole_day in ({}, {SEGMENTS_TAG: ""}, {"dagster/backfill": "abc"}):
         assert BatchScope.from_tags(whole_day) == BatchScope(None) and not BatchScope.from_tags(whole_day).incremental
     with pytest.raises(ValueError, match=f"run tag {SEGMENTS_TAG}='9-3'"):
@@ -113,4 +122,4 @@ def test_a_run_s_scope_is_read_from_a_real_dagster_run() -> None:
     with dg.instance_for_test() as instance:
         assert dg.materialize([probe], instance=instance, tags={SEGMENTS_TAG: "3-5"}).success
         assert dg.materialize([probe], instance=instance).success
-    assert scopes_seen == [BatchScope((3, 5)), BatchScope(None)]
+    assert scopes_seen == [BatchScope((3, 5), (3, 5)), BatchScope(None)]
