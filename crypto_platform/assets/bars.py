@@ -39,6 +39,7 @@ from crypto_platform.lake.bars import compute_minute_bars
 from crypto_platform.lake.gap_repair import (
     REST_BARS_SCHEMA,
     GapWindow,
+    lake_session_clock,
     ledger_windows,
     minutes_in_gaps,
     minutes_observed,
@@ -48,7 +49,7 @@ from crypto_platform.lake.gap_repair import (
 )
 from crypto_platform.lake.raw import LANDING_APP_ID
 from crypto_platform.lake.schemas import MINUTE_BARS_SCHEMA
-from crypto_platform.lake.tables import in_ranges, time_ranges
+from crypto_platform.lake.tables import between, equals, in_ranges, is_false, time_ranges
 from crypto_platform.partitions import DAILY_PARTITIONS, MINUTE_MS, day_bounds_ms
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.resources.lake import LakeResource
@@ -115,6 +116,15 @@ class BarSettings:
 
     revision_window_ms: int
     repair_trades: bool
+
+
+@dataclass(frozen=True)
+class DayFacts:
+    """What an incremental build needs to know about the whole day, found without reading the day."""
+
+    clock: dict[int, tuple[int, ...]]  # the raw tables' session clock (from file statistics)
+    has_history: bool
+    pairs: Callable[[], set[str]]  # the day's pairs, read only when a gap is repaired
 
 
 @dataclass
@@ -236,16 +246,20 @@ def build_day(
     existing: pa.Table | None = None,
     now_ms: int | None = None,
     history_bars: Callable[[], tuple[pa.Table, str] | None] | None = None,
+    facts: DayFacts | None = None,
 ) -> DayBuild:
     """The day's minute bars: a rebuild (``segments`` None) or an upsert of the touched minutes.
 
     A day whose trades include history (Flat Files or REST history) is complete: its stream gaps
     are not repaired again. A past day without any trades takes Polygon's minute bars from
     ``history_bars`` (``minute_aggs`` or REST), with ``source`` saying which.
+
+    ``facts``: what the day's raw tables say as a whole when ``trades`` and ``aggregates`` hold only
+    the minutes an incremental run recomputes (see :func:`pruned_inputs`).
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     lo, hi = day_bounds_ms(day)
-    clock = session_clock(trades, aggregates)
+    clock = session_clock(trades, aggregates) if facts is None else facts.clock
     spans, windows = ledger_windows(landing_dir, clock, lo, hi, now_ms)
     gap_minutes = minutes_in_gaps(windows, lo, hi, settings.revision_window_ms)
     incremental = segments is not None and existing is not None
@@ -256,12 +270,13 @@ def build_day(
             segments, trades, aggregates, existing, windows, gap_minutes, (lo, hi), settings.revision_window_ms
         )
     repair = gap_minutes if redo is None else gap_minutes & redo
-    if _has_history(trades):
+    if _has_history(trades) if facts is None else facts.has_history:
         repair = set()  # the day's trades came from history, which has every trade
     rest_source = "rest_repair"
-    pairs = sorted(
-        set(pairs) - {"*"} | set(pc.unique(trades["pair"]).to_pylist()) | set(pc.unique(aggregates["pair"]).to_pylist())
-    )
+    seen = set(pc.unique(trades["pair"]).to_pylist()) | set(pc.unique(aggregates["pair"]).to_pylist())
+    if repair and facts is not None:
+        seen |= facts.pairs()  # a gap's pairs are the day's, not only those of the recomputed minutes
+    pairs = sorted(set(pairs) - {"*"} | seen)
     rest_bars = REST_BARS_SCHEMA.empty_table()
     repaired_keys = pa.table({"pair": pa.array([], pa.string()), "minute_ms": pa.array([], pa.int64())})
     new_trades = None
@@ -330,6 +345,62 @@ def build_day(
     return DayBuild(table, figures, new_trades if added else None, redo)
 
 
+_HISTORY_SOURCES = ("flat_file", "rest_history")
+
+
+def pruned_inputs(
+    lake: LakeResource, day: str, segments: tuple[int, int], revision_window_ms: int, landing_dir: Any, now_ms: int
+) -> tuple[pa.Table, pa.Table, pa.Table, DayFacts]:
+    """An incremental build's inputs, each a pruned read: (trades, aggregates, bars, facts).
+
+    The new raw rows are found by their segments, the minutes to recompute from them and from the
+    bars still open (unsettled or in a gap), and then only those minutes' trades and aggregates are
+    read. A late-day run reads what it changes, not the day's millions of rows.
+    """
+    tables = lake.tables()
+    in_run = between("segment", *segments)
+    new_trades = lake.read_partition("raw_trades", day, where=in_run)
+    new_aggregates = lake.read_partition("raw_aggregates", day, where=in_run)
+    new_trades = new_trades if new_trades is not None else raw.TRADES_SCHEMA.empty_table()
+    new_aggregates = new_aggregates if new_aggregates is not None else raw.AGGREGATES_SCHEMA.empty_table()
+    open_bars = lake.read_partition(ASSET, day, where=is_false("settled") | equals("in_gap", True))
+    open_bars = open_bars if open_bars is not None else SCHEMA.empty_table()
+    clock = lake_session_clock(tables, day)
+    lo, hi = day_bounds_ms(day)
+    _, windows = ledger_windows(landing_dir, clock, lo, hi, now_ms)
+    gap_minutes = minutes_in_gaps(windows, lo, hi, revision_window_ms)
+    redo = recompute_minutes(
+        segments, new_trades, new_aggregates, open_bars, windows, gap_minutes, (lo, hi), revision_window_ms
+    )
+    sources = tables.file_stats("raw_trades", day)
+    has_history = bool(
+        sources is not None
+        and sources.num_rows
+        and pc.any(pc.is_in(sources["min.source"], value_set=pa.array(_HISTORY_SOURCES))).as_py()
+    )
+
+    def pairs() -> set[str]:
+        found: set[str] = set()
+        for name in ("raw_trades", "raw_aggregates"):
+            rows = lake.read_partition(name, day, columns=["pair"])
+            if rows is not None:
+                found |= set(pc.unique(rows["pair"]).to_pylist())
+        return found
+
+    facts = DayFacts(clock, has_history, pairs)
+    if not redo:
+        return new_trades.slice(0, 0), new_aggregates.slice(0, 0), open_bars, facts
+    spans = [(a, b + MINUTE_MS - 1) for a, b in time_ranges(pa.array(sorted(redo), pa.int64()))]
+    trades = lake.read_partition("raw_trades", day, where=in_ranges("event_ms", spans))
+    aggregates = lake.read_partition("raw_aggregates", day, where=in_ranges("start_ms", spans))
+    return (
+        trades if trades is not None else new_trades.slice(0, 0),
+        aggregates if aggregates is not None else new_aggregates.slice(0, 0),
+        open_bars,
+        facts,
+    )
+
+
 def _has_history(trades: pa.Table) -> bool:
     """Whether the day's trades include history (Flat Files or REST history rows)."""
     history = pa.array(["flat_file", "rest_history"])
@@ -393,22 +464,28 @@ def minute_bars(
     for day in context.partition_keys:
         # raw_trades first, as its own asset locks it: gap repair may add REST trades to it.
         with lake.locked("raw_trades"), lake.locked(ASSET):
-            trades = _read(lake, "raw_trades", day)
-            aggregates = lake.read_partition("raw_aggregates", day)
-            if aggregates is None and (_has_history(trades) or trades.num_rows == 0):
-                # A past day filled from history has no stream bars: nothing to compare with.
-                aggregates = raw.AGGREGATES_SCHEMA.empty_table()
-            elif aggregates is None:
-                aggregates = _read(lake, "raw_aggregates", day)
             # The bars take in raw rows up to the older of the two raw watermarks.
             marks = [tables.watermark(t, LANDING_APP_ID) for t in ("raw_trades", "raw_aggregates")]
             through = min(m for m in marks if m is not None) if any(m is not None for m in marks) else None
-            existing = lake.read_partition(ASSET, day) if scope.incremental else None
-            segments = None
-            if scope.segments is not None and existing is not None:
+            now_ms = int(time.time() * 1000)
+            segments = facts = None
+            if scope.segments is not None and tables.count(ASSET, day) > 0:
                 first, last = scope.segments
                 done = tables.watermark(ASSET, bars_app_id(day))
                 segments = ((done if done is not None else first - 1) + 1, through or last)
+                window = settings.revision_window_ms
+                trades, aggregates, existing, facts = pruned_inputs(
+                    lake, day, segments, window, stream.landing_dir, now_ms
+                )
+            else:
+                trades = _read(lake, "raw_trades", day)
+                aggregates = lake.read_partition("raw_aggregates", day)
+                if aggregates is None and (_has_history(trades) or trades.num_rows == 0):
+                    # A past day filled from history has no stream bars: nothing to compare with.
+                    aggregates = raw.AGGREGATES_SCHEMA.empty_table()
+                elif aggregates is None:
+                    aggregates = _read(lake, "raw_aggregates", day)
+                existing = None
             result = build_day(
                 day,
                 trades,
@@ -419,9 +496,11 @@ def minute_bars(
                 list(polygon_rest.pairs),
                 segments,
                 existing,
+                now_ms=now_ms,
                 history_bars=None
                 if scope.incremental or not platform.history_enabled
                 else _history_bars(context, platform, client, day, polygon_rest.pairs),
+                facts=facts,
             )
             if result.new_trades is not None:
                 fresh = result.new_trades
@@ -436,6 +515,9 @@ def minute_bars(
                 tables.replace(ASSET, day, rows, where=minutes, watermarks=mark)
             elif mark:
                 tables.append(ASSET, SCHEMA.empty_table().append_column("date", pa.array([], pa.string())), mark)
+            if facts is not None:
+                # An incremental build saw the recomputed minutes; the partition's size is the log's.
+                result.figures["dagster/row_count"] = tables.count(ASSET, day)
         per_day[day] = result.figures
         for k, v in result.figures.items():
             totals[k] = totals.get(k, 0) + v if isinstance(v, int) else v

@@ -33,10 +33,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from crypto_platform.days import MINUTE_MS, minute_of
 from crypto_platform.lake.bars import BARS_SCHEMA
 from crypto_platform.lake.schemas import TRADES_SCHEMA
+from crypto_platform.lake.tables import DeltaLake
 from crypto_platform.polygon.rest_client import PolygonRest
 from crypto_platform.stream.session_ledger import LEDGER_FILE, GapWindow, Session, gaps, sessions
 
@@ -89,6 +91,70 @@ def session_clock(trades: pa.Table, aggregates: pa.Table) -> dict[int, tuple[int
     finally:
         con.close()
     return {int(s): (int(first), int(last), int(first_ns)) for s, first, last, first_ns in rows}
+
+
+_CLOCK_SOURCES = (("raw_trades", "event_ms"), ("raw_aggregates", "end_ms"))
+
+
+def lake_session_clock(lake: DeltaLake, day: str) -> dict[int, tuple[int, ...]]:
+    """:func:`session_clock` of the day's raw tables, from the data files' statistics.
+
+    A stream run must not read the day (millions of rows late in a busy day) to place the ledger's
+    sessions on the event clock. A file whose rows all carry one session gives that session's
+    latest event time and earliest receipt from its min/max statistics; only the files that mix
+    sessions (a reconnect inside a segment), and those holding a session's first receipt (whose
+    event time is needed), are read. The result equals :func:`session_clock` of the full day.
+    """
+    stats: list[tuple[str, str, str, int, int, int]] = []  # (table, time column, path, session, min ns, max t)
+    mixed: dict[str, list[str]] = {}
+    for name, column in _CLOCK_SOURCES:
+        files = lake.file_stats(name, day)
+        if files is None or not files.num_rows:
+            continue
+        picked = ["path", "num_records", "null_count.session", "min.session", "max.session", "min.received_ns"]
+        for f in files.select([*picked, f"max.{column}"]).to_pylist():
+            if f["null_count.session"] == f["num_records"]:
+                continue  # no streamed rows (REST repair, history)
+            known = None not in (f["min.session"], f["min.received_ns"], f[f"max.{column}"])
+            if known and f["null_count.session"] == 0 and f["min.session"] == f["max.session"]:
+                stats.append((name, column, f["path"], f["min.session"], f["min.received_ns"], f[f"max.{column}"]))
+            else:
+                mixed.setdefault(name, []).append(f["path"])
+    first_ns: dict[int, int] = {}
+    last_ms: dict[int, int] = {}
+    for _, _, _, session, ns, t in stats:
+        first_ns[session] = min(ns, first_ns.get(session, ns))
+        last_ms[session] = max(t, last_ms.get(session, t))
+    samples: list[pa.Table] = []
+
+    def sample(name: str, column: str, paths: list[str]) -> None:
+        rows = lake.read_files(name, day, paths, columns=["session", "received_ns", column])
+        rows = rows.filter(pc.is_valid(rows["session"]))
+        samples.append(pa.table({"session": rows["session"], "received_ns": rows["received_ns"], "t": rows[column]}))
+
+    for name, column in _CLOCK_SOURCES:
+        if mixed.get(name):
+            sample(name, column, mixed[name])
+    for rows in samples:
+        for r in rows.group_by("session").aggregate([("received_ns", "min"), ("t", "max")]).to_pylist():
+            s, ns, t = r["session"], r["received_ns_min"], r["t_max"]
+            first_ns[s] = min(ns, first_ns.get(s, ns))
+            last_ms[s] = max(t, last_ms.get(s, t))
+    for name, column in _CLOCK_SOURCES:
+        firsts = [p for n, _, p, s, ns, _ in stats if n == name and ns == first_ns[s]]
+        if firsts:
+            sample(name, column, firsts)
+    clock: dict[int, tuple[int, ...]] = {}
+    candidates = pa.concat_tables(samples) if samples else None
+    for s, ns in first_ns.items():
+        at_first = None
+        if candidates is not None:
+            mine = candidates.filter(
+                pc.and_(pc.equal(candidates["session"], s), pc.equal(candidates["received_ns"], ns))
+            )
+            at_first = pc.max(mine["t"]).as_py() if mine.num_rows else None
+        clock[s] = (int(at_first if at_first is not None else last_ms[s]), int(last_ms[s]), int(ns))
+    return clock
 
 
 def _ms(ns: int | None) -> int | None:

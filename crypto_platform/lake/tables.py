@@ -235,7 +235,7 @@ class DeltaLake:
             return None, None
         now = table.version()
         condition = on_day(day)
-        dataset = table.to_pyarrow_dataset(file_pruning_predicate=condition.sql, filesystem=self._filesystem(name))
+        paths = None
         if version is not None:
             try:
                 before = DeltaTable(self.uri(name), version=version, storage_options=self._options())
@@ -243,15 +243,44 @@ class DeltaLake:
                 before = None
             if before is not None:
                 old = set(before.file_uris(file_pruning_predicate=condition.sql))
-                new = {u for u in table.file_uris(file_pruning_predicate=condition.sql) if u not in old}
-                fragments = [f for f in dataset.get_fragments() if any(u.endswith(f.path) for u in new)]
-                dataset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+                paths = [u for u in table.file_uris(file_pruning_predicate=condition.sql) if u not in old]
+        return self.read_files(name, day, paths, table=table), now
+
+    def read_files(
+        self,
+        name: str,
+        day: str,
+        paths: Sequence[str] | None,
+        columns: Sequence[str] | None = None,
+        table: DeltaTable | None = None,
+    ) -> pa.Table:
+        """The rows of ``day`` in the data files ``paths`` (URIs or table-relative paths; None: every file)."""
+        table = table or self.open(name)
+        if table is None:
+            raise ValueError(f"lake table {name} does not exist")
+        condition = on_day(day)
+        dataset = table.to_pyarrow_dataset(file_pruning_predicate=condition.sql, filesystem=self._filesystem(name))
+        if paths is not None:
+            fragments = [f for f in dataset.get_fragments() if any(p.endswith(f.path) for p in paths)]
+            dataset = ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
         schema = SCHEMAS.get(name)
-        wanted = schema.names if schema is not None else [n for n in dataset.schema.names if n != DATE_COLUMN]
+        wanted = list(columns) if columns is not None else (schema.names if schema is not None else None)
+        if wanted is None:
+            wanted = [n for n in dataset.schema.names if n != DATE_COLUMN]
         rows = dataset.to_table(columns=wanted, filter=condition.arrow)
         if schema is not None:
-            rows = rows.cast(schema)
-        return sort_rows(name, rows), now
+            rows = rows.cast(pa.schema([schema.field(n) for n in wanted]))
+        return sort_rows(name, rows) if set(ORDER.get(name, ())) <= set(wanted) else rows
+
+    def file_stats(self, name: str, day: str) -> pa.Table | None:
+        """One row per data file of ``day``: path, row count and per-column min/max/null counts (the log's)."""
+        table = self.open(name)
+        if table is None:
+            return None
+        actions = pa.table(table.get_add_actions(flatten=True))
+        if not actions.num_rows:
+            return actions
+        return actions.filter(pc.equal(actions[f"partition.{DATE_COLUMN}"], day))
 
     def files(self, name: str, day: str, where: Predicate | None = None) -> list[str]:
         """The data files a :meth:`read` of ``day`` and ``where`` opens (partition and statistics pruning)."""
@@ -263,13 +292,9 @@ class DeltaLake:
 
     def count(self, name: str, day: str) -> int:
         """Rows of ``day``, from the commit log's file statistics: no data file is read."""
-        table = self.open(name)
-        if table is None:
+        mine = self.file_stats(name, day)
+        if mine is None or not mine.num_rows:
             return 0
-        actions = pa.table(table.get_add_actions(flatten=True))
-        if not actions.num_rows:
-            return 0
-        mine = actions.filter(pc.equal(actions[f"partition.{DATE_COLUMN}"], day))
         return int(pc.sum(mine["num_records"]).as_py() or 0)
 
     def days(self, name: str) -> list[str]:
