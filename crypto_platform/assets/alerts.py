@@ -20,9 +20,15 @@ session ledger (no live data then; what there is came from repair), or its data 
 (``source = 'rest_repair'`` trades or bars): a repair burst lands a gap's worth of trades in a few
 minutes and would otherwise look like a volume spike.
 
-Each day is recomputed from the lake and replaces the day in ``crypto_alerts`` (``rebuild_day``),
-so re-running a day, or a backfill, gives the same rows. The table's key is (rule, pair, ts_ms):
-two whale trades of one pair in the same millisecond become one alert with their summed notional.
+A run without the stream's tag (the UI, a backfill) recomputes the day from the lake and replaces it
+in ``crypto_alerts`` (``rebuild_day``), so re-running a day gives the same rows. A stream run
+recomputes only the windows that changed: the minute bars rewritten since the version the day's
+alerts were computed from (kept as the day's watermark), each window reaching ``window`` minutes
+past its last changed minute (a minute's volume is in the next minutes' baseline) and reading each
+pair's previous trade before it (from the hour before, else from the bars' closes), and replaces
+those windows in the table; the result equals a rebuild, at a cost that does not grow with the day.
+The table's key is (rule, pair, ts_ms): two whale trades of one pair in the same millisecond become
+one alert with their summed notional.
 In the UI: the materialization lists the day's alerts as a table, and the ``no_unmuted_alerts``
 check (WARN) fails while the day has alerts nobody muted.
 """
@@ -43,12 +49,15 @@ import pyarrow.compute as pc
 
 from crypto_platform.assets import bars
 from crypto_platform.assets.raw import TRADES_SCHEMA, raw_trades
+from crypto_platform.lake.schemas import MINUTE_BARS_SCHEMA
+from crypto_platform.lake.tables import between, time_ranges
 from crypto_platform.partitions import DAILY_PARTITIONS, MINUTE_MS, clock_text, day_bounds_ms, minute_of
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.settings import Settings
 from crypto_platform.stream.session_ledger import GapWindow
+from crypto_platform.stream_batches import BatchScope
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform.warehouse.tables import ALERTS
 
@@ -235,6 +244,106 @@ def evaluate_day(
     return sorted(unique.values(), key=lambda a: (a.ts_ms, a.rule, a.pair))
 
 
+# A window's first trades find their pair's previous trade this far back first (then in the bars).
+PRIOR_MS = 3_600_000
+
+
+def _previous_trades(lake: LakeResource, day: str, lo: int, pairs: list[str]) -> pa.Table:
+    """Each pair's trades just before ``lo`` (for a crossing's previous price), as trades rows.
+
+    The hour before ``lo`` first; a pair without a trade there takes its last bar's close before
+    ``lo`` (a bar's close is its last trade's price), else the day before's last close.
+    """
+    d_lo, _ = day_bounds_ms(day)
+    columns = ["pair", "event_ms", "received_ns", "price"]
+    prior = lake.read_partition("raw_trades", day, where=between("event_ms", max(d_lo, lo - PRIOR_MS), lo - 1))
+    parts: list[pa.Table] = []
+    have: set[str] = set()
+    if prior is not None and prior.num_rows:
+        parts.append(prior.select(columns))
+        have = set(pc.unique(prior["pair"]).to_pylist())
+    missing = [p for p in pairs if p not in have]
+    for source_day, upto in ((day, lo - 1), (_previous_day(day), d_lo - 1)):
+        if not missing:
+            break
+        found = lake.read_partition(
+            "minute_bars", source_day, where=between("minute_ms", 0, upto), columns=["pair", "minute_ms", "close"]
+        )
+        if found is None or not found.num_rows:
+            continue
+        found = found.filter(pc.is_in(found["pair"], value_set=pa.array(missing, pa.string())))
+        last = found.group_by("pair").aggregate([("minute_ms", "max")])
+        closes = found.join(last, ["pair", "minute_ms"], right_keys=["pair", "minute_ms_max"], join_type="inner")
+        if closes.num_rows:
+            parts.append(
+                pa.table(
+                    {
+                        "pair": closes["pair"],
+                        "event_ms": pc.add(closes["minute_ms"], MINUTE_MS - 1),
+                        "received_ns": pa.array([0] * closes.num_rows, pa.int64()),
+                        "price": closes["close"],
+                    }
+                ).cast(pa.schema([TRADES_SCHEMA.field(c) for c in columns]))
+            )
+            missing = [p for p in missing if p not in set(closes["pair"].to_pylist())]
+    if not parts:
+        return TRADES_SCHEMA.empty_table()
+    rows = pa.concat_tables(parts)
+    empty = {c: pa.nulls(rows.num_rows, TRADES_SCHEMA.field(c).type) for c in TRADES_SCHEMA.names if c not in columns}
+    return pa.table({**{c: rows[c] for c in columns}, **empty}).select(TRADES_SCHEMA.names).cast(TRADES_SCHEMA)
+
+
+def window_alerts(
+    lake: LakeResource, day: str, span: tuple[int, int], rules: AlertRules, windows: Sequence[GapWindow]
+) -> tuple[tuple[int, int], list[Alert]]:
+    """The alerts whose time falls in the window a change of minutes ``span`` (inclusive) can affect.
+
+    A changed minute moves its own alerts, the volume baseline of the next ``window`` minutes and the
+    previous price of the next trades: the window runs from the first changed minute to ``window``
+    minutes past the last. Only that window's trades and bars are read (plus the baseline minutes
+    before it and each pair's previous trade), so a stream run's cost does not grow with the day.
+    Returns the window ``[lo, hi)`` and its alerts, equal to the day's alerts in it.
+    """
+    d_lo, d_hi = day_bounds_ms(day)
+    reach = rules.volume_window_min * MINUTE_MS
+    lo, hi = max(d_lo, span[0]), min(d_hi, span[1] + MINUTE_MS + reach)
+    trades = lake.read_partition("raw_trades", day, where=between("event_ms", lo, hi - 1))
+    trades = trades if trades is not None else TRADES_SCHEMA.empty_table()
+    previous = _previous_trades(lake, day, lo, sorted(set(pc.unique(trades["pair"]).to_pylist())))
+    minute_bars = lake.read_partition("minute_bars", day, where=between("minute_ms", max(d_lo, lo - reach), hi - 1))
+    # The previous day's bars for a baseline reaching back past midnight; never volumes from ``previous``
+    # (each pair's last trades before the window, some made up from a bar's close).
+    previous_bars: pa.Table | None = MINUTE_BARS_SCHEMA.empty_table()
+    if lo - reach < d_lo:
+        before = between("minute_ms", lo - reach, d_lo - 1)
+        previous_bars = lake.read_partition("minute_bars", _previous_day(day), where=before)
+    if minute_bars is None:
+        # No bars yet: volumes come from trades, which must then cover the baseline minutes too.
+        trades_before = lake.read_partition("raw_trades", day, where=between("event_ms", max(d_lo, lo - reach), lo - 1))
+        if trades_before is not None and trades_before.num_rows:
+            trades = pa.concat_tables([trades_before, trades])
+    found = evaluate_day(day, trades, previous, minute_bars, previous_bars, rules, windows)
+    return (lo, hi), [a for a in found if lo <= a.ts_ms < hi]
+
+
+def stored_alerts(warehouse: SqlWarehouse, day: str) -> list[Alert]:
+    """The day's alerts as the table holds them (what the check and the run's metadata describe)."""
+    rows = warehouse.read_partition(ALERTS, day).to_dict("records")
+    alerts = [
+        Alert(
+            r["rule"],
+            r["pair"],
+            int(r["ts_ms"]),
+            Decimal(r["value"]),
+            Decimal(r["threshold"]),
+            bool(r["muted"]),
+            r["reason"] or "",
+        )
+        for r in rows
+    ]
+    return sorted(alerts, key=lambda a: (a.ts_ms, a.rule, a.pair))
+
+
 def alerts_frame(alerts: Sequence[Alert]) -> pd.DataFrame:
     columns = ["rule", "pair", "ts_ms", "value", "threshold", "muted", "reason"]
     return pd.DataFrame([{c: getattr(a, c) for c in columns} for a in alerts], columns=columns)
@@ -281,8 +390,24 @@ def crypto_alerts(
     windows = [gap.window(now_ms) for gap in stream.gaps()]
     warehouse = SqlWarehouse(sql_tables.url)
     warehouse.migrate()
+    scope = BatchScope.from_context(context)
+    tables = lake.tables()
     every: list[Alert] = []
+    recomputed: list[tuple[int, int]] = []
     for day in context.partition_keys:
+        mark = warehouse.watermark(ALERTS, day) if scope.incremental else None
+        if mark is not None:
+            # A stream run: the alerts of the windows that the minute bars changed since the version
+            # the day's alerts were computed from (the watermark), each window replaced in the table.
+            changed, version = tables.changed_since("minute_bars", day, mark)
+            minutes = changed["minute_ms"] if changed is not None else pa.array([], pa.int64())
+            for span in time_ranges(minutes, gap=rules.volume_window_min * MINUTE_MS):
+                window, alerts = window_alerts(lake, day, span, rules, windows)
+                warehouse.replace_range(ALERTS, day, window, alerts_frame(alerts), version or mark)
+                recomputed.append(window)
+            every += stored_alerts(warehouse, day)
+            continue
+        version = tables.version("minute_bars")
         before = _previous_day(day)
         alerts = evaluate_day(
             day,
@@ -293,7 +418,7 @@ def crypto_alerts(
             rules,
             windows,
         )
-        warehouse.rebuild_day(ALERTS, day, alerts_frame(alerts))
+        warehouse.rebuild_day(ALERTS, day, alerts_frame(alerts), watermark=version)
         every += alerts
     loud = [a for a in every if not a.muted]
     counts = {f"{rule}.{kind}": 0 for rule in RULES for kind in ("fired", "muted")}
@@ -302,6 +427,7 @@ def crypto_alerts(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(every),
+            "windows_recomputed": len(recomputed),
             "unmuted": len(loud),
             "muted": len(every) - len(loud),
             **counts,

@@ -393,6 +393,43 @@ class SqlWarehouse:
             prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
+    def replace_range(
+        self,
+        t: Table,
+        day: date | str,
+        within: tuple[int, int],
+        frame: pd.DataFrame,
+        watermark: int,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+    ) -> LoadResult:
+        """Replace the day's rows whose partition column is in ``[lo, hi)`` with ``frame`` and set the
+        day's watermark to ``watermark``, in one transaction (a stream run's recomputed window)."""
+        started = time.perf_counter()
+        prepared = self._prepare(t, frame, True)
+        check_day(prepared, day)
+        with self.connect() as conn, self._load_transaction(conn, prepared):
+            before = self._read_watermark(conn, t, day, lock=True)
+            where, params = self._day_where(t, day, within=within)
+            cur = conn.cursor()
+            try:
+                cur.execute(f"DELETE FROM {t.name} WHERE {where}", params)
+                deleted = int(cur.rowcount or 0)
+            finally:
+                cur.close()
+            self._insert_batches(conn, prepared, batch_rows, upsert=True)
+            day_rows = self._write_watermark(conn, t, day, watermark, "upsert")
+        return LoadResult.of(
+            prepared,
+            "replace range",
+            started,
+            day,
+            deleted=deleted,
+            watermark_before=before,
+            watermark=watermark,
+            day_rows=day_rows,
+        )
+
     def watermark(self, t: Table, day: date | str) -> int | None:
         """The highest landing segment whose rows of ``day`` are in the table (None: none recorded)."""
         with self.connect() as conn:
@@ -412,8 +449,12 @@ class SqlWarehouse:
         method: str = "auto",
         batch_rows: int = DEFAULT_BATCH_ROWS,
         validate: bool = True,
+        watermark: int | None = None,
     ) -> LoadResult:
         """Replace the UTC ``day`` of a table with ``frame`` (backfills), in one transaction.
+
+        The day's watermark becomes the highest segment in ``frame``, or ``watermark`` when given (for a
+        table without segments: the version of the lake table it was computed from).
 
         ``method``: ``auto`` (MySQL: LOAD DATA LOCAL INFILE, falling back to inserts if refused),
         ``load_data`` (no fallback) or ``insert``. Every row must belong to ``day``.
@@ -451,7 +492,7 @@ class SqlWarehouse:
             if used == "insert":
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
             deleted = self._delete_stale(conn, prepared, day, load_data=used == "load_data") if existing else 0
-            after = max_segment_of(prepared)
+            after = max_segment_of(prepared) if watermark is None else watermark
             day_rows = self._write_watermark(conn, t, day, after, "rebuild")
         return LoadResult.of(
             prepared,

@@ -18,6 +18,7 @@ from crypto_platform.assets.raw import TRADES_SCHEMA
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.stream import StreamResource
+from crypto_platform.settings import load_settings
 from crypto_platform.stream.session_ledger import GapWindow
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import local_settings
@@ -173,3 +174,109 @@ def test_the_asset_writes_the_day_to_crypto_alerts_and_warns_in_the_ui(
             ]
         (mat,) = result.asset_materializations_for_node("crypto_alerts")
         assert mat.metadata["unmuted"].value == 2 and "price_above" in mat.metadata["alerts"].value
+
+
+def full_bars(rows: pa.Table) -> pa.Table:
+    """minute_bars rows for ``rows`` (the built bar; no XA bar beside it), settled, streamed."""
+    from crypto_platform.lake.bars import compute_minute_bars
+    from crypto_platform.lake.schemas import MINUTE_BARS_SCHEMA
+
+    built = compute_minute_bars(rows)
+    n = built.num_rows
+    extra = {
+        "settled": pa.array([True] * n),
+        "source": pa.array(["ws"] * n),
+        "in_gap": pa.array([False] * n),
+        "repaired": pa.array([False] * n),
+    }
+    columns = {
+        name: built[name] if name in built.column_names else extra.get(name, pa.nulls(n, field.type))
+        for name, field in zip(MINUTE_BARS_SCHEMA.names, MINUTE_BARS_SCHEMA, strict=True)
+    }
+    return pa.table(columns).cast(MINUTE_BARS_SCHEMA)
+
+
+def test_stream_runs_recompute_only_the_changed_windows_and_equal_a_rebuild(
+    lake_and_rules: tuple[LakeResource, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three batches land as the stream lands them (trades appended, the touched minutes' bars replaced);
+    each run recomputes only the windows the changed bars reach. The table then equals a rebuild's,
+    including a crossing whose previous trade is two hours back (found through the bars), a spike whose
+    baseline lies in an earlier batch, and a late trade that lands in an old minute and turns a later
+    minute's spike off."""
+    from crypto_platform.lake.tables import in_ranges, time_ranges, with_date
+    from crypto_platform.stream_batches import SEGMENTS_TAG
+
+    monkeypatch.setenv("CRYPTO_ALERT_VOLUME_SPIKE_FACTOR", "5")
+    monkeypatch.setenv("CRYPTO_ALERT_VOLUME_WINDOW_MIN", "10")
+    monkeypatch.setenv("CRYPTO_ALERT_PRICE_ABOVE", "BTC-USD:100000,ETH-USD:3000.5")
+    lake, resources = lake_and_rules
+    tables = lake.tables()
+    eth_early = [("ETH-USD", DAY_MS + 5 * MINUTE, "3002", "1")]  # ETH's previous trade, two hours before
+    calm = [("BTC-USD", DAY_MS + m * MINUTE + 5, "99000", "1") for m in range(0, 130)]
+    batch1 = calm + eth_early
+    # Batch 2: a BTC spike at minute 135 (baseline: batch 1), a crossing above 100000, ETH again.
+    batch2 = [("BTC-USD", DAY_MS + m * MINUTE + 5, "99000", "1") for m in range(130, 140)]
+    batch2 += [
+        ("BTC-USD", DAY_MS + 135 * MINUTE + 9, "99000", "9"),
+        ("BTC-USD", DAY_MS + 138 * MINUTE + 9, "100100", "1"),
+    ]
+    batch2 += [("ETH-USD", DAY_MS + 137 * MINUTE, "3001", "1")]
+    # Batch 3: a whale, and late trades in minutes 126-134 that lift the baseline: 135 is no spike now.
+    batch3 = [("BTC-USD", DAY_MS + 141 * MINUTE + 5, "99500", "20")]
+    batch3 += [("BTC-USD", DAY_MS + m * MINUTE + 30, "99000", "9") for m in range(126, 135)]
+    batch3 += [("BTC-USD", DAY_MS + m * MINUTE + 5, "99000", "1") for m in range(142, 150)]
+
+    every = TRADES_SCHEMA.empty_table()
+    counter = 0
+    warehouse = SqlWarehouse(resources["sql_tables"].url)
+    query = "SELECT rule, pair, ts_ms, value, threshold, muted, reason FROM crypto_alerts ORDER BY ts_ms, rule, pair"
+    spiked: list[set[int]] = []
+    day_rules = AlertRules.from_settings(load_settings())
+    with dg.instance_for_test() as instance:
+        for segment, batch in enumerate((batch1, batch2, batch3), start=1):
+            rows = trades(batch).to_pylist()
+            for r in rows:
+                counter += 1
+                r["trade_id"], r["segment"] = f"t{counter}", segment
+            new = pa.Table.from_pylist(rows, schema=TRADES_SCHEMA)
+            tables.append("raw_trades", with_date(new, DAY))
+            every = pa.concat_tables([every, new])
+            touched = time_ranges(pa.array(sorted({r["event_ms"] - r["event_ms"] % MINUTE for r in rows}), pa.int64()))
+            minutes = in_ranges("minute_ms", touched)
+            redo = full_bars(every).filter(minutes.arrow)
+            tables.replace("minute_bars", DAY, redo, where=minutes)
+            result = dg.materialize(
+                [crypto_alerts],
+                partition_key=DAY,
+                instance=instance,
+                resources=resources,
+                tags={SEGMENTS_TAG: f"{segment}-{segment}"},
+            )
+            assert result.success
+            (mat,) = result.asset_materializations_for_node("crypto_alerts")
+            assert mat.metadata["windows_recomputed"].value == (0 if segment == 1 else 1)
+            spikes = warehouse.query("SELECT ts_ms FROM crypto_alerts WHERE rule = 'volume_spike'")
+            spiked.append({(int(r[0]) - DAY_MS) // MINUTE for r in spikes})
+            # After every batch, the table holds what the whole day's rules give at that point.
+            whole = evaluate_day(
+                DAY,
+                lake.read_partition("raw_trades", DAY),
+                None,
+                lake.read_partition("minute_bars", DAY),
+                None,
+                day_rules,
+                [],
+            )
+            stored = warehouse.query("SELECT rule, pair, ts_ms FROM crypto_alerts ORDER BY ts_ms, rule, pair")
+            assert [(r[0], r[1], int(r[2])) for r in stored] == [(a.rule, a.pair, a.ts_ms) for a in whole], segment
+        streamed = warehouse.query(query)
+        assert dg.materialize([crypto_alerts], partition_key=DAY, instance=instance, resources=resources).success
+        rebuilt = warehouse.query(query)
+    assert streamed == rebuilt
+    fired = [(r[0], r[1], (int(r[2]) - DAY_MS) // MINUTE) for r in rebuilt]
+    assert ("price_above", "BTC-USD", 138) in fired and ("whale_trade", "BTC-USD", 141) in fired
+    assert 135 in spiked[1] and 135 not in spiked[2]  # the late trades lifted its baseline
+    assert ("volume_spike", "BTC-USD", 126) in fired  # and spiked their own first minute
+    # ETH was above its threshold two hours before (the bars said so): 137 is no new crossing.
+    assert [m for rule, pair, m in fired if pair == "ETH-USD"] == [5]
