@@ -26,14 +26,13 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 from dagster_snowflake import SnowflakeResource
 
 from crypto_platform.assets.daily import daily_open_close
 from crypto_platform.assets.landing_log import landing_log
 from crypto_platform.assets.raw import raw_aggregates, raw_quotes, raw_trades
 from crypto_platform.lake.schemas import SCHEMAS
-from crypto_platform.lake.tables import newer_than
+from crypto_platform.lake.tables import is_false, newer_than
 from crypto_platform.partitions import DAILY_PARTITIONS
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
@@ -114,14 +113,17 @@ def _lake_copy(asset: str, key: dg.AssetKey, t: Table) -> WarehouseCopy:
 
 
 def lake_day_rows(lake: LakeResource, asset: str, t: Table, day: str) -> int:
-    """Rows the warehouse should hold for a lake day, from the commit log (no data read), or from
-    the ``is_current`` column alone for a table whose warehouse copy keeps current revisions only."""
+    """Rows the warehouse should hold for a lake day, from the commit log (no data read).
+
+    A copy that keeps current revisions only (aggregates) subtracts the superseded ones, read from
+    the few files whose statistics say they hold any."""
     tables = lake.tables()
     schema = SCHEMAS.get(asset)
+    rows = tables.count(asset, day)
     if schema is not None and "is_current" in schema.names and "is_current" not in t.names:
-        rows = tables.read(asset, day, columns=["is_current"], ordered=False)
-        return 0 if rows is None else int(pc.sum(pc.fill_null(rows["is_current"], False)).as_py() or 0)
-    return tables.count(asset, day)
+        old = tables.read(asset, day, where=is_false("is_current"), columns=["is_current"], ordered=False)
+        rows -= 0 if old is None else old.num_rows
+    return rows
 
 
 def load_new_rows(target: Target, copy: WarehouseCopy, sources: Sources, day: str) -> tuple[DayLoad, pd.DataFrame]:
