@@ -3,6 +3,7 @@ what one run wrote is ``batch_rows``."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.mysql import SqlTablesResource
 from crypto_platform.resources.snowflake import build_snowflake_resource
 from crypto_platform.stream_batches import SEGMENTS_TAG
+from crypto_platform_tests.conftest import local_settings
 from crypto_platform_tests.test_stream_sensor import DAY1_MS, DAY2_MS, Landing, trades_frame
 
 DAY1, DAY2 = "2025-11-24", "2025-11-25"
@@ -37,9 +39,14 @@ def test_row_count_is_the_partitions_rows_and_batch_rows_what_the_run_wrote(
     lake = LakeResource(root=str(tmp_path / "lake"))
     if backend == "snowflake":
         asset, name = snowflake_trades, "snowflake_trades"
-        warehouse: dict[str, object] = {
-            "snowflake": build_snowflake_resource(request.getfixturevalue("fakesnow_server"))
-        }
+        server = request.getfixturevalue("fakesnow_server")
+        # A database of its own on the shared server: other tests load the same day.
+        own = local_settings(
+            server.state_dir,
+            CRYPTO_FAKESNOW_PORT=str(server.fakesnow_port),
+            SNOWFLAKE_DATABASE=f"ROWS_{uuid.uuid4().hex[:8].upper()}",
+        )
+        warehouse: dict[str, object] = {"snowflake": build_snowflake_resource(own)}
     else:
         asset, name = mysql_trades, "mysql_trades"
         warehouse = {"sql_tables": SqlTablesResource(url=f"sqlite:///{tmp_path / 'wh.sqlite'}")}
