@@ -13,9 +13,13 @@ Then two retention windows: each runs ``--window`` more batches and prunes what 
 than ``CRYPTO_RUN_RETENTION_DAYS``. Flat means the second window leaves the storage where the first
 left it (within ``FLAT_TOLERANCE`` of one window's growth).
 
-Also measured: the runless ``landing_log`` observation the stream sensor records on every tick
-(every 5 s whatever the cadence); the windows record them too (6 per run, as at 30 s) and
-retention prunes them with the runs (``prune_runless_observations``).
+The runs are those of the default cadences: plain rounds (bars, alerts, MySQL copies with their
+parity) every ``CRYPTO_BATCH_INTERVAL_S``, and one round per ``CRYPTO_CHECK_INTERVAL_S`` with the
+lake checks and the Snowflake copies; both kinds are measured and a day counts each at its rate.
+
+Also measured: the runless ``landing_log`` observation the stream sensor records at most every 30 s
+(whatever the cadence); the windows record them too and retention prunes them with the runs
+(``prune_runless_observations``).
 
     python benchmarks/dagster_storage.py [--runs 5] [--window 5] [--check]
 
@@ -55,14 +59,17 @@ from crypto_platform.run_retention import prune_runless_observations, prune_stre
 from crypto_platform.sensors import batch_checks, batch_selection, health_metadata  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import log_id  # noqa: E402
-from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG  # noqa: E402
+from crypto_platform.stream_batches import CHECK_SEGMENTS_TAG, LANDING_LOG_TAG, SEGMENTS_TAG  # noqa: E402
 
 CADENCES_S = (5, 30, 60, 300)
 DEFAULT_CADENCE_S = 30
 RETENTION_DAYS = 7
 TARGET_BYTES_PER_DAY = 1_000_000_000
 FLAT_TOLERANCE = 0.10
-TICKS_PER_DAY = 86_400 // 5  # the stream sensor's 5 s minimum interval
+# The stream sensor records the ingester's health at most this often (crypto_platform.sensors).
+OBSERVE_EVERY_S = 30
+OBSERVATIONS_PER_DAY = 86_400 // OBSERVE_EVERY_S
+CHECK_INTERVAL_S = 300  # CRYPTO_CHECK_INTERVAL_S and CRYPTO_SNOWFLAKE_INTERVAL_S defaults
 OBSERVATIONS = 200
 
 
@@ -155,40 +162,45 @@ def main() -> int:
         if len(seqs) < segments:
             raise SystemExit(f"the landing log has {len(seqs)} segments of the day, {segments} needed")
         channels = {"XT", "XQ", "XA", "XAS"}
-        # The run as the sensor requests it while the lake writer runs (the default): the writer has
-        # appended the segment, the run builds what follows from it and checks the raw tables' new rows.
-        job = (
-            build_definitions(settings)
-            .resolve_job_def("stream_batch")
-            .get_subset(
-                asset_selection=set(batch_selection(channels, lake_writer=True)),
-                asset_check_selection=set(batch_checks(channels, lake_writer=True) or []),
+        # Runs as the sensor requests them while the lake writer runs (the default): the writer has
+        # appended the segment; a plain round builds bars, alerts and the MySQL copies (with their
+        # parity), and one round per CRYPTO_CHECK_INTERVAL_S also runs the lake checks and the
+        # Snowflake copies.
+        stream_batch = build_definitions(settings).resolve_job_def("stream_batch")
+
+        def subset(checked: bool) -> dg.JobDefinition:
+            return stream_batch.get_subset(
+                asset_selection=set(batch_selection(channels, lake_writer=True, snowflake=checked)),
+                asset_check_selection=set(batch_checks(channels, True, lake_checks=checked, snowflake=checked) or []),
             )
-        )
+
+        jobs = {False: subset(False), True: subset(True)}
         landing_log_id = log_id(settings.landing_dir) or ""
         lake = build_lake_resource(settings)
+        checked_through = [0]
         with dg.DagsterInstance.get() as instance:
 
-            def batch(seq: int) -> int:
+            def batch(seq: int, checked: bool = False) -> int:
                 for name in RAW_TABLES:
                     apply_segments(lake.tables(), RAW_TABLES[name], settings.landing_dir, seq)
+                tags = {
+                    "dagster/sensor_name": "stream_sensor",
+                    LANDING_LOG_TAG: landing_log_id,
+                    SEGMENTS_TAG: f"{seq}-{seq}",
+                }
+                if checked:
+                    tags[CHECK_SEGMENTS_TAG] = f"{checked_through[0] + 1}-{seq}"
+                    checked_through[0] = seq
                 before = storage_bytes(home)
-                result = job.execute_in_process(
-                    instance=instance,
-                    partition_key=DAY,
-                    tags={
-                        "dagster/sensor_name": "stream_sensor",
-                        LANDING_LOG_TAG: landing_log_id,
-                        SEGMENTS_TAG: f"{seq}-{seq}",
-                    },
-                    raise_on_error=False,
+                result = jobs[checked].execute_in_process(
+                    instance=instance, partition_key=DAY, tags=tags, raise_on_error=False
                 )
                 if not result.success:
                     raise SystemExit(f"the stream_batch run of segment {seq} failed")
                 return storage_bytes(home) - before
 
             queue = iter(seqs)
-            batch(next(queue))  # the first run creates the databases: not a typical run
+            batch(next(queue), checked=True)  # the first run creates the databases: not a typical run
             parts_before = storage_parts(home)
             per_run = [batch(next(queue)) for _ in range(args.runs)]
             parts = {k: (v - parts_before[k]) / args.runs for k, v in storage_parts(home).items()}
@@ -196,7 +208,16 @@ def main() -> int:
             events = len(instance.all_logs(last_run))
             event_text, check_text = logical_bytes(instance, last_run)
             kinds = event_kinds(instance, last_run)
+            per_checked = [batch(next(queue), checked=True) for _ in range(max(2, args.runs // 2))]
+            checked_run = instance.get_run_records(limit=1)[0].dagster_run.run_id
+            checked_events = len(instance.all_logs(checked_run))
             bytes_per_run = statistics.median(per_run)
+            bytes_per_checked = statistics.median(per_checked)
+
+            def runs_bytes_per_day(cadence: int) -> float:
+                runs = 86_400 // cadence
+                checked = min(runs, 86_400 // CHECK_INTERVAL_S)
+                return checked * bytes_per_checked + (runs - checked) * bytes_per_run
 
             from crypto_platform.resources.stream import build_stream_resource
 
@@ -214,9 +235,9 @@ def main() -> int:
             windows = []
             for _ in range(2):
                 start = storage_bytes(home)
-                for _ in range(args.window):
-                    batch(next(queue))
-                    observe(DEFAULT_CADENCE_S // 5)
+                for i in range(args.window):
+                    batch(next(queue), checked=i % (CHECK_INTERVAL_S // DEFAULT_CADENCE_S) == 0)
+                    observe(DEFAULT_CADENCE_S // OBSERVE_EVERY_S)
                 grown = storage_bytes(home) - start
                 cutoff = datetime.now(UTC)
                 started = time.perf_counter()
@@ -224,13 +245,22 @@ def main() -> int:
                 report.observations_deleted = prune_runless_observations(instance, cutoff)
                 windows.append((grown, report, storage_bytes(home), time.perf_counter() - started))
 
-        assets = len(batch_selection(channels, lake_writer=True))
-        checks = len(batch_checks(channels, lake_writer=True) or [])
-        print(f"stream_batch run: {assets} assets and {checks} checks, one 5 s segment (~2,500 events) each")
-        print("  events by kind (count, bytes): " + ", ".join(f"{k} {n} ({b:,})" for k, (n, b) in kinds.items()))
+        for checked in (False, True):
+            assets = len(batch_selection(channels, lake_writer=True, snowflake=checked))
+            checks = len(batch_checks(channels, True, lake_checks=checked, snowflake=checked) or [])
+            kind = "round with lake checks and Snowflake copies" if checked else "plain round"
+            print(f"stream_batch {kind}: {assets} assets and {checks} checks, one 5 s segment (~2,500 events)")
         print(
-            f"Dagster storage per run: median {bytes_per_run:,.0f} bytes ({events} events in the event log); "
+            "  events of a plain round by kind (count, bytes): "
+            + ", ".join(f"{k} {n} ({b:,})" for k, (n, b) in kinds.items())
+        )
+        print(
+            f"Dagster storage per plain round: median {bytes_per_run:,.0f} bytes ({events} events in the event log); "
             f"runs {[f'{b:,}' for b in per_run]}"
+        )
+        print(
+            f"Dagster storage per checked round (one per {CHECK_INTERVAL_S} s): median {bytes_per_checked:,.0f} bytes "
+            f"({checked_events} events); runs {[f'{b:,}' for b in per_checked]}"
         )
         print("  mean per run: " + ", ".join(f"{k} {v:,.0f}" for k, v in parts.items()))
         print(
@@ -238,15 +268,15 @@ def main() -> int:
             f"rows (a MySQL instance stores these once, plus its indexes; SQLite also copies asset and check "
             f"events into its index)"
         )
-        observations_per_day = bytes_per_observation * TICKS_PER_DAY
+        observations_per_day = bytes_per_observation * OBSERVATIONS_PER_DAY
         print(
-            f"landing_log observations (one per sensor tick, every 5 s at any cadence): {bytes_per_observation:,.0f} "
-            f"bytes each, {mb(observations_per_day)} a day"
+            f"landing_log observations (at most one per {OBSERVE_EVERY_S} s at any cadence): "
+            f"{bytes_per_observation:,.0f} bytes each, {mb(observations_per_day)} a day"
         )
         print("cadence   runs/day   runs' storage/day   with observations   kept at 7 days retention")
         for cadence in CADENCES_S:
             runs_per_day = 86_400 // cadence
-            per_day = runs_per_day * bytes_per_run
+            per_day = runs_bytes_per_day(cadence)
             total = per_day + observations_per_day
             mark = "  <- default" if cadence == DEFAULT_CADENCE_S else ""
             print(
@@ -260,7 +290,7 @@ def main() -> int:
                 f"({mb(report.bytes_removed)}) and {report.observations_deleted} observations, kept "
                 f"{report.kept_for_ui} run(s) for the UI; storage after: {mb(after)}"
             )
-        default_per_day = 86_400 // DEFAULT_CADENCE_S * bytes_per_run + observations_per_day
+        default_per_day = runs_bytes_per_day(DEFAULT_CADENCE_S) + observations_per_day
         drift = windows[1][2] - windows[0][2]
         flat = drift <= FLAT_TOLERANCE * windows[1][0]
         print(

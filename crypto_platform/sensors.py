@@ -21,8 +21,9 @@ event log) and a Snowflake warehouse from never suspending. A run goes in one pr
 per step: a step process costs a few seconds of imports, which is most of a micro-batch's budget),
 and ``dagster.yaml`` lets one ``stream_batch`` run go at a time (tag ``crypto/landing_log``) so
 batches apply in order; each stage keeps its own watermark, so a failed run's segments are taken in
-by the next one. Ingester health is reported as an observation of the ``landing_log`` asset
-(events/s, lag, reconnects, gaps, last error), visible on its page in the UI, and in the tick's log.
+by the next one. Ingester health (events/s, lag, reconnects, gaps, last error) is reported as an
+observation of the ``landing_log`` asset, visible on its page in the UI: at most every 30 s while
+all is well, on every tick with news; and in every tick's log.
 """
 
 import dataclasses
@@ -234,6 +235,16 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
     if cursor.log_id != log:
         cursor = StreamCursor(log_id=cursor.log_id, seq=cursor.seq)  # a new landing log: report from its start
     appended, cursor = writer_materializations(stream, cursor, time.time())
+    # Health goes to the event log at most every REPORT_EVERY_S while all is well (17,280 ticks a day
+    # would each store one), and on every tick that has news: a start, a failure, a stale heartbeat.
+    calm = action.startswith("running") and writer_action == "running" and "stale" not in action
+    due = time.time() - cursor.observed_at >= REPORT_EVERY_S
+    appended_events: list[dg.AssetObservation | dg.AssetMaterialization] = list(appended)
+    if not calm or due:
+        appended_events.insert(0, observation)
+    if calm and due:
+        cursor = dataclasses.replace(cursor, observed_at=time.time())
+    changed = bool(appended) or (calm and due)
     start = cursor.seq if cursor.log_id == log else 0
     busy = batch_in_flight(context.instance, log)
     if busy is not None:
@@ -242,7 +253,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         waiting = f"segments after {start} wait for stream_batch run {busy} to finish"
         context.log.info(waiting)
         return dg.SensorResult(
-            skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
+            skip_reason=waiting, cursor=cursor.encode() if changed else None, asset_events=appended_events
         )
     now = time.time()
     wait_s = cursor.launched_at + stream.batch_interval_s - now
@@ -250,7 +261,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         # The cadence: segments sealed meanwhile wait for the next round (the lake already has them).
         waiting = f"next stream_batch round in {wait_s:.0f}s (CRYPTO_BATCH_INTERVAL_S={stream.batch_interval_s:g})"
         return dg.SensorResult(
-            skip_reason=waiting, cursor=cursor.encode() if appended else None, asset_events=[observation, *appended]
+            skip_reason=waiting, cursor=cursor.encode() if changed else None, asset_events=appended_events
         )
     sealed = stream.sealed_after(start)
     if lake_writer:
@@ -284,6 +295,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         reported_seq=cursor.reported_seq,
         reported_at=cursor.reported_at,
         launched_at=now if launched else cursor.launched_at,
+        observed_at=cursor.observed_at,
         checked_seq=new_cursor.seq if launched and checks_due else cursor.checked_seq,
         checked_at=now if launched and checks_due else cursor.checked_at,
         snowflake_at=now if launched and snowflake_due else cursor.snowflake_at,
@@ -298,5 +310,5 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         run_requests=runs,
         cursor=new_cursor.encode(),
         skip_reason=None if runs else f"{summary}; ingester {action}",
-        asset_events=[observation, *appended],
+        asset_events=appended_events,
     )

@@ -44,6 +44,8 @@ class StreamCursor:
     checked_at: float = 0.0
     # When a round last loaded the Snowflake copies (CRYPTO_SNOWFLAKE_INTERVAL_S).
     snowflake_at: float = 0.0
+    # When the ingester's health was last recorded on landing_log.
+    observed_at: float = 0.0
 
     def encode(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -63,6 +65,7 @@ class StreamCursor:
                 checked_seq=int(data.get("checked_seq", 0)),
                 checked_at=float(data.get("checked_at", 0.0)),
                 snowflake_at=float(data.get("snowflake_at", 0.0)),
+                observed_at=float(data.get("observed_at", 0.0)),
             )
         except (ValueError, TypeError, AttributeError):
             # A cursor from another version: start over; run keys keep this from duplicating runs.

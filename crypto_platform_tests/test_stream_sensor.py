@@ -412,3 +412,34 @@ def test_lake_checks_and_snowflake_copies_join_rounds_at_their_own_cadence(tmp_p
         (r3,) = third.run_requests
         assert r3.tags[SEGMENTS_TAG] == "3-3" and r3.tags[CHECK_SEGMENTS_TAG] == "2-3" and snowflake(r3)
         assert StreamCursor.decode(third.cursor).checked_seq == 3
+
+
+def test_health_is_recorded_at_most_every_30_s_while_all_is_well_and_at_once_with_news(tmp_path: Path) -> None:
+    """Ingester and lake writer running with a fresh heartbeat: the first tick records the health
+    observation, the next ones within 30 s do not, one 30 s later does; a stopped ingester is news."""
+    import time
+
+    from crypto_platform.lake import writer
+    from crypto_platform.stream import supervision
+
+    landing = Landing(tmp_path)
+    settings = landing.settings
+    landing.segment(trades_frame(0, 5, DAY1_MS))
+
+    def observations(result: dg.SensorResult) -> int:
+        return sum(isinstance(e, dg.AssetObservation) for e in result.asset_events)
+
+    with dg.instance_for_test() as instance, writer.writer_lock(settings):
+        ingester = supervision.IngesterLock(settings)
+        ingester.acquire()
+        supervision.write_heartbeat(settings, {"ts_ns": time.time_ns(), "state": "streaming"})
+        first = tick(landing, instance, None)
+        second = tick(landing, instance, first.cursor)
+        assert observations(first) == 1 and observations(second) == 0
+        late = dataclasses.replace(StreamCursor.decode(second.cursor or first.cursor), observed_at=time.time() - 31)
+        assert observations(tick(landing, instance, late.encode())) == 1
+        ingester.release()
+        down = tick(landing, instance, first.cursor)
+        assert observations(down) == 1
+        (obs,) = [e for e in down.asset_events if isinstance(e, dg.AssetObservation)]
+        assert obs.metadata["ingester"].value == "not running (autostart is off)"
