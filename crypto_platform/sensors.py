@@ -92,9 +92,9 @@ def batch_checks(
 ) -> list[dg.AssetCheckKey] | None:
     """The checks of a micro-batch run. None: Dagster's default, every check of the selected assets.
 
-    With the lake writer: the copies' parity always (each load is compared with the lake), and when
-    ``lake_checks`` is due, the checks of the raw tables (on the rows appended since the last checked
-    round), of the minute bars and of the alerts.
+    With the lake writer: the checks defined inside their assets always (the copies' parity: each
+    load is compared with the lake; the alerts' check), and when ``lake_checks`` is due, the checks
+    of the raw tables (on the rows appended since the last checked round) and of the minute bars.
     """
     if not lake_writer:
         return None
@@ -103,8 +103,10 @@ def batch_checks(
     if lake_checks:
         assets |= {RAW_BY_CHANNEL[c].key for c in channels if c in RAW_BY_CHANNEL}
         return [key for key in CHECK_KEYS if key.asset_key in assets]
-    copies = {asset.key for _, asset in STREAM_COPIES}
-    return [key for key in CHECK_KEYS if key.asset_key in assets & copies]
+    # Checks defined inside their asset (the copies' parity, the alerts' check) go wherever it goes:
+    # Dagster cannot run such an asset without them.
+    inside = {asset.key for _, asset in STREAM_COPIES} | {crypto_alerts.key}
+    return [key for key in CHECK_KEYS if key.asset_key in assets & inside]
 
 
 stream_batch = dg.define_asset_job(

@@ -440,8 +440,5 @@ def crypto_alerts(
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"unmuted": len(loud), "alerts": dg.MetadataValue.md(alerts_markdown(loud))},
             )
-        ]
-        # A stream round between two checked rounds leaves the check out (CRYPTO_CHECK_INTERVAL_S).
-        if dg.AssetCheckKey(context.asset_key, NO_UNMUTED) in context.selected_asset_check_keys
-        else [],
+        ],
     )
