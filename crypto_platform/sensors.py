@@ -66,29 +66,39 @@ CHECK_KEYS: list[dg.AssetCheckKey] = [
 ]
 
 
-def batch_selection(channels: Iterable[str], lake_writer: bool = False, snowflake: bool = True) -> list[dg.AssetKey]:
+def batch_selection(
+    channels: Iterable[str], lake_writer: bool = False, snowflake: bool = True, ledger_news: bool = True
+) -> list[dg.AssetKey]:
     """The assets a micro-batch run builds for a day whose new segments hold ``channels``.
 
     ``lake_writer``: the lake writer has already appended the segments to the raw tables, so the run
     leaves them out (their checks still run, on the new rows: :func:`batch_checks`). ``snowflake``:
-    the round also loads the Snowflake copies.
+    the round also loads the Snowflake copies. ``ledger_news``: the session ledger changed since the
+    last round, so the MySQL copy of the sessions loads (a Snowflake round loads it anyway).
     """
     lake = {RAW_BY_CHANNEL[c].key for c in channels if c in RAW_BY_CHANNEL}
     if lake & BAR_INPUTS:
         lake |= BAR_INPUTS | {minute_bars.key, crypto_alerts.key}
-    # The session ledger's copy goes with every batch: each one has connection news.
-    sources = lake | {landing_log.key}
-    copies = [
-        asset.key
-        for copy, asset in STREAM_COPIES
-        if copy.upstream in sources and (snowflake or not asset.key.path[0].startswith("snowflake_"))
-    ]
+    copies = []
+    for copy, asset in STREAM_COPIES:
+        to_snowflake = asset.key.path[0].startswith("snowflake_")
+        if to_snowflake and not snowflake:
+            continue
+        # The session ledger's copy: in MySQL when the ledger has news, in Snowflake with its round
+        # (which takes all the news since the last one).
+        ledger_copy = copy.upstream == landing_log.key and (to_snowflake or ledger_news)
+        if ledger_copy or copy.upstream in lake:
+            copies.append(asset.key)
     built = lake - RAW_KEYS if lake_writer else lake
     return sorted(built, key=str) + copies
 
 
 def batch_checks(
-    channels: Iterable[str], lake_writer: bool = False, lake_checks: bool = True, snowflake: bool = True
+    channels: Iterable[str],
+    lake_writer: bool = False,
+    lake_checks: bool = True,
+    snowflake: bool = True,
+    ledger_news: bool = True,
 ) -> list[dg.AssetCheckKey] | None:
     """The checks of a micro-batch run. None: Dagster's default, every check of the selected assets.
 
@@ -99,7 +109,7 @@ def batch_checks(
     if not lake_writer:
         return None
     channels = list(channels)
-    assets = set(batch_selection(channels, lake_writer, snowflake))
+    assets = set(batch_selection(channels, lake_writer, snowflake, ledger_news))
     if lake_checks:
         assets |= {RAW_BY_CHANNEL[c].key for c in channels if c in RAW_BY_CHANNEL}
         return [key for key in CHECK_KEYS if key.asset_key in assets]
@@ -276,6 +286,8 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
     # the writer: the run then builds the raw tables, and Dagster runs every check of what it builds).
     checks_due = not lake_writer or now - cursor.checked_at >= stream.check_interval_s
     snowflake_due = not lake_writer or now - cursor.snowflake_at >= stream.snowflake_interval_s
+    ledger_bytes = stream.ledger_path.stat().st_size if stream.ledger_path.exists() else 0
+    ledger_news = not lake_writer or ledger_bytes != cursor.ledger_bytes
     runs = []
     for b in batches:
         tags = {SEGMENTS_TAG: b.segment_range, LANDING_LOG_TAG: log}
@@ -286,8 +298,8 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
             dg.RunRequest(
                 run_key=b.run_key(log),
                 partition_key=b.day,
-                asset_selection=batch_selection(b.channels, lake_writer, snowflake_due),
-                asset_check_keys=batch_checks(b.channels, lake_writer, checks_due, snowflake_due),
+                asset_selection=batch_selection(b.channels, lake_writer, snowflake_due, ledger_news),
+                asset_check_keys=batch_checks(b.channels, lake_writer, checks_due, snowflake_due, ledger_news),
                 tags=tags,
             )
         )
@@ -301,6 +313,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
         checked_seq=new_cursor.seq if launched and checks_due else cursor.checked_seq,
         checked_at=now if launched and checks_due else cursor.checked_at,
         snowflake_at=now if launched and snowflake_due else cursor.snowflake_at,
+        ledger_bytes=ledger_bytes if launched else cursor.ledger_bytes,
     )
     summary = (
         f"segments {start + 1}-{new_cursor.seq}: {len(runs)} run(s) for {', '.join(b.day for b in batches)}"

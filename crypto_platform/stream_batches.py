@@ -46,6 +46,8 @@ class StreamCursor:
     snowflake_at: float = 0.0
     # When the ingester's health was last recorded on landing_log.
     observed_at: float = 0.0
+    # The session ledger's size when the last round was launched (its MySQL copy loads on news).
+    ledger_bytes: int = 0
 
     def encode(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -66,6 +68,7 @@ class StreamCursor:
                 checked_at=float(data.get("checked_at", 0.0)),
                 snowflake_at=float(data.get("snowflake_at", 0.0)),
                 observed_at=float(data.get("observed_at", 0.0)),
+                ledger_bytes=int(data.get("ledger_bytes", 0)),
             )
         except (ValueError, TypeError, AttributeError):
             # A cursor from another version: start over; run keys keep this from duplicating runs.

@@ -19,6 +19,7 @@ from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.landing_log import LandingLog
 from crypto_platform.stream.manifest import log_id
+from crypto_platform.stream.session_ledger import SessionLedger
 from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor
 from crypto_platform_tests.conftest import local_settings
 
@@ -399,6 +400,8 @@ def test_lake_checks_and_snowflake_copies_join_rounds_at_their_own_cadence(tmp_p
         landing.segment(trades_frame(5, 5, DAY1_MS + 1000))
         second = round_(first.cursor)
         (r2,) = second.run_requests
+        # No connection news (the ledger did not change): the sessions' MySQL copy stays out.
+        assert dg.AssetKey("mysql_stream_sessions") not in (r2.asset_selection or [])
         assert CHECK_SEGMENTS_TAG not in r2.tags and not snowflake(r2)
         assert r2.tags[SEGMENTS_TAG] == "2-2"
         mysql = {k for k in r2.asset_selection or [] if k.path[0].startswith("mysql_")}
@@ -410,12 +413,16 @@ def test_lake_checks_and_snowflake_copies_join_rounds_at_their_own_cadence(tmp_p
         )
 
         landing.segment(trades_frame(10, 5, DAY1_MS + 2000))
+        ledger = SessionLedger(settings.landing_dir / "sessions.ndjson")
+        ledger.record(ledger.new_session(), "connect", DAY1_MS * 1_000_000, url="ws://127.0.0.1/crypto")
+        ledger.close()
         due = StreamCursor.decode(second.cursor)
         assert due.checked_seq == 1
         due = dataclasses.replace(due, checked_at=due.checked_at - 301, snowflake_at=due.snowflake_at - 301)
         third = round_(due.encode())
         (r3,) = third.run_requests
         assert r3.tags[SEGMENTS_TAG] == "3-3" and r3.tags[CHECK_SEGMENTS_TAG] == "2-3" and snowflake(r3)
+        assert dg.AssetKey("mysql_stream_sessions") in (r3.asset_selection or [])  # the ledger's news
         assert StreamCursor.decode(third.cursor).checked_seq == 3
 
 
