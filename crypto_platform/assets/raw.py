@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_platform.assets.landing_log import landing_log
-from crypto_platform.lake.decode import merge
+from crypto_platform.lake.gap_repair import stream_coverage
 from crypto_platform.lake.raw import (
     AGGREGATES,
     BOOK,
@@ -137,21 +136,33 @@ def with_history(
 ) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
     """The day's trades with history merged in by key, for a run that is not a stream batch.
 
-    History is read for a day without landing segments, and for a day with some once it has ended
-    (the stream may have covered part of it). Not again when the day already holds history rows (a
-    rebuild keeps them). On a key both have, the stream's row wins: merge keeps the earliest
-    receipt, and a history row's receipt is its download time; the stream's row also carries the
-    lineage (receive time, session, segment). Quotes have no history: their gaps stay as they are.
+    History is read for a day without landing segments, and for an ended day with some that the
+    stream did not cover whole (a gap, or minutes before or after the sessions, by the session
+    ledger: :func:`~crypto_platform.lake.gap_repair.stream_coverage`). An ended day the stream
+    covered minute by minute is complete already: its Flat File is not downloaded again. Not again
+    either when the day already holds history rows (a rebuild keeps them). On a key both have, the
+    stream's row wins: merge keeps the earliest receipt, and a history row's receipt is its download
+    time; the stream's row also carries the lineage (receive time, session, segment). Quotes have no
+    history: their gaps stay as they are, counted by the ``raw_quotes`` coverage check.
     ``CRYPTO_HISTORY_SOURCE=off`` turns this off.
     """
-    from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades
+    from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades, merge_history
     from crypto_platform.polygon.rest_client import PolygonRest
 
     if table.num_rows and pc.any(pc.is_in(table["source"], value_set=pa.array(HISTORY_SOURCES))).as_py():
         return table, {}
     lo = int(DAILY_PARTITIONS.time_window_for_partition_key(day).start.timestamp() * 1000)
-    if has_segments and lo + DAY_MS > time.time() * 1000:
+    now_ms = int(time.time() * 1000)
+    if has_segments and lo + DAY_MS > now_ms:
         return table, {}
+    if has_segments:
+        coverage = stream_coverage(stream.landing_dir, table, None, lo, lo + DAY_MS, now_ms)
+        if coverage.complete:
+            context.log.info(f"{day}: the stream covered every minute of the day: no history is read")
+            return table, {}
+        context.log.info(
+            f"{day}: {coverage.not_streamed} of {coverage.minutes} minutes were not streamed: reading history"
+        )
     settings = stream.settings()
     if not settings.history_enabled:
         return table, {}
@@ -160,9 +171,7 @@ def with_history(
     if got is None:
         return table, {}
     fetched, figures = got
-    fetched = fetched.append_column("idx", pa.array(np.arange(fetched.num_rows, dtype=np.int64)))
-    existing = table.select(TRADES_SCHEMA.names) if table.num_rows else None
-    merged, dupes = merge(fetched, existing, TRADES_SCHEMA, TRADES.key, TRADES.order)
+    merged, dupes = merge_history(fetched, table)
     figures = {**figures, "rows_added": merged.num_rows - table.num_rows, "rows_already_streamed": dupes}
     context.log.info(f"{day}: history {figures}")
     return merged, {day: figures}

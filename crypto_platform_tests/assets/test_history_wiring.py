@@ -111,3 +111,54 @@ def test_a_past_day_is_filled_from_flat_files_and_the_stream_wins_a_conflict(
     assert again.success and sim.s3.counters.requests.get("GetObject", 0) == gets
     rebuilt = lake.read_partition("raw_trades", DAY.isoformat())
     assert rebuilt is not None and rebuilt.select(VALUES).equals(table.select(VALUES))
+
+
+def test_a_rebuild_of_an_ended_day_the_stream_covered_whole_reads_no_flat_file(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only days (or parts of days) without stream coverage go to history: the Flat File is not fetched."""
+    assert sim.s3 is not None and sim.flat_files is not None
+    for name, value in {
+        "CRYPTO_HISTORY_SOURCE": "auto",
+        "CRYPTO_SIMULATOR_PORT": str(sim.port),
+        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
+        "CRYPTO_PAIRS": PAIR,
+    }.items():
+        monkeypatch.setenv(name, value)
+    # One session, begun before the day (1,000 s before its first row here) and still open: every
+    # trade of the day streamed, no gap.
+    landing = Landing(tmp_path / "landing")
+    ledger = SessionLedger(landing.settings.landing_dir / "sessions.ndjson")
+    session = ledger.new_session()
+    ledger.record(session, "connect", 1, url="ws://127.0.0.1/crypto")
+    ledger.record(session, "first_frame", 2)
+    ledger.close()
+    landing.recv = 1_000 * 1_000_000_000
+    lo_s = DAY_MS // 1000
+    texts = [
+        sim.renderer.trade(PAIR, tr) for s in range(lo_s, lo_s + 86_400) for tr in sim.market.second(PAIR, s).trades
+    ]
+    # Small frames, as Polygon sends them (a session's first frame places its start on the event clock).
+    frames = [("[" + ",".join(texts[i : i + 5]) + "]").encode() for i in range(0, len(texts), 5)]
+    for i in range(0, len(frames), 1_000):
+        landing.segment(*frames[i : i + 1_000], session=session)
+
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    requests = dict(sim.s3.counters.requests)
+    result = dg.materialize(
+        [raw_trades],
+        partition_key=DAY.isoformat(),
+        resources={"stream": landing.resource(), "lake": lake},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert sim.s3.counters.requests == requests, "no Flat File request at all (not even a HEAD)"
+    meta = result.asset_materializations_for_node("raw_trades")[0].metadata
+    assert "history_days" not in meta
+    table = lake.read_partition("raw_trades", DAY.isoformat())
+    assert table is not None and set(table["source"].to_pylist()) == {"ws"}
+    # The stream had the day whole: exactly the Flat File's trades, value for value.
+    stored = sim.flat_files.get(object_key("trades_v1", DAY))
+    assert stored is not None
+    published, _ = read_trades_csv(stored.path, stored.key, DAY, [PAIR])
+    assert table.select(VALUES).equals(published.select(VALUES))
