@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from crypto_platform.assets.bars import minute_bars
-from crypto_platform.assets.raw import raw_trades
+from crypto_platform.assets.raw import raw_quotes, raw_trades
+from crypto_platform.checks.lake import raw_quotes_checks
 from crypto_platform.lake.history import read_trades_csv
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
@@ -162,3 +163,36 @@ def test_a_rebuild_of_an_ended_day_the_stream_covered_whole_reads_no_flat_file(
     assert stored is not None
     published, _ = read_trades_csv(stored.path, stored.key, DAY, [PAIR])
     assert table.select(VALUES).equals(published.select(VALUES))
+
+
+def test_a_day_filled_from_history_counts_all_its_quotes_as_a_gap(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quotes have no history: a day whose trades came from Flat Files shows its quotes as a gap, counted."""
+    assert sim.s3 is not None
+    for name, value in {
+        "CRYPTO_HISTORY_SOURCE": "auto",
+        "CRYPTO_SIMULATOR_PORT": str(sim.port),
+        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
+        "CRYPTO_PAIRS": PAIR,
+    }.items():
+        monkeypatch.setenv(name, value)
+    landing = Landing(tmp_path / "landing")  # the stream never ran
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    result = dg.materialize(
+        [raw_trades, raw_quotes, raw_quotes_checks],
+        partition_key=DAY.isoformat(),
+        resources={"stream": landing.resource(), "lake": lake},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert result.asset_materializations_for_node("raw_trades")[0].metadata["history_source"].value == "flat_file"
+    trades = lake.read_partition("raw_trades", DAY.isoformat())
+    quotes = lake.read_partition("raw_quotes", DAY.isoformat())
+    assert trades is not None and trades.num_rows > 1_000 and quotes is not None and quotes.num_rows == 0
+    (coverage,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "stream_coverage"]
+    assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.WARN
+    figures = {k: v.value for k, v in coverage.metadata.items()}
+    assert figures["minutes_not_streamed"] == figures["violations"] == figures["minutes_of_day"] == 1_440
+    assert figures["minutes_streamed"] == 0
+    assert "2025-11-20 00:00-2025-11-21 00:00 UTC not streamed (1440 min)" in str(figures["examples"])
