@@ -148,6 +148,7 @@ def with_history(
     """
     from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades, merge_history
     from crypto_platform.polygon.rest_client import PolygonRest
+    from crypto_platform.resources.polygon import build_polygon_rest_resource
 
     if table.num_rows and pc.any(pc.is_in(table["source"], value_set=pa.array(HISTORY_SOURCES))).as_py():
         return table, {}
@@ -166,6 +167,8 @@ def with_history(
     settings = stream.settings()
     if not settings.history_enabled:
         return table, {}
+    # Zero setup: the built-in simulator (REST and Flat Files) is started on demand, as for gap repair.
+    build_polygon_rest_resource(settings).ensure_local_simulator()
     access = history_access(settings, PolygonRest(settings.rest_url, settings.api_key.reveal()))
     got = history_trades(access, date.fromisoformat(day), settings.pairs, context.log.info)
     if got is None:
