@@ -318,17 +318,27 @@ class DeltaLake:
         table_dir = Path(self.uri(name))
         (table_dir / folder).mkdir(parents=True, exist_ok=True)
 
+        ranged = [f.name for f in data.schema if _ranged(f.type)]  # min/max worth keeping (not decimals)
+
         def write(i: int) -> AddAction:
             part = data.slice(i * step, step)
             relative = f"{folder}/part-{i:05d}-{uuid.uuid4()}-c000.snappy.parquet"
-            pq.write_table(part, table_dir / relative, compression="snappy", row_group_size=ROW_GROUP_ROWS)
+            written: list[pq.FileMetaData] = []
+            pq.write_table(
+                part,
+                table_dir / relative,
+                compression="snappy",
+                row_group_size=ROW_GROUP_ROWS,
+                write_statistics=ranged,
+                metadata_collector=written,
+            )
             return AddAction(
                 path=relative,
                 size=(table_dir / relative).stat().st_size,
                 partition_values={DATE_COLUMN: day},
                 modification_time=int(time.time() * 1000),
                 data_change=True,
-                stats=json.dumps(file_stats(part)),
+                stats=json.dumps(file_stats(part, written[0])),
             )
 
         with ThreadPoolExecutor(parts) as pool:
@@ -419,26 +429,31 @@ class DeltaLake:
         return rows.select(full.names).cast(full)
 
 
-def file_stats(rows: pa.Table) -> dict[str, object]:
+def _ranged(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_string(kind)
+
+
+def file_stats(rows: pa.Table, written: pq.FileMetaData) -> dict[str, object]:
     """Delta's per-file statistics of ``rows``: row count, null counts, and min/max of integers and short texts.
 
-    What pruning uses here (event times, pairs, exchanges). Decimals are left out rather than
-    rounded into a JSON float that could lie outside the true range; a column without min/max is
-    never pruned, which is always correct.
+    Taken from the statistics the Parquet writer computed for each row group (``written``), not
+    computed again. What pruning uses here (event times, pairs, exchanges). Decimals are left out
+    rather than rounded into a JSON float that could lie outside the true range; a column without
+    min/max is never pruned, which is always correct.
     """
     low: dict[str, object] = {}
     high: dict[str, object] = {}
-    nulls: dict[str, int] = {}
-    for field_ in rows.schema:
-        column = rows[field_.name]
-        nulls[field_.name] = column.null_count
-        ranged = pa.types.is_integer(field_.type) or pa.types.is_string(field_.type)
-        if column.null_count == len(column) or not ranged:
+    nulls = {f.name: rows[f.name].null_count for f in rows.schema}
+    for i, field_ in enumerate(rows.schema):
+        if not _ranged(field_.type) or rows[field_.name].null_count == rows.num_rows:
             continue
-        lo, hi = pc.min_max(column).values()
-        if pa.types.is_string(field_.type) and max(len(lo.as_py()), len(hi.as_py())) > STATS_TEXT_CHARS:
+        found = [written.row_group(g).column(i).statistics for g in range(written.num_row_groups)]
+        if not found or any(s is None or not s.has_min_max for s in found):
+            continue
+        lo, hi = min(s.min for s in found), max(s.max for s in found)
+        if pa.types.is_string(field_.type) and max(len(lo), len(hi)) > STATS_TEXT_CHARS:
             continue  # delta-rs truncates long texts; leaving them out needs no care for upper bounds
-        low[field_.name], high[field_.name] = lo.as_py(), hi.as_py()
+        low[field_.name], high[field_.name] = lo, hi
     return {"numRecords": rows.num_rows, "minValues": low, "maxValues": high, "nullCount": nulls}
 
 
