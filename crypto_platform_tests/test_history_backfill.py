@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -24,13 +25,17 @@ import pytest
 
 from crypto_platform.local.stack import install_instance_config
 from crypto_platform.resources.lake import LakeResource
-from crypto_platform.settings import child_environment, load_settings
+from crypto_platform.resources.snowflake import build_snowflake_resource
+from crypto_platform.settings import Settings, child_environment, load_settings
 from crypto_platform.simulator.flat_files import object_key
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
+from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import free_port
 from crypto_platform_tests.test_dagster_dev import BACKFILL_STATUS, LAUNCH_BACKFILL, graphql, http_json, poll
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# The lake's trades and bars and their warehouse copies, as an analyst selects them in the UI.
+ASSETS = ("raw_trades", "minute_bars", "mysql_trades", "snowflake_trades", "mysql_minute_bars", "snowflake_minute_bars")
 DAYS = 30
 DEADLINE_S = 1500.0
 # Variables that would switch a part of the stack to production; the test wants the local defaults.
@@ -39,7 +44,9 @@ PRODUCTION_VARIABLES = ("POLYGON_API_KEY", "POLYGON_WS_URL", "POLYGON_REST_URL",
 
 @pytest.mark.slow
 @pytest.mark.timeout(DEADLINE_S + 600)
-def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
+def test_a_30_day_history_backfill_launched_like_the_ui(
+    tmp_path: Path, mysql_server: dict[str, object], mysql_database: str, fakesnow_server: Settings
+) -> None:
     today = datetime.now(UTC).date()
     first = today - timedelta(days=DAYS + 1)
     days = [(first + timedelta(days=i)).isoformat() for i in range(DAYS)]
@@ -57,7 +64,6 @@ def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
                 "CRYPTO_DATA_DIR": str(state / "data"),
                 "DAGSTER_HOME": str(tmp_path / "dagster_home"),
                 "CRYPTO_DAGSTER_PORT": str(port),
-                "CRYPTO_FAKESNOW_PORT": str(free_port()),
                 "CRYPTO_SIMULATOR_PORT": str(sim.port),
                 "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
                 "CRYPTO_PAIRS": "BTC-USD",
@@ -65,6 +71,11 @@ def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
                 "CRYPTO_INGESTER_AUTOSTART": "false",
                 "CRYPTO_HISTORY_SOURCE": "auto",
                 "PYTHONUNBUFFERED": "1",
+                # The warehouse copies go to the machine's MariaDB and the shared fakesnow server.
+                "MYSQL_URL": f"mysql+pymysql://{mysql_server['user']}@{mysql_server['host']}:{mysql_server['port']}/"
+                f"{mysql_database}",
+                "CRYPTO_FAKESNOW_PORT": str(fakesnow_server.snowflake.port),
+                "SNOWFLAKE_DATABASE": f"HISTORY_{uuid.uuid4().hex[:8].upper()}",
             }
         )
         install_instance_config(load_settings(env), tmp_path / "dagster_home")
@@ -96,7 +107,7 @@ def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
 
             poll(location_loaded, 300, "the code location to load", alive)
             params = {
-                "assetSelection": [{"path": ["raw_trades"]}, {"path": ["minute_bars"]}],
+                "assetSelection": [{"path": [name]} for name in ASSETS],
                 "partitionNames": days,
                 "title": "history backfill (test)",
             }
@@ -140,6 +151,21 @@ def test_a_30_day_history_backfill_launched_like_the_ui(tmp_path: Path) -> None:
             assert bars is not None, day
             assert sum(bars["trade_count"].to_pylist()) == trades.num_rows, day
             assert set(bars["source"].to_pylist()) == {"flat_file"}, day
+        # The warehouse copies: every day's trades and bars, once, in MySQL and in Snowflake.
+        settings = load_settings(env)
+        lake_trades = sum(lake.tables().count("raw_trades", d) for d in days)
+        lake_bars = sum(lake.tables().count("minute_bars", d) for d in days)
+        mysql = SqlWarehouse(settings.mysql_url)
+        per_day = mysql.query("SELECT FLOOR(event_ms / 86400000), COUNT(*) FROM crypto_trades GROUP BY 1")
+        day_of = {int(datetime.fromisoformat(d).replace(tzinfo=UTC).timestamp()) // 86_400: d for d in days}
+        assert {day_of[int(k)]: int(n) for k, n in per_day} == {d: lake.tables().count("raw_trades", d) for d in days}
+        assert mysql.query("SELECT COUNT(*) FROM crypto_minute_bars")[0][0] == lake_bars
+        with build_snowflake_resource(settings).get_connection() as conn:
+            cur = conn.cursor()
+            for table, expected in (("TRADES", lake_trades), ("MINUTE_BARS", lake_bars)):
+                cur.execute(f"SELECT COUNT(*) FROM {settings.snowflake.database}.POLYGON.{table}")
+                row = cur.fetchone()
+                assert row is not None and row[0] == expected, table
         assert not (state / "data" / "history").exists() or not any((state / "data" / "history").iterdir()), (
             "every day's work in progress is cleared once the day is in the lake"
         )

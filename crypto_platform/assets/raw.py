@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_platform.assets.landing_log import landing_log
-from crypto_platform.lake.decode import merge
+from crypto_platform.lake.gap_repair import stream_coverage
 from crypto_platform.lake.raw import (
     AGGREGATES,
     BOOK,
@@ -32,7 +31,7 @@ from crypto_platform.lake.raw import (
     segments_to_read,
 )
 from crypto_platform.lake.schemas import AGGREGATES_SCHEMA, BOOK_SCHEMA, DECIMAL, QUOTES_SCHEMA, TRADES_SCHEMA
-from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
+from crypto_platform.partitions import DAILY_PARTITIONS, DAY_MS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import last_manifest_entry
@@ -136,31 +135,45 @@ def with_history(
 ) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
     """The day's trades with history merged in by key, for a run that is not a stream batch.
 
-    History is read for a day without landing segments, and for a day with some once it has ended
-    (the stream may have covered part of it). Not again when the day already holds history rows (a
-    rebuild keeps them). On a key both have, the stream's row wins: merge keeps the earliest
-    receipt, and a history row's receipt is its download time; the stream's row also carries the
-    lineage (receive time, session, segment). Quotes have no history: their gaps stay as they are.
+    History is read for a day without landing segments, and for an ended day with some that the
+    stream did not cover whole (a gap, or minutes before or after the sessions, by the session
+    ledger: :func:`~crypto_platform.lake.gap_repair.stream_coverage`). An ended day the stream
+    covered minute by minute is complete already: its Flat File is not downloaded again. Not again
+    either when the day already holds history rows (a rebuild keeps them). On a key both have, the
+    stream's row wins: merge keeps the earliest receipt, and a history row's receipt is its download
+    time; the stream's row also carries the lineage (receive time, session, segment). Quotes have no
+    history: their gaps stay as they are, counted by the ``raw_quotes`` coverage check.
     ``CRYPTO_HISTORY_SOURCE=off`` turns this off.
     """
-    from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades
+    from crypto_platform.lake.history import HISTORY_SOURCES, history_access, history_trades, merge_history
     from crypto_platform.polygon.rest_client import PolygonRest
+    from crypto_platform.resources.polygon import build_polygon_rest_resource
 
     if table.num_rows and pc.any(pc.is_in(table["source"], value_set=pa.array(HISTORY_SOURCES))).as_py():
         return table, {}
-    if has_segments and day_bounds_ms(day)[1] > time.time() * 1000:
+    lo = day_bounds_ms(day)[0]
+    now_ms = int(time.time() * 1000)
+    if has_segments and lo + DAY_MS > now_ms:
         return table, {}
+    if has_segments:
+        coverage = stream_coverage(stream.landing_dir, table, None, lo, lo + DAY_MS, now_ms)
+        if coverage.complete:
+            context.log.info(f"{day}: the stream covered every minute of the day: no history is read")
+            return table, {}
+        context.log.info(
+            f"{day}: {coverage.not_streamed} of {coverage.minutes} minutes were not streamed: reading history"
+        )
     settings = stream.settings()
     if not settings.history_enabled:
         return table, {}
+    # Zero setup: the built-in simulator (REST and Flat Files) is started on demand, as for gap repair.
+    build_polygon_rest_resource(settings).ensure_local_simulator()
     access = history_access(settings, PolygonRest(settings.rest_url, settings.api_key.reveal()))
     got = history_trades(access, date.fromisoformat(day), settings.pairs, context.log.info)
     if got is None:
         return table, {}
     fetched, figures = got
-    fetched = fetched.append_column("idx", pa.array(np.arange(fetched.num_rows, dtype=np.int64)))
-    existing = table.select(TRADES_SCHEMA.names) if table.num_rows else None
-    merged, dupes = merge(fetched, existing, TRADES_SCHEMA, TRADES.key, TRADES.order)
+    merged, dupes = merge_history(fetched, table)
     figures = {**figures, "rows_added": merged.num_rows - table.num_rows, "rows_already_streamed": dupes}
     context.log.info(f"{day}: history {figures}")
     return merged, {day: figures}

@@ -21,6 +21,7 @@ from the UI without a partition, they check the newest day in the lake.
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +31,7 @@ import pyarrow.compute as pc
 from crypto_platform.assets import raw
 from crypto_platform.assets.raw import RawTable
 from crypto_platform.checks.figures import (
+    MAX_EXAMPLES,
     Figures,
     Rule,
     duplicate_figures,
@@ -43,6 +45,7 @@ from crypto_platform.checks.figures import (
     rule_figures,
     schema_figures,
 )
+from crypto_platform.lake.gap_repair import lake_session_clock, stream_coverage
 from crypto_platform.lake.tables import between, in_ranges, time_ranges
 from crypto_platform.partitions import DAILY_PARTITIONS, day_bounds_ms
 from crypto_platform.resources.lake import LakeResource
@@ -57,6 +60,7 @@ IN_PARTITION_DAY = "in_partition_day"
 FRESHNESS = "lake_freshness"
 UNCROSSED = "uncrossed_quotes"
 ONE_CURRENT = "one_current_revision"
+STREAM_COVERAGE = "stream_coverage"
 
 # The lake may trail the landing log by this much before freshness warns: a segment is sealed
 # every 5 s and the stream sensor ticks every 5 s, so a healthy pipeline stays well below it.
@@ -72,7 +76,7 @@ def partition_days(context: dg.AssetCheckExecutionContext, lake: LakeResource, a
     return lake.days(asset)[-1:]
 
 
-_SUMMED = ("violations.", "duplicate_keys", "bars", "segments_pending", "sides_", "reconciliation_errors")
+_SUMMED = ("violations.", "duplicate_keys", "bars", "segments_pending", "sides_", "reconciliation_errors", "minutes_")
 _MAXED = ("lake_lag_s", "max_rel_diff")
 
 
@@ -105,6 +109,8 @@ class LakeAssetChecks:
     rules: tuple[Rule, ...]
     # (name, blocking, severity, description, figures function) beyond the common four
     extra: tuple[tuple[str, bool, str, Callable[[pa.Table], Figures]], ...] = ()
+    # Whether the stream's coverage of the day is a check: for a table history cannot fill (quotes).
+    coverage: bool = False
 
 
 def _crossed(table: pa.Table) -> Figures:
@@ -137,6 +143,7 @@ TABLE_CHECKS: dict[str, LakeAssetChecks] = {
         "event_ms",
         (not_positive("bid_price"), not_positive("ask_price"), negative("bid_size"), negative("ask_size")),
         ((UNCROSSED, False, "bid <= ask wherever both sides are quoted (WARN: exchanges do cross)", _crossed),),
+        coverage=True,
     ),
     "raw_aggregates": LakeAssetChecks(
         raw.AGGREGATES,
@@ -189,6 +196,40 @@ def freshness_figures(
     return Figures(table.num_rows, violations, examples, extra)
 
 
+def coverage_figures(
+    table: pa.Table, day: str, landing: Path, now_ms: int | None = None, clock: dict[int, tuple[int, ...]] | None = None
+) -> Figures:
+    """Minutes of the day the stream did not cover: for quotes, gaps that nothing fills (they have no history).
+
+    A day backfilled from Flat Files or REST has every trade but no quote, so all its minutes are
+    counted here; a partly streamed day counts the minutes outside its sessions and in its gaps.
+    Each not-streamed minute is a violation, so the check WARNs on such a day and says how much.
+    """
+    lo, hi = day_bounds_ms(day)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    coverage = stream_coverage(landing, table, None, lo, hi, now_ms, clock)
+    missing = coverage.missing_ranges(lo)
+    examples = [
+        f"{_clock(a)}-{_clock(b)} UTC not streamed ({(b - a) // 60_000} min): quotes have no history, the gap stays"
+        for a, b in missing[:MAX_EXAMPLES]
+    ]
+    return Figures(
+        table.num_rows,
+        coverage.not_streamed,
+        examples,
+        {
+            "minutes_of_day": coverage.minutes,
+            "minutes_streamed": len(coverage.streamed),
+            "minutes_not_streamed": coverage.not_streamed,
+            "minutes_in_gaps": len(coverage.in_gaps),
+        },
+    )
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def evaluate_day(
     checks: LakeAssetChecks,
     table: pa.Table | None,
@@ -196,14 +237,18 @@ def evaluate_day(
     landing: Path,
     run_segments: tuple[int, int] | None,
     neighbours: pa.Table | None = None,
+    clock: dict[int, tuple[int, ...]] | None = None,
 ) -> dict[str, Figures]:
     """Every check of one table on one day's rows (``None``: the partition does not exist).
 
     ``table`` is the day, or a stream run's new rows; then ``neighbours`` are the table's rows their
-    keys can collide with (same event-time ranges), where key uniqueness is counted.
+    keys can collide with (same event-time ranges), where key uniqueness is counted, and ``clock``
+    the day's session clock (the coverage of the day is not a property of the new rows).
     """
     spec = checks.spec
     names = [SCHEMA, UNIQUE_KEY, VALID_VALUES, IN_PARTITION_DAY, FRESHNESS, *(e[0] for e in checks.extra)]
+    if checks.coverage:
+        names.append(STREAM_COVERAGE)
     if table is None:
         gone = Figures(0, 1, [f"no lake partition {spec.name}/date={day}: materialize the day"])
         return dict.fromkeys(names, gone)
@@ -219,6 +264,8 @@ def evaluate_day(
     out[FRESHNESS] = freshness_figures(table, spec, checks.time_column, day, landing, run_segments)
     for name, _, _, fn in checks.extra:
         out[name] = fn(table)
+    if checks.coverage:
+        out[STREAM_COVERAGE] = coverage_figures(table, day, landing, clock=clock)
     return out
 
 
@@ -256,6 +303,14 @@ def _specs(asset: str, checks: LakeAssetChecks) -> list[dg.AssetCheckSpec]:
         (IN_PARTITION_DAY, True, f"{checks.time_column} inside the partition's UTC day"),
         (FRESHNESS, False, f"the lake trails the landing log by at most {LAKE_LAG_WARN_S:.0f}s; latency percentiles"),
     ]
+    if checks.coverage:
+        common.append(
+            (
+                STREAM_COVERAGE,
+                False,
+                "minutes of the day the stream did not cover (WARN): no history fills them, so each is counted",
+            )
+        )
     return [
         dg.AssetCheckSpec(name, asset=asset, blocking=blocking, description=description)
         for name, blocking, description in [*common, *((n, b, d) for n, b, d, _ in checks.extra)]
@@ -280,7 +335,8 @@ def lake_asset_checks(asset: str, checks: LakeAssetChecks) -> dg.AssetChecksDefi
         per_day = []
         for day in days:
             rows, neighbours = rows_to_check(lake, checks, day, segments)
-            per_day.append((day, evaluate_day(checks, rows, day, stream.landing_dir, segments, neighbours)))
+            clock = lake_session_clock(lake.tables(), day) if segments and checks.coverage else None
+            per_day.append((day, evaluate_day(checks, rows, day, stream.landing_dir, segments, neighbours, clock)))
         selected = {k.name for k in context.selected_asset_check_keys}
         for name in [s.name for s in specs if s.name in selected]:
             figures = merge([(day, found[name]) for day, found in per_day]) if per_day else Figures(0)

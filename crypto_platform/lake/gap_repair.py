@@ -231,6 +231,70 @@ def minutes_observed(spans: Iterable[SessionWindow], day_lo: int, day_hi: int) -
     return out
 
 
+@dataclass(frozen=True)
+class StreamCoverage:
+    """How much of a day the stream covered: minutes a session saw outside any gap, of the day so far.
+
+    Coverage of the stream itself, whatever history later filled: a day filled from Flat Files has
+    trades for every minute but quotes for none (quotes have no history), so its quote gaps are the
+    minutes counted here as not streamed.
+    """
+
+    minutes: int  # minutes of the day up to now (all 1,440 of an ended day)
+    streamed: frozenset[int]  # minute starts a session saw, outside gaps
+    in_gaps: frozenset[int]  # minute starts touching a ledger gap
+
+    @property
+    def not_streamed(self) -> int:
+        return self.minutes - len(self.streamed)
+
+    @property
+    def complete(self) -> bool:
+        return self.minutes > 0 and not self.not_streamed
+
+    def missing_ranges(self, lo: int) -> list[tuple[int, int]]:
+        """``[start_ms, end_ms)`` ranges of the day's minutes not streamed."""
+        every = range(lo, lo + self.minutes * MINUTE_MS, MINUTE_MS)
+        return ranges(m for m in every if m not in self.streamed)
+
+
+def stream_coverage(
+    landing_dir: Path,
+    rows: pa.Table,
+    aggregates: pa.Table | None,
+    day_lo: int,
+    day_hi: int,
+    now_ms: int,
+    clock: dict[int, tuple[int, ...]] | None = None,
+) -> StreamCoverage:
+    """The stream's coverage of ``[day_lo, day_hi)`` from the ledger, placed on the event clock by the day's rows.
+
+    ``rows``: the day's trades or quotes (``session``, ``received_ns``, ``event_ms``); ``aggregates``
+    the day's bars when at hand (they place sessions that had no trades). A minute counts as
+    streamed when a session's event-time span overlaps it and no gap touches it (the revision
+    window does not matter here: it is about a bar's corrections, not about rows missing).
+    """
+    samples = rows.select(["session", "received_ns", "event_ms"])
+    bars = (
+        aggregates
+        if aggregates is not None
+        else pa.table(
+            {
+                "session": pa.array([], pa.int64()),
+                "received_ns": pa.array([], pa.int64()),
+                "end_ms": pa.array([], pa.int64()),
+            }
+        )
+    )
+    clock = session_clock(samples, bars) if clock is None else clock  # given: the day's, from file statistics
+    spans, windows = ledger_windows(landing_dir, clock, day_lo, day_hi, now_ms)
+    gap = minutes_in_gaps(windows, day_lo, day_hi, 0)
+    last = min(day_hi, now_ms)
+    minutes = max(0, -(-(last - day_lo) // MINUTE_MS))
+    streamed = {m for m in minutes_observed(spans, day_lo, day_hi) if m < last} - gap
+    return StreamCoverage(minutes, frozenset(streamed), frozenset(gap))
+
+
 def ranges(minutes: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted minute starts -> contiguous ``[start_ms, end_ms)`` ranges."""
     out: list[tuple[int, int]] = []

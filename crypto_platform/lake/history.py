@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
+from isal import igzip_threaded, isal_zlib
 
 from crypto_platform.days import MINUTE_MS, day_bounds_ms
 from crypto_platform.lake.bars import DECIMAL
@@ -68,6 +70,10 @@ TRADES_COLUMNS: dict[str, pa.DataType] = {
     "price": DECIMAL,
     "size": DECIMAL,
 }
+# The reader's types for a trades file: tickers and conditions are a few distinct texts, read as
+# dictionaries so that each distinct value is converted once, not once per row.
+_TEXT_CODES = pa.dictionary(pa.int32(), pa.string())
+TRADES_CSV_COLUMNS: dict[str, pa.DataType] = {**TRADES_COLUMNS, "ticker": _TEXT_CODES, "conditions": _TEXT_CODES}
 AGGS_COLUMNS: dict[str, pa.DataType] = {
     "ticker": pa.string(),
     "volume": DECIMAL,
@@ -97,12 +103,26 @@ def _no_log(message: str) -> None:
 # -- parsing ----------------------------------------------------------------------------------------
 
 
+# What reading a damaged gzip CSV raises: Arrow's parse errors, and the inflater's (truncated, corrupt).
+_UNREADABLE: tuple[type[Exception], ...] = (pa.ArrowInvalid, OSError, EOFError, cast(type[Exception], isal_zlib.error))
+
+
 def _read_csv(path: Path, name: str, columns: dict[str, pa.DataType]) -> pa.Table:
+    """The file's columns, typed. A gzip file is inflated by ISA-L on a thread of its own.
+
+    Arrow would inflate with zlib on the thread that feeds its parser, about 0.8 s of a core for a
+    whole market's day (250 MB of text), during which the parser's threads wait; ISA-L does it in
+    about half that, beside the parser (it releases the GIL).
+    """
     convert = pv.ConvertOptions(column_types=columns, include_columns=list(columns), strings_can_be_null=False)
-    read = pv.ReadOptions(block_size=8 << 20)
+    read = pv.ReadOptions(block_size=16 << 20)
     try:
-        table = pv.read_csv(path, read_options=read, convert_options=convert)
-    except (pa.ArrowInvalid, OSError) as exc:
+        if path.suffix == ".gz":
+            with igzip_threaded.open(path, "rb") as stream:
+                table = pv.read_csv(stream, read_options=read, convert_options=convert)
+        else:
+            table = pv.read_csv(path, read_options=read, convert_options=convert)
+    except _UNREADABLE as exc:
         line, why = locate_damage(path, columns)
         raise DamagedFileError(
             f"{name}: line {line}: {why} ({exc}); the file is not used and nothing was written — the next run "
@@ -202,9 +222,9 @@ def _pair_of(ticker: pa.ChunkedArray) -> pa.Array:
 _COMMA = re.compile(r"\s*,\s*")
 
 
-def _conditions_json(conditions: pa.ChunkedArray) -> pa.Array:
+def _condition_json(condition: str) -> str:
     """A file's conditions (``2``, ``1,2``, ``"1, 2"``, ``[1,2]``, empty) as the stream's JSON text (``[1, 2]``)."""
-    return _per_distinct(conditions, lambda c: "[" + _COMMA.sub(", ", c.strip("[]{} ")) + "]")
+    return "[" + _COMMA.sub(", ", condition.strip("[]{} ")) + "]"
 
 
 def read_trades_csv(
@@ -212,21 +232,38 @@ def read_trades_csv(
 ) -> tuple[pa.Table, dict[str, int]]:
     """A Flat Files trades file as ``raw_trades`` rows of ``day`` (``source='flat_file'``), in the table's order.
 
-    Returns the table and counts (rows in the file, rows kept, rows outside the day or the pairs).
+    Returns the table and counts (rows in the file, rows kept, rows outside the day or the pairs,
+    copies dropped). A day of the whole market is about 4M rows, so nothing here runs per row in
+    Python (see :func:`_trades_order`). Copies of one trade in the file (same key and event time:
+    the platform's rule that a trade's copies share its time, see :mod:`crypto_platform.lake.raw`)
+    collapse onto the first, as the merge would keep it.
     """
-    raw = _read_csv(path, name, TRADES_COLUMNS)
+    raw = _read_csv(path, name, TRADES_CSV_COLUMNS).unify_dictionaries()
+    # The sort's columns in one piece each (small integers); texts and decimals are taken from their chunks.
+    for column in ("ticker", "conditions", "exchange", "participant_timestamp"):
+        raw = raw.set_column(raw.schema.get_field_index(column), column, raw[column].combine_chunks())
     rows_in_file = raw.num_rows
-    n = raw.num_rows
+    ticker = _dictionary(raw["ticker"])
+    conditions = _dictionary(raw["conditions"])
+    pair_names = [t.removeprefix("X:") for t in ticker.dictionary.to_pylist()]
+    stamps = raw["participant_timestamp"]
+    event_ms = pc.divide(stamps.chunk(0), _NS_PER_MS) if rows_in_file else pa.array([], pa.int64())
+    lo, hi = day_bounds_ms(day)
+    keep = _rows_kept(event_ms, ticker, pair_names, lo, hi, pairs)
+    rows, copies = _trades_order(event_ms, ticker, pair_names, raw["exchange"], raw["id"], lo, keep)
+    n = len(rows)
+    taken = pa.array(rows, pa.int64())
     stamp = time.time_ns() if received_ns is None else received_ns
+    condition_text = pa.array([_condition_json(c) for c in conditions.dictionary.to_pylist()], pa.string())
     table = pa.table(
         {
-            "pair": _pair_of(raw["ticker"]),
-            "exchange": raw["exchange"],
-            "trade_id": raw["id"],
-            "price": raw["price"],
-            "size": raw["size"],
-            "conditions": _conditions_json(raw["conditions"]),
-            "event_ms": pc.divide(raw["participant_timestamp"], _NS_PER_MS),
+            "pair": pc.take(pa.array(pair_names, pa.string()), ticker.indices.take(taken)),
+            "exchange": raw["exchange"].take(taken),
+            "trade_id": raw["id"].take(taken),
+            "price": raw["price"].take(taken),
+            "size": raw["size"].take(taken),
+            "conditions": pc.take(condition_text, conditions.indices.take(taken)),
+            "event_ms": event_ms.take(taken),
             "polygon_received_ms": pa.nulls(n, pa.int64()),
             "received_ns": pa.repeat(pa.scalar(stamp, pa.int64()), n),
             "session": pa.nulls(n, pa.int64()),
@@ -235,11 +272,123 @@ def read_trades_csv(
         },
         schema=TRADES_SCHEMA,
     )
-    lo, hi = day_bounds_ms(day)
-    in_day = pc.and_(pc.greater_equal(table["event_ms"], lo), pc.less(table["event_ms"], hi))
-    table = _pairs_filter(table.filter(in_day), pairs)
-    table = table.take(pc.sort_indices(table, [(k, "ascending") for k in TRADES.order]))
-    return table, {"rows_in_file": rows_in_file, "rows": table.num_rows, "rows_skipped": rows_in_file - table.num_rows}
+    skipped = rows_in_file - n - copies
+    return table, {"rows_in_file": rows_in_file, "rows": n, "rows_skipped": skipped, "copies_dropped": copies}
+
+
+def _dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """The one chunk of a combined dictionary column (an empty one for an empty file)."""
+    if column.num_chunks:
+        return column.chunk(0)
+    return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
+
+
+def _rows_kept(
+    event_ms: pa.Array, ticker: pa.DictionaryArray, pair_names: list[str], lo: int, hi: int, pairs: Iterable[str] | None
+) -> np.ndarray | None:
+    """A mask of the rows inside the day and the pairs; None when that is every row (the usual case)."""
+    keep = None
+    if len(event_ms):
+        low, high = (v.as_py() for v in pc.min_max(event_ms).values())
+        if low < lo or high >= hi:
+            times = event_ms.to_numpy(zero_copy_only=False)
+            keep = (times >= lo) & (times < hi)
+    chosen = None if pairs is None else set(pairs)
+    if chosen is not None and "*" not in chosen:
+        wanted = np.array([p in chosen for p in pair_names] + [False], np.bool_)
+        codes = ticker.indices.to_numpy(zero_copy_only=False)
+        by_pair = wanted[codes]
+        keep = by_pair if keep is None else keep & by_pair
+    return keep
+
+
+# Bits of the packed sort key: milliseconds into the day (a day is < 2**27 ms), pair rank, exchange.
+_PAIR_BITS, _EXCHANGE_BITS = 20, 16
+
+
+def _trades_order(
+    event_ms: pa.Array,
+    ticker: pa.DictionaryArray,
+    pair_names: list[str],
+    exchange: pa.ChunkedArray,
+    trade_id: pa.ChunkedArray,
+    lo: int,
+    keep: np.ndarray | None,
+) -> tuple[np.ndarray, int]:
+    """Row numbers of the kept rows in the table's order (event_ms, pair, exchange, trade_id), and copies dropped.
+
+    Sorting four columns, one of them text, is what made a day slow (seconds for 4M rows). The
+    first three are small integers here (ms into the day, the pair's rank among the day's few
+    pairs, the exchange id), so they are packed into one int64 and sorted by numpy; only rows that
+    tie on all three (same ms, pair and exchange) are then ordered by trade id, among themselves.
+    Values that do not fit the packing (a negative or huge exchange id, a null) take Arrow's
+    general sort instead, with the same result.
+    """
+    every = keep is None
+    rows = np.flatnonzero(keep) if keep is not None else None
+    if not len(event_ms) or (rows is not None and not len(rows)):
+        return np.zeros(0, np.int64), 0
+    rank = {p: i for i, p in enumerate(sorted(set(pair_names)))}
+    ranks = np.array([rank[p] for p in pair_names] or [0], np.int64)
+    exchanges = exchange.chunk(0) if exchange.num_chunks == 1 else exchange.combine_chunks()
+    fits = (
+        event_ms.null_count == 0
+        and exchanges.null_count == 0
+        and ticker.null_count == 0
+        and len(pair_names) < 2**_PAIR_BITS
+        and pc.min(exchanges).as_py() >= 0
+        and pc.max(exchanges).as_py() < 2**_EXCHANGE_BITS
+    )
+    if not fits:
+        sub = pa.table(
+            {
+                "t": event_ms,
+                "p": pc.take(pa.array(pair_names, pa.string()), ticker.indices),
+                "x": exchanges,
+                "i": trade_id,
+            }
+        )
+        if rows is not None:
+            sub = sub.take(pa.array(rows))
+        order = pc.sort_indices(sub, [(c, "ascending") for c in ("t", "p", "x", "i")]).to_numpy()
+        rows = order if rows is None else rows[order]
+        ordered = sub.take(pa.array(order))
+        copy = np.zeros(len(rows), np.bool_)
+        copy[1:] = True
+        for c in ("t", "p", "x", "i"):  # nulls are never copies of each other here (kept, as Arrow's sort leaves them)
+            copy[1:] &= pc.fill_null(pc.equal(ordered[c][1:], ordered[c][:-1]), False).to_numpy(zero_copy_only=False)
+        return (rows[~copy], int(copy.sum())) if copy.any() else (rows, 0)
+    # The packed key, built in place: a whole market's day is 4M rows, each temporary 32 MB.
+    times = event_ms.to_numpy(zero_copy_only=False)
+    codes = ranks[ticker.indices.to_numpy(zero_copy_only=False)]
+    exchange_ids = exchanges.to_numpy()
+    if rows is not None:
+        times, codes, exchange_ids = times[rows], codes[rows], exchange_ids[rows]
+    key = times - lo
+    key <<= _PAIR_BITS + _EXCHANGE_BITS
+    codes <<= _EXCHANGE_BITS
+    key |= codes
+    key |= exchange_ids
+    order = np.argsort(key, kind="stable")
+    rows = order if every else rows[order]  # type: ignore[index]
+    key = key[order]
+    tie = key[1:] == key[:-1]
+    if not tie.any():
+        return rows, 0
+    tied = np.zeros(len(rows), np.bool_)
+    tied[1:] |= tie
+    tied[:-1] |= tie
+    at = np.flatnonzero(tied)
+    group = pa.table({"k": key[at], "i": trade_id.take(pa.array(rows[at]))})
+    within = pc.sort_indices(group, [("k", "ascending"), ("i", "ascending")]).to_numpy()  # stable: file order last
+    rows[at] = rows[at][within]
+    # Copies (same ms, pair, exchange and id) now sit next to each other; the first in the file stays.
+    ids_in_order = group["i"].take(pa.array(within))
+    same_id = pc.equal(ids_in_order[1:], ids_in_order[:-1]).to_numpy(zero_copy_only=False)
+    same_key = key[at]
+    copy = np.zeros(len(rows), np.bool_)
+    copy[at[1:]] = (same_key[1:] == same_key[:-1]) & (np.diff(at) == 1) & same_id
+    return (rows[~copy], int(copy.sum())) if copy.any() else (rows, 0)
 
 
 def read_aggs_csv(path: Path, name: str, pairs: Iterable[str] | None = None) -> pa.Table:
@@ -454,6 +603,22 @@ def rest_minute_bars_day(rest: PolygonRest, day: date, pairs: Iterable[str]) -> 
     """Polygon's minute bars of every minute of ``day`` from REST ``/v2/aggs``."""
     lo, hi = day_bounds_ms(day)
     return rest_minute_bars(rest, sorted(set(pairs) - {"*"}), range(lo, hi, MINUTE_MS))
+
+
+def merge_history(fetched: pa.Table, streamed: pa.Table) -> tuple[pa.Table, int]:
+    """A day's history rows with the day's stream rows: one row per key, the stream's winning; and the copies dropped.
+
+    A day the stream never saw (the usual history day, millions of rows) needs no merge: the
+    history reader already gives one row per key and event time, in the table's order. Otherwise
+    the raw tables' merge decides (earliest receipt wins: the stream's row, as a history row's
+    receipt is its download time).
+    """
+    if not streamed.num_rows:
+        return fetched, 0
+    from crypto_platform.lake.decode import merge
+
+    fetched = fetched.append_column("idx", pa.array(np.arange(fetched.num_rows, dtype=np.int64)))
+    return merge(fetched, streamed.select(TRADES_SCHEMA.names), TRADES_SCHEMA, TRADES.key, TRADES.order)
 
 
 # -- the assets' entry points -------------------------------------------------------------------------

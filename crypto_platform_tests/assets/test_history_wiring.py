@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 import pytest
 
 from crypto_platform.assets.bars import minute_bars
-from crypto_platform.assets.raw import raw_trades
+from crypto_platform.assets.raw import raw_quotes, raw_trades
+from crypto_platform.checks.lake import raw_quotes_checks
 from crypto_platform.lake.history import read_trades_csv
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
@@ -111,3 +112,87 @@ def test_a_past_day_is_filled_from_flat_files_and_the_stream_wins_a_conflict(
     assert again.success and sim.s3.counters.requests.get("GetObject", 0) == gets
     rebuilt = lake.read_partition("raw_trades", DAY.isoformat())
     assert rebuilt is not None and rebuilt.select(VALUES).equals(table.select(VALUES))
+
+
+def test_a_rebuild_of_an_ended_day_the_stream_covered_whole_reads_no_flat_file(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only days (or parts of days) without stream coverage go to history: the Flat File is not fetched."""
+    assert sim.s3 is not None and sim.flat_files is not None
+    for name, value in {
+        "CRYPTO_HISTORY_SOURCE": "auto",
+        "CRYPTO_SIMULATOR_PORT": str(sim.port),
+        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
+        "CRYPTO_PAIRS": PAIR,
+    }.items():
+        monkeypatch.setenv(name, value)
+    # One session, begun before the day (1,000 s before its first row here) and still open: every
+    # trade of the day streamed, no gap.
+    landing = Landing(tmp_path / "landing")
+    ledger = SessionLedger(landing.settings.landing_dir / "sessions.ndjson")
+    session = ledger.new_session()
+    ledger.record(session, "connect", 1, url="ws://127.0.0.1/crypto")
+    ledger.record(session, "first_frame", 2)
+    ledger.close()
+    landing.recv = 1_000 * 1_000_000_000
+    lo_s = DAY_MS // 1000
+    texts = [
+        sim.renderer.trade(PAIR, tr) for s in range(lo_s, lo_s + 86_400) for tr in sim.market.second(PAIR, s).trades
+    ]
+    # Small frames, as Polygon sends them (a session's first frame places its start on the event clock).
+    frames = [("[" + ",".join(texts[i : i + 5]) + "]").encode() for i in range(0, len(texts), 5)]
+    for i in range(0, len(frames), 1_000):
+        landing.segment(*frames[i : i + 1_000], session=session)
+
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    requests = dict(sim.s3.counters.requests)
+    result = dg.materialize(
+        [raw_trades],
+        partition_key=DAY.isoformat(),
+        resources={"stream": landing.resource(), "lake": lake},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert sim.s3.counters.requests == requests, "no Flat File request at all (not even a HEAD)"
+    meta = result.asset_materializations_for_node("raw_trades")[0].metadata
+    assert "history_days" not in meta
+    table = lake.read_partition("raw_trades", DAY.isoformat())
+    assert table is not None and set(table["source"].to_pylist()) == {"ws"}
+    # The stream had the day whole: exactly the Flat File's trades, value for value.
+    stored = sim.flat_files.get(object_key("trades_v1", DAY))
+    assert stored is not None
+    published, _ = read_trades_csv(stored.path, stored.key, DAY, [PAIR])
+    assert table.select(VALUES).equals(published.select(VALUES))
+
+
+def test_a_day_filled_from_history_counts_all_its_quotes_as_a_gap(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quotes have no history: a day whose trades came from Flat Files shows its quotes as a gap, counted."""
+    assert sim.s3 is not None
+    for name, value in {
+        "CRYPTO_HISTORY_SOURCE": "auto",
+        "CRYPTO_SIMULATOR_PORT": str(sim.port),
+        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
+        "CRYPTO_PAIRS": PAIR,
+    }.items():
+        monkeypatch.setenv(name, value)
+    landing = Landing(tmp_path / "landing")  # the stream never ran
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    result = dg.materialize(
+        [raw_trades, raw_quotes, raw_quotes_checks],
+        partition_key=DAY.isoformat(),
+        resources={"stream": landing.resource(), "lake": lake},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert result.asset_materializations_for_node("raw_trades")[0].metadata["history_source"].value == "flat_file"
+    trades = lake.read_partition("raw_trades", DAY.isoformat())
+    quotes = lake.read_partition("raw_quotes", DAY.isoformat())
+    assert trades is not None and trades.num_rows > 1_000 and quotes is not None and quotes.num_rows == 0
+    (coverage,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "stream_coverage"]
+    assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.WARN
+    figures = {k: v.value for k, v in coverage.metadata.items()}
+    assert figures["minutes_not_streamed"] == figures["violations"] == figures["minutes_of_day"] == 1_440
+    assert figures["minutes_streamed"] == 0
+    assert "2025-11-20 00:00-2025-11-21 00:00 UTC not streamed (1440 min)" in str(figures["examples"])

@@ -81,7 +81,12 @@ def test_every_check_passes_on_the_real_build_with_its_figures(built: tuple[Buil
     names = {"schema", "unique_key", "valid_values", "in_partition_day", "lake_freshness"}
     expected = {(a.key.to_user_string(), n) for a in ASSETS for n in names}
     expected |= {("raw_quotes", "uncrossed_quotes"), ("raw_aggregates", "one_current_revision")}
+    expected |= {("raw_quotes", "stream_coverage")}
     assert set(found) == expected
+    # The stream saw a few seconds of the day: the rest of its quotes are a gap, counted (a WARN).
+    coverage = found.pop(("raw_quotes", "stream_coverage"))
+    assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.WARN
+    assert meta(coverage, "minutes_not_streamed") == meta(coverage, "violations") > 0
     assert all(e.passed for e in found.values()), [k for k, e in found.items() if not e.passed]
     assert meta(found[("raw_trades", "unique_key")], "rows_checked") == 30  # 20 + 10 trades landed
     assert meta(found[("raw_aggregates", "one_current_revision")], "bars") == 1

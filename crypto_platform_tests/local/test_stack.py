@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -365,3 +366,39 @@ def test_a_throwaway_home_gets_the_repo_config_with_its_stores_inside(tmp_path: 
         assert dg.materialize([probe], instance=instance).success
     assert (home / "history" / "runs.db").is_file() and (home / "storage").is_dir()
     assert not (PROJECT_DIR / ".dagster_home" / "storage" / "probe").exists()
+
+
+def test_the_polygon_resource_starts_the_simulator_with_its_flat_files(tmp_path: Path) -> None:
+    """Zero setup: no key, no S3 keys. The simulator started on demand also publishes Flat Files, on the
+    endpoint and with the keys the settings default to, so a backfill of past days has history."""
+    from crypto_platform.lake.history import history_access
+    from crypto_platform.polygon.flat_files import TRADES, FlatFilesAuthError, FlatFilesClient, object_key
+    from crypto_platform.resources.polygon import build_polygon_rest_resource
+    from crypto_platform.settings import Secret
+
+    settings = local_settings(
+        tmp_path / "state", CRYPTO_SIMULATOR_PORT=str(free_port()), CRYPTO_SIMULATOR_S3_PORT=str(free_port())
+    )
+    assert settings.history_from_flat_files and settings.s3_access_key_id is not None
+    resource = build_polygon_rest_resource(settings)
+    assert resource.local_simulator_s3_port == settings.simulator_s3_port
+    service = ls.simulator_service(settings)
+    assert not ls.port_open(service.host, service.port)
+    try:
+        client = resource.client()  # starts the simulator, detached, once
+        access = history_access(settings, client)
+        assert access.flat_files is not None
+        # Authenticated S3 answers without rendering a day (a day at the default rate takes a while):
+        # a day not published yet is a 404 (None), a wrong secret S3's refusal.
+        tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+        assert access.flat_files.head(object_key(TRADES, tomorrow)) is None
+        wrong = FlatFilesClient(settings.s3_endpoint, settings.s3_bucket, settings.s3_access_key_id, Secret("nope"))
+        with pytest.raises(FlatFilesAuthError):
+            wrong.head(object_key(TRADES, tomorrow))
+        assert f"--s3-port\x00{settings.simulator_s3_port}" in "\x00".join(service.argv)
+        log = ls.stack_paths(settings).log_file("simulator").read_text()
+        assert settings.s3_secret_access_key is not None
+        assert settings.s3_secret_access_key.reveal() not in log, "the S3 secret is not logged"
+    finally:
+        assert local_stack_cli.services_stop(settings) == 0
+    assert not ls.port_open(service.host, service.port)
