@@ -148,6 +148,7 @@ def main() -> int:
         # The landing log's pairs, so a gap repair asks the simulator for pairs it serves.
         "CRYPTO_PAIRS": PAIRS,
         "CRYPTO_SIMULATOR_PORT": str(free_port()),
+        "CRYPTO_SIMULATOR_S3_PORT": str(free_port()),
     }
     os.environ.update(env)  # the run's resources read the environment, as a run worker does
     settings = load_settings(env)
@@ -169,9 +170,11 @@ def main() -> int:
         stream_batch = build_definitions(settings).resolve_job_def("stream_batch")
 
         def subset(checked: bool) -> dg.JobDefinition:
+            # The session ledger changes on a connect or disconnect, not in a typical round.
+            news = {"snowflake": checked, "ledger_news": False}
             return stream_batch.get_subset(
-                asset_selection=set(batch_selection(channels, lake_writer=True, snowflake=checked)),
-                asset_check_selection=set(batch_checks(channels, True, lake_checks=checked, snowflake=checked) or []),
+                asset_selection=set(batch_selection(channels, True, **news)),
+                asset_check_selection=set(batch_checks(channels, True, checked, **news) or []),
             )
 
         jobs = {False: subset(False), True: subset(True)}
@@ -246,8 +249,8 @@ def main() -> int:
                 windows.append((grown, report, storage_bytes(home), time.perf_counter() - started))
 
         for checked in (False, True):
-            assets = len(batch_selection(channels, lake_writer=True, snowflake=checked))
-            checks = len(batch_checks(channels, True, lake_checks=checked, snowflake=checked) or [])
+            assets = len(batch_selection(channels, True, snowflake=checked, ledger_news=False))
+            checks = len(batch_checks(channels, True, checked, snowflake=checked, ledger_news=False) or [])
             kind = "round with lake checks and Snowflake copies" if checked else "plain round"
             print(f"stream_batch {kind}: {assets} assets and {checks} checks, one 5 s segment (~2,500 events)")
         print(

@@ -1,13 +1,14 @@
 """What one stream batch costs late in a busy day, next to the same kind of batch early in it.
 
-Each batch runs as production runs it: the ``stream_batch`` job of ``crypto_platform.definitions``,
-in a fresh Python process per run (as Dagster's run launcher starts one), executed with
-``dagster.execute_job`` on a real Dagster instance (a temporary ``DAGSTER_HOME`` holding the
-project's ``dagster.yaml``, SQLite run storage), with the partition, the segment tag and the asset
-selection the stream sensor would give it (``plan_batches`` and ``batch_selection``, the sensor's own
-functions). So whatever the job builds at the time (today: the raw tables, minute bars, alerts and
-their MySQL and Snowflake copies, with every check) is what is measured, and the script keeps
-measuring it when the job changes.
+Each batch runs as production runs it: the lake writer's append of its segments (outside the run,
+not timed), then the ``stream_batch`` job of ``crypto_platform.definitions`` in a fresh Python
+process per run (as Dagster's run launcher starts one), executed with ``dagster.execute_job`` on a
+real Dagster instance (a temporary ``DAGSTER_HOME`` holding the project's ``dagster.yaml``, SQLite
+run storage), subset to the assets and checks the stream sensor requests while the writer runs
+(``plan_batches``, ``batch_selection`` and ``batch_checks``, the sensor's own functions). So whatever
+a round builds at the time (today: minute bars, alerts, the MySQL copies and the checks inside them;
+the catch-up round also the lake checks and the Snowflake copies) is what is measured, and the
+script keeps measuring it when the job changes.
 
 The landing log is ``partition_build.py``'s (simulator events over 5 pairs, 5 s segments). The first
 ``--batches`` segments are run one batch each (early: the day nearly empty); then one run takes in
@@ -47,13 +48,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.partition_build import land  # noqa: E402
-from benchmarks.simulator_rate import free_port  # noqa: E402
+from benchmarks.simulator_rate import PAIRS, free_port  # noqa: E402
 from benchmarks.summary import Summary, median, runs  # noqa: E402
+from crypto_platform.lake.raw import RAW_TABLES, apply_segments  # noqa: E402
+from crypto_platform.lake.tables import DeltaLake  # noqa: E402
+from crypto_platform.lake.writer import lake_of  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.settings import child_environment, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest, log_id  # noqa: E402
-from crypto_platform.stream_batches import LANDING_LOG_TAG, SEGMENTS_TAG, DayBatch, StreamCursor, plan_batches  # noqa: E402
+from crypto_platform.stream_batches import (  # noqa: E402
+    CHECK_SEGMENTS_TAG,
+    LANDING_LOG_TAG,
+    SEGMENTS_TAG,
+    DayBatch,
+    StreamCursor,
+    plan_batches,
+)
 
 JOB = "stream_batch"
 
@@ -65,16 +76,22 @@ def stream_batch_job() -> dg.JobDefinition:
     return defs.resolve_job_def(JOB)
 
 
-def run_one(segments: str, day: str, channels: str, log: str) -> int:
-    """In the run process: execute one batch as the sensor would request it; print the run id."""
-    from crypto_platform.sensors import batch_selection
+def run_one(segments: str, day: str, channels: str, log: str, checked: str = "") -> int:
+    """In the run process: execute one round as the sensor requests it while the lake writer runs (its
+    assets, and its checks: the lake checks too when ``checked`` gives their segment range); print the
+    run id. The job is subset as the daemon subsets it for a run request with asset check keys."""
+    from crypto_platform.sensors import batch_checks, batch_selection
 
-    result = dg.execute_job(
-        dg.reconstructable(stream_batch_job),
-        instance=dg.DagsterInstance.get(),
-        tags={SEGMENTS_TAG: segments, LANDING_LOG_TAG: log, "dagster/partition": day},
-        asset_selection=batch_selection(channels.split(",")),
+    lake_checks = bool(checked)
+    chans = channels.split(",")
+    job = dg.reconstructable(stream_batch_job).get_subset(
+        asset_selection=set(batch_selection(chans, True, snowflake=lake_checks)),
+        asset_check_selection=set(batch_checks(chans, True, lake_checks, snowflake=lake_checks) or []),
     )
+    tags = {SEGMENTS_TAG: segments, LANDING_LOG_TAG: log, "dagster/partition": day}
+    if checked:
+        tags[CHECK_SEGMENTS_TAG] = checked
+    result = dg.execute_job(job, instance=dg.DagsterInstance.get(), tags=tags)
     print(json.dumps({"run_id": result.run_id, "success": result.success}))
     return 0 if result.success else 1
 
@@ -82,20 +99,27 @@ def run_one(segments: str, day: str, channels: str, log: str) -> int:
 class Runner:
     """Launches each batch in a fresh process and reads its timings back from the instance."""
 
-    def __init__(self, env: dict[str, str], landing: Path) -> None:
+    def __init__(self, env: dict[str, str], landing: Path, lake: DeltaLake) -> None:
         self.env = env
         self.landing = landing
+        self.lake = lake
         self.log = log_id(landing) or ""
         os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]  # the project's dagster.yaml reads it
         self.instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
 
-    def batch(self, first: int, last: int) -> dict[str, Any]:
+    def batch(self, first: int, last: int, checked_from: int | None = None) -> dict[str, Any]:
+        """One round over segments ``first``-``last`` (the lake checks too, from ``checked_from``)."""
+        # The lake writer's part, as in production outside the run (not timed here).
+        for spec in RAW_TABLES.values():
+            apply_segments(self.lake, spec, self.landing, last)
         entries = list(iter_manifest(self.landing, after_seq=first - 1, through_seq=last))
         batches, _ = plan_batches(entries, StreamCursor(self.log, first - 1), self.log, len(entries) + 1)
         b: DayBatch = max(batches, key=lambda x: x.events)  # the segments' busiest day (one day here)
         started = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.late_day_batch", "--run-one", b.segment_range, b.day]
         command += [",".join(sorted(b.channels)), self.log]
+        if checked_from is not None:
+            command.append(f"{checked_from}-{last}")
         proc = subprocess.run(
             command,
             cwd=ROOT,
@@ -126,7 +150,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--mysql-url", help="MariaDB/MySQL URL of a database for this run (default: the SQL stand-in)")
     parser.add_argument("--json", type=Path, help="also write the per-batch figures here (for a later comparison)")
-    parser.add_argument("--run-one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--run-one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
         return run_one(*args.run_one)
@@ -147,6 +171,9 @@ def main() -> int:
         "DAGSTER_HOME": str(home),
         "CRYPTO_FAKESNOW_PORT": str(free_port()),
         "CRYPTO_SIMULATOR_PORT": str(free_port()),
+        "CRYPTO_SIMULATOR_S3_PORT": str(free_port()),
+        # The landing log's pairs, so a gap repair asks the simulator for pairs it serves.
+        "CRYPTO_PAIRS": PAIRS,
     }
     if args.mysql_url:
         overrides["MYSQL_URL"] = args.mysql_url
@@ -161,11 +188,11 @@ def main() -> int:
         if fakesnow is not None:
             local_stack.start_service(fakesnow, paths, env, ready_timeout=120)
         day = land(settings.data_dir, args.events, trades_per_second=250)
-        runner = Runner(env, settings.landing_dir)
+        runner = Runner(env, settings.landing_dir, lake_of(settings))
         seqs = [int(e["seq"]) for e in day.entries]
         n = args.batches
         early = [runner.batch(s, s) for s in seqs[:n]]
-        fill = runner.batch(seqs[n], seqs[-n - 1])
+        fill = runner.batch(seqs[n], seqs[-n - 1], checked_from=seqs[0])  # a checked round, as every 300 s
         late = [runner.batch(s, s) for s in seqs[-n:]]
     finally:
         if fakesnow is not None:
