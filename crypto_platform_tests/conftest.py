@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from crypto_platform.settings import Settings, load_settings
@@ -102,3 +103,20 @@ def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
         yield settings
     finally:
         local_stack.stop_service(service, paths)
+
+
+def execute_request(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, request: dg.RunRequest
+) -> dg.ExecuteInProcessResult:
+    """Execute a sensor's run request in process as the daemon launches it: the job subset to the
+    request's assets and, when it names them, its asset checks (a round without the lake checks)."""
+    assets = set(request.asset_selection or [])
+    if request.asset_check_keys is not None:
+        job = job.get_subset(asset_selection=assets, asset_check_selection=set(request.asset_check_keys))
+        assets = set()
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        asset_selection=sorted(assets, key=str) or None,
+    )

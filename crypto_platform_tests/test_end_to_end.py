@@ -31,7 +31,7 @@ from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.manifest import iter_lines, iter_manifest
 from crypto_platform.warehouse.sql import SqlWarehouse
-from crypto_platform_tests.conftest import local_settings
+from crypto_platform_tests.conftest import execute_request, local_settings
 
 PAIRS = ("BTC-USD", "ETH-USD")
 RUN_FOR_S = 70.0
@@ -139,12 +139,7 @@ def test_every_trade_reaches_mysql_and_snowflake_once_exactly_and_bars_match(
             assert isinstance(result, dg.SensorResult)
             cursor = result.cursor or cursor
             for request in result.run_requests or []:
-                outcome = job.execute_in_process(
-                    instance=instance,
-                    partition_key=request.partition_key,
-                    tags=request.tags,
-                    asset_selection=request.asset_selection,
-                )
+                outcome = execute_request(job, instance, request)
                 assert outcome.success, request.tags
                 executed.append(outcome.run_id)
             return len(result.run_requests or [])

@@ -32,7 +32,7 @@ from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.stream import supervision
 from crypto_platform.stream.manifest import count_manifest
 from crypto_platform.warehouse.sql import SqlWarehouse
-from crypto_platform_tests.conftest import free_port, local_settings
+from crypto_platform_tests.conftest import execute_request, free_port, local_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -126,12 +126,7 @@ class Pipeline:
         assert isinstance(result, dg.SensorResult)
         self.cursor = result.cursor or self.cursor
         for request in result.run_requests or []:
-            outcome = self.job.execute_in_process(
-                instance=self.instance,
-                partition_key=request.partition_key,
-                tags=request.tags,
-                asset_selection=request.asset_selection,
-            )
+            outcome = execute_request(self.job, self.instance, request)
             assert outcome.success, request.tags
         return len(result.run_requests or [])
 
