@@ -5,13 +5,14 @@ busy hours 30-50x the quiet ones. The day built here has ``4M x --scale`` XT and
 XQ events over ``300 x --scale`` pairs (at least 5), plus every XAS bar (one per pair and second
 with trades) and XA bar (one per pair and minute with trades), consistent with the trades: 23 quiet
 hours at a rate b and one busy hour (14:00 UTC) at 30b. The simulator's ``Market``/``Renderer``
-render about 100k events/s in Python (measured: ``--measure-simulator``), some four minutes for
-the day, so the events are drawn here with numpy (prices on a slow wave per pair, log-normal sizes,
-Poisson arrivals) and rendered into the same Polygon JSON shapes as ``simulator/feed.py`` (the
-platform's real decode path reads them). They are landed as the ingester lands them
-(``partition_build.land``'s loop): 10 events a frame in delivery order, ``LandingLog.append`` with a
-receive time a few ms after delivery, a seal every 5 s of receive time, one frame in 100 landed
-again half a second later (a re-send, so de-duplication has work), one session open in the ledger.
+land about 30k events/s here (``--measure-simulator``, under load 4): over ten minutes for the
+day's 25M events. So the events are drawn with numpy (prices on a slow wave per pair, log-normal
+sizes, Poisson arrivals), 6 minutes at a time, and rendered into the Polygon JSON shapes of
+``simulator/feed.py`` (the platform's real decode path reads them). They are landed as the
+ingester lands them (``partition_build.land``'s loop): 10 events a frame in delivery order,
+``LandingLog.append`` with a receive time a few ms after delivery, a seal every 5 s of receive
+time (in the ingester's sealer process), one frame in 100 landed again half a second later (a
+re-send, so de-duplication has work), one session open in the ledger.
 ``--work DIR`` keeps the landing log there and ``--reuse`` takes it from there again.
 
 **The drive.** A real Dagster instance (a temporary ``DAGSTER_HOME`` with the project's
@@ -370,9 +371,11 @@ def generate(cache: Path, scale: float) -> Day:
                 ledger.record(session, "first_frame", recv_ns)
             if frames % RESEND_EVERY == 0:
                 resend.append((recv_ns + RESEND_DELAY_NS, frame))
-        print(
-            f"  generated hour {hour:2d}: {len(ordered):,} events ({time.perf_counter() - started:.0f} s)", flush=True
-        )
+        if (chunk + 1) * CHUNK_MIN % 60 == 0:
+            done = sum(counts.values())
+            print(
+                f"  landed through hour {hour:2d}: {done:,} events ({time.perf_counter() - started:.0f} s)", flush=True
+            )
     for recv_ns, frame in resend:
         last_ns = _land(log, session, last_ns, recv_ns, frame)
     log.close()
@@ -818,7 +821,8 @@ def run_main(args: argparse.Namespace) -> int:
     mysql = "MariaDB/MySQL (--mysql-url)" if args.mysql_url else "SQLite stand-in"
     summary.line(
         f"the day {DAY}: {total_events:,} events ({', '.join(f'{c} {n:,}' for c, n in sorted(day.events.items()))}) "
-        f"over {day.pairs} pairs in {day.segments:,} segments, {day.bytes / 1e9:.2f} GB of landing log; "
+        f"over {day.pairs} pairs in {day.segments:,} segments, {day.bytes / 1e9:.2f} GB of landing log, generated "
+        f"in {day.generate_s:.0f} s ({total_events / day.generate_s:,.0f} events/s{', reused' if reused else ''}); "
         f"SQL copies on the {mysql}"
     )
     summary.line(f"lake rows at the end: {rows}")
