@@ -29,8 +29,11 @@ appends them to the raw Delta tables, and the real ``stream_batch`` job runs at 
 sealed since the last (the sensor's ``plan_batches``, its ``batch_selection`` and its tags), each
 in a fresh process (``late_day_batch.py``'s ``--run-one``: ``dagster.execute_job`` on the
 instance), so whatever the job builds at the time is what is measured. Between windows, the rest
-of the day is released at once and caught up as a writer behind the ingester would: one bulk
-``write_pass`` (its events/s are reported), then one ``stream_batch`` run over it (not measured).
+of the day is released at once and caught up as a writer behind the ingester would: a bulk
+``write_pass`` (its events/s are reported; ``--catch-up-segments N`` makes it one pass per N
+segments, leaving the day in more files, nearer the one file per segment of a live writer), then
+the sensor's rounds over it, back to back (at most ``max_segments_per_tick`` segments a run, as the
+sensor hands a backlog over), reported apart from the windows.
 
 **Reported.** Segment sealed (released) to lake commit latency over every segment released in the
 windows (the commit time is the Delta log's ``commitInfo.timestamp`` of the first commit of each
@@ -45,7 +48,7 @@ table and day, read, merged with one segment and rewritten, as ``lake_append.old
 once early (after the first window) and once late (after the last).
 
     python benchmarks/full_feed.py [--scale 1.0] [--window-s 120] [--work DIR [--reuse]]
-                                   [--mysql-url URL] [--check]
+                                   [--catch-up-segments N] [--mysql-url URL] [--check]
 
     a quick try: python benchmarks/full_feed.py --scale 0.01 --window-s 40
 
@@ -101,6 +104,7 @@ from crypto_platform.lake.tables import DeltaLake  # noqa: E402
 from crypto_platform.lake.writer import lake_of, read_heartbeat, table_lock, write_pass  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
+from crypto_platform.resources.stream import build_stream_resource  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
 from crypto_platform.simulator.market import EXCHANGES, pair_spec  # noqa: E402
 from crypto_platform.stream.landing_log import LandingLog  # noqa: E402
@@ -499,6 +503,14 @@ class Cadence:
         self.cursor = StreamCursor(self.log, 0)
         self.home = Path(env["DAGSTER_HOME"])
         self.error: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the run process in flight
+
+    def kill(self) -> None:
+        """Stop the run process in flight, if any (clean-up after a failure elsewhere)."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     def tick(self) -> list[Run]:
         entries = iter_manifest(self.landing, after_seq=self.cursor.seq)
@@ -512,7 +524,7 @@ class Cadence:
         started = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.late_day_batch", "--run-one", segments, day, channels, self.log]
         with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            proc = self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
             try:
                 _, status, usage = os.wait4(proc.pid, 0)
             except BaseException:
@@ -576,7 +588,8 @@ class Writer:
                 break
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
-                raise RuntimeError(f"the lake writer did not start; see {log}")
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the lake writer did not start within 120 s:\n{tail}")
             time.sleep(0.1)
 
     def rss_bytes(self) -> int:
@@ -677,6 +690,9 @@ def run_main(args: argparse.Namespace) -> int:
     services: list[Any] = []
     writer: Writer | None = None
     landing_handle: Landing | None = None
+    cadence: Cadence | None = None
+    stop = threading.Event()
+    thread: threading.Thread | None = None
     try:
         started = time.perf_counter()
         day = cached_day(cache, args.scale) if args.reuse else None
@@ -723,26 +739,33 @@ def run_main(args: argparse.Namespace) -> int:
         landing_handle = Landing(day.landing, landing)
         lake = lake_of(settings)
         lake_dir = Path(settings.lake_url)
-        cadence = Cadence(env, landing, settings.batch_interval_s, 10**6)
+        # The sensor hands at most this many segments to one round (a backlog becomes several runs).
+        max_segments = build_stream_resource(settings).max_segments_per_tick
+        cadence = Cadence(env, landing, settings.batch_interval_s, max_segments)
         windows: list[Window] = []
-        catch_up: list[tuple[int, int, float, float]] = []  # (segments, events, pass s, run s) per catch-up
-        catch_up_runs: list[Run] = []
+        # (segments, events, write_pass s, runs s, runs) per catch-up
+        catch_up: list[tuple[int, int, float, float, list[Run]]] = []
         baseline: dict[str, float] = {}
 
         def bulk(until_ns: int, phase: str) -> None:
+            """Release everything sealed before ``until_ns``; the writer's bulk pass, then the runs over it."""
             assert landing_handle is not None
             seqs = landing_handle.seqs_before(until_ns)
             if not seqs:
                 return
-            landing_handle.release(seqs)
+            step = args.catch_up_segments or len(seqs)
             started = time.perf_counter()
-            write_pass(lake, landing, lambda t: table_lock(settings, t))
+            for i in range(0, len(seqs), step):
+                landing_handle.release(seqs[i : i + step])
+                write_pass(lake, landing, lambda t: table_lock(settings, t))
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            catch_up_runs.extend(cadence.tick())
+            done: list[Run] = []
+            while cadence.cursor.seq < landing_handle.released:  # the sensor's rounds, back to back
+                done += cadence.tick()
             run_s = time.perf_counter() - started
             events = sum(int(landing_handle.by_seq[s]["events"]) for s in seqs)
-            catch_up.append((len(seqs), events, seconds, run_s))
+            catch_up.append((len(seqs), events, seconds, run_s, done))
             phases[phase] = phases.get(phase, 0.0) + seconds + run_s
 
         def baseline_batch(what: str) -> None:
@@ -757,7 +780,7 @@ def run_main(args: argparse.Namespace) -> int:
             window = Window(name, hour)
             started = time.perf_counter()
             writer = Writer(env, settings, tmp / "writer.log")
-            stop = threading.Event()
+            stop.clear()
             thread = threading.Thread(target=cadence.loop, args=(stop, window.runs), daemon=True)
             t0 = time.time()
             thread.start()
@@ -806,6 +829,11 @@ def run_main(args: argparse.Namespace) -> int:
         phases["compaction"] = compaction_s
         rows = {t: lake.count(t, DAY) for t in tables}
     finally:
+        stop.set()
+        if cadence is not None:
+            cadence.kill()
+        if thread is not None:
+            thread.join(timeout=60)
         if writer is not None:
             writer.stop()
         if landing_handle is not None:
@@ -827,15 +855,17 @@ def run_main(args: argparse.Namespace) -> int:
     )
     summary.line(f"lake rows at the end: {rows}")
     if catch_up:
-        seg, ev, sec, _ = (sum(x[i] for x in catch_up) for i in range(4))
+        seg, ev, sec = (sum(x[i] for x in catch_up) for i in range(3))
+        step = f"{args.catch_up_segments} segments a pass" if args.catch_up_segments else "one pass each"
         summary.line(
-            f"catch-up between windows, bulk write_pass: {ev:,} events in {seg:,} segments, {sec:.1f} s = "
-            f"{ev / sec:,.0f} events/s; then one stream_batch run each"
+            f"catch-up between windows, bulk write_pass ({step}): {ev:,} events in {seg:,} segments, {sec:.1f} s = "
+            f"{ev / sec:,.0f} events/s; then the sensor's rounds over them (at most {max_segments} segments a run)"
         )
-        for (seg, ev, sec, _), run in zip(catch_up, catch_up_runs, strict=False):
+        for seg, ev, sec, run_s, done in catch_up:
             summary.line(
-                f"  {seg:,} segments, {ev:,} events: write_pass {sec:.1f} s ({ev / sec:,.0f} events/s), "
-                f"run {run.process_s:.1f} s incl. process start, peak RSS {run.rss_bytes / 1e6:.0f} MB"
+                f"  {seg:,} segments, {ev:,} events: write_pass {sec:.1f} s ({ev / sec:,.0f} events/s); "
+                f"{len(done)} runs in {run_s:.0f} s, process {runs([r.process_s for r in done], '.0f')} s, "
+                f"peak RSS {max((r.rss_bytes for r in done), default=0) / 1e6:.0f} MB"
             )
     every = {seq: lat for w in windows for seq, lat in w.latency.items()}
     missing = sorted(seq for seq, lat in every.items() if math.isinf(lat))
@@ -886,7 +916,8 @@ def run_main(args: argparse.Namespace) -> int:
         f"of landing log a day (at this scale; x{1 / args.scale:g} at full scale)"
     )
     summary.line(
-        f"compaction of the full day: {compaction_s:.1f} s over {len(tables)} tables "
+        f"compaction of the full day: {compaction_s:.1f} s over {len(tables)} tables (live, the writer leaves about "
+        f"one file per table per pass, up to {day.segments:,} a day; the catch-up here left fewer) "
         f"({sum(files_before.values()):,} files before; "
         + ", ".join(f"{r.table} {r.files_removed}->{r.files_added}" for r in reports)
         + ")"
@@ -939,6 +970,13 @@ def main() -> int:
         "--work", type=Path, help="keep the generated landing log here (default: a temporary directory)"
     )
     parser.add_argument("--reuse", action="store_true", help="take the landing log from --work when it is there")
+    parser.add_argument(
+        "--catch-up-segments",
+        type=int,
+        default=0,
+        help="segments per bulk write_pass between windows (default: all in one; the writer live commits one per "
+        "segment, so a smaller number leaves the day in more files for compaction, as production does)",
+    )
     parser.add_argument("--mysql-url", help="MariaDB/MySQL URL of a database for this run (default: the SQL stand-in)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--measure-simulator", action="store_true", help="only print the simulator's events/s")
