@@ -776,7 +776,7 @@ def run_main(args: argparse.Namespace) -> int:
 
         for name, hour in WINDOWS:
             hour_ns = DAY_START_NS + hour * HOUR_NS
-            bulk(hour_ns, "catch-up (bulk write_pass + one run)")
+            bulk(hour_ns, "catch-up (bulk write_pass + runs)")
             window = Window(name, hour)
             started = time.perf_counter()
             writer = Writer(env, settings, tmp / "writer.log")
@@ -816,7 +816,7 @@ def run_main(args: argparse.Namespace) -> int:
                 what = "early" if name == "first hour" else "late"
                 baseline_batch(what)
                 phases[f"baseline {what}"] = time.perf_counter() - started
-        bulk(DAY_START_NS + 25 * HOUR_NS, "catch-up (bulk write_pass + one run)")
+        bulk(DAY_START_NS + 25 * HOUR_NS, "catch-up (bulk write_pass + runs)")
 
         started = time.perf_counter()
         policy = MaintenancePolicy(
@@ -916,9 +916,9 @@ def run_main(args: argparse.Namespace) -> int:
         f"of landing log a day (at this scale; x{1 / args.scale:g} at full scale)"
     )
     summary.line(
-        f"compaction of the full day: {compaction_s:.1f} s over {len(tables)} tables (live, the writer leaves about "
-        f"one file per table per pass, up to {day.segments:,} a day; the catch-up here left fewer) "
-        f"({sum(files_before.values()):,} files before; "
+        f"compaction of the full day: {compaction_s:.1f} s over {len(tables)} tables "
+        f"({sum(files_before.values()):,} files before; live, the writer leaves about one file per table per pass, "
+        f"up to {day.segments:,} a day, and the catch-up here fewer; "
         + ", ".join(f"{r.table} {r.files_removed}->{r.files_added}" for r in reports)
         + ")"
     )
