@@ -494,9 +494,15 @@ class Landing:
 class Cadence:
     """The stream sensor's launching, without its daemon: one run per day touched, at most every interval."""
 
-    def __init__(self, env: dict[str, str], landing: Path, interval_s: float, max_segments: int) -> None:
+    def __init__(
+        self, env: dict[str, str], landing: Path, interval_s: float, max_segments: int, lake: DeltaLake
+    ) -> None:
         self.env = env
         self.landing = landing
+        self.lake = lake
+        # The lake checks join one round per CHECK_INTERVAL_S, over every segment since the last.
+        self.checked_at = float("-inf")
+        self.checked_seq = 0
         self.interval_s = interval_s
         self.max_segments = max_segments
         self.log = log_id(landing) or ""
@@ -513,16 +519,28 @@ class Cadence:
                 proc.kill()
 
     def tick(self) -> list[Run]:
-        entries = iter_manifest(self.landing, after_seq=self.cursor.seq)
+        # As the sensor does while the lake writer runs: a round takes the segments the writer appended.
+        through = min((self.lake.watermark(name, LANDING_APP_ID) or 0) for name in RAW_TABLES)
+        entries = [e for e in iter_manifest(self.landing, after_seq=self.cursor.seq) if int(e["seq"]) <= through]
         batches, self.cursor = plan_batches(entries, self.cursor, self.log, self.max_segments)
-        return [self.run(b.segment_range, b.day, ",".join(sorted(b.channels)), b.events) for b in batches]
+        checked = time.monotonic() - self.checked_at >= CHECK_INTERVAL_S
+        runs = []
+        for b in batches:
+            checked_range = f"{min(self.checked_seq + 1, b.first_seq)}-{b.last_seq}" if checked else None
+            runs.append(self.run(b.segment_range, b.day, ",".join(sorted(b.channels)), b.events, checked_range))
+        if batches and checked:
+            self.checked_at, self.checked_seq = time.monotonic(), self.cursor.seq
+        return runs
 
-    def run(self, segments: str, day: str, channels: str, events: int) -> Run:
-        """One stream_batch run in a fresh process, as late_day_batch's Runner launches it."""
+    def run(self, segments: str, day: str, channels: str, events: int, checked: str | None = None) -> Run:
+        """One stream_batch round in a fresh process, as late_day_batch's Runner launches it (with the
+        lake checks and the Snowflake copies when ``checked`` gives the segments to check)."""
         before = storage_bytes(self.home)
         started_wall = time.time()
         started = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.late_day_batch", "--run-one", segments, day, channels, self.log]
+        if checked:
+            command.append(checked)
         with tempfile.TemporaryFile() as out:
             proc = self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
             try:
@@ -613,6 +631,8 @@ class Writer:
         self.out.close()
 
 
+# CRYPTO_CHECK_INTERVAL_S and CRYPTO_SNOWFLAKE_INTERVAL_S defaults: one round in ten at 30 s.
+CHECK_INTERVAL_S = 300.0
 RAW_OF_DAY = sorted(name for name, spec in RAW_TABLES.items() if spec.channels & {"XT", "XQ", "XA", "XAS"})
 
 
@@ -741,7 +761,7 @@ def run_main(args: argparse.Namespace) -> int:
         lake_dir = Path(settings.lake_url)
         # The sensor hands at most this many segments to one round (a backlog becomes several runs).
         max_segments = build_stream_resource(settings).max_segments_per_tick
-        cadence = Cadence(env, landing, settings.batch_interval_s, max_segments)
+        cadence = Cadence(env, landing, settings.batch_interval_s, max_segments, lake)
         windows: list[Window] = []
         # (segments, events, write_pass s, runs s, runs) per catch-up
         catch_up: list[tuple[int, int, float, float, list[Run]]] = []
