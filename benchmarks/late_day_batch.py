@@ -84,9 +84,12 @@ def run_one(segments: str, day: str, channels: str, log: str, checked: str = "")
 
     lake_checks = bool(checked)
     chans = channels.split(",")
+    # The Snowflake copies come with the checked rounds (the same 300 s default), and the sessions'
+    # MySQL copy too (the ledger has news on a connect or a disconnect, not in a typical round).
+    news = {"snowflake": lake_checks, "ledger_news": lake_checks}
     job = dg.reconstructable(stream_batch_job).get_subset(
-        asset_selection=set(batch_selection(chans, True, snowflake=lake_checks)),
-        asset_check_selection=set(batch_checks(chans, True, lake_checks, snowflake=lake_checks) or []),
+        asset_selection=set(batch_selection(chans, True, **news)),
+        asset_check_selection=set(batch_checks(chans, True, lake_checks, **news) or []),
     )
     tags = {SEGMENTS_TAG: segments, LANDING_LOG_TAG: log, "dagster/partition": day}
     if checked:

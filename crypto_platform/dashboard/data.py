@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_platform.days import DAY_MS, MINUTE_MS
+from crypto_platform.lake.tables import between
 from crypto_platform.resources.lake import LakeResource, build_lake_resource
 from crypto_platform.settings import Settings
 from crypto_platform.stream import supervision
@@ -100,30 +101,29 @@ def sources(settings: Settings) -> Sources:
 # the lake: latest prices
 
 
-def lake_trades(lake: LakeResource, day: str) -> pa.Table | None:
-    """The one read of the lake: a day of ``raw_trades`` (None when the day has no partition)."""
+# How far before a time its last trade is looked for first. Almost every pair traded within the
+# first reach; the search widens (an hour, then the rest of the two days) only for the pairs that
+# did not, so a refresh reads a few minutes of trades, not two days of them (millions late in a busy day).
+REACH_MS: tuple[int | None, ...] = (2 * MINUTE_MS, 60 * MINUTE_MS, None)
+TRADE_COLUMNS = ["pair", "event_ms", "trade_id", "exchange", "price"]
+
+
+def lake_trades(lake: LakeResource, lo: int, hi: int) -> pa.Table | None:
+    """The one read of the lake: ``raw_trades`` with event time in ``[lo, hi]`` (None: no partition).
+
+    The days' partitions the span touches, pruned to the files whose event times can be in it.
+    """
     COUNTS["lake_reads"] += 1
-    return lake.read_partition("raw_trades", day)
+    parts = []
+    for day_ms in range(lo - lo % DAY_MS, hi + 1, DAY_MS):
+        rows = lake.read_partition("raw_trades", _utc_day(day_ms), between("event_ms", lo, hi), TRADE_COLUMNS)
+        if rows is not None and rows.num_rows:
+            parts.append(rows)
+    return pa.concat_tables(parts) if parts else None
 
 
 def _utc_day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
-
-
-def _pair_trades(src: Sources, pairs: tuple[str, ...], today: str) -> dict[str, pa.Table]:
-    """Per pair: yesterday's and today's trades (event time, trade id, exchange, price)."""
-    yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
-    out: dict[str, list[pa.Table]] = {p: [] for p in pairs}
-    for day in (yesterday, today):
-        table = lake_trades(src.lake, day)
-        if table is None or table.num_rows == 0:
-            continue
-        table = table.select(["pair", "event_ms", "trade_id", "exchange", "price"])
-        for pair in pairs:
-            rows = table.filter(pc.equal(table["pair"], pair))
-            if rows.num_rows:
-                out[pair].append(rows)
-    return {pair: pa.concat_tables(parts) for pair, parts in out.items() if parts}
 
 
 def _last_at_or_before(trades: pa.Table, times: np.ndarray, at_ms: int) -> Decimal | None:
@@ -140,31 +140,66 @@ def _last_at_or_before(trades: pa.Table, times: np.ndarray, at_ms: int) -> Decim
     return trades["price"][best].as_py()
 
 
+def _last_trades(
+    src: Sources, at: dict[str, int], floor: int, anchor: int | None = None
+) -> dict[str, tuple[int, Decimal | None]]:
+    """Per pair: (event time, price) of its last trade at or before ``at[pair]`` and not before ``floor``.
+
+    One read per reach of :data:`REACH_MS` (``[anchor - reach, latest at]``; the anchor defaults to
+    the earliest ``at``), the next ones only for the pairs not found yet.
+    """
+    found: dict[str, tuple[int, Decimal | None]] = {}
+    missing = dict(at)
+    for reach in REACH_MS:
+        if not missing:
+            break
+        hi = max(missing.values())
+        start = min(missing.values()) if anchor is None else min(anchor, min(missing.values()))
+        lo = floor if reach is None else max(floor, start - reach)
+        rows = lake_trades(src.lake, lo, hi) if lo <= hi else None
+        if rows is None:
+            continue
+        for pair, limit in list(missing.items()):
+            mine = rows.filter(pc.and_(pc.equal(rows["pair"], pair), pc.less_equal(rows["event_ms"], limit)))
+            if mine.num_rows == 0:
+                continue
+            times = mine["event_ms"].to_numpy()
+            last = int(times.max())
+            found[pair] = (last, _last_at_or_before(mine, times, last))
+            del missing[pair]
+    return found
+
+
 def latest_prices(src: Sources, pairs: tuple[str, ...], now_ms: int | None = None) -> Panel:
     """Per pair: the latest trade's price and time, with its change over 1 minute, 1 hour and 24 hours.
 
     A change compares the latest trade with the last trade at least the window before it (exact
-    decimals; the percentage rounded to 2 places). Reads today's and yesterday's lake partitions.
+    decimals; the percentage rounded to 2 places). Reads today's and yesterday's trades, a few
+    minutes of them around each of those times (:data:`REACH_MS`).
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    by_pair = _pair_trades(src, pairs, _utc_day(now_ms))
+    today = now_ms - now_ms % DAY_MS
+    floor = today - DAY_MS
+    # The latest trade: looked for back from now (a trade stamped later today counts too).
+    latest = _last_trades(src, dict.fromkeys(pairs, today + DAY_MS - 1), floor, anchor=now_ms) if pairs else {}
+    earlier = {
+        label: _last_trades(src, {p: ms - window for p, (ms, _) in latest.items()}, floor)
+        for label, window in CHANGE_WINDOWS_MS.items()
+    }
     records = []
     for pair in pairs:
-        if pair not in by_pair:
+        if pair not in latest:
             records.append({"pair": pair, "price": None, "event_ms": None, "age_s": None})
             continue
-        trades = by_pair[pair]
-        times = trades["event_ms"].to_numpy()
-        latest_ms = int(times.max())
-        price = _last_at_or_before(trades, times, latest_ms)
+        latest_ms, price = latest[pair]
         row: dict[str, Any] = {
             "pair": pair,
             "price": price,
             "event_ms": latest_ms,
             "age_s": round(max(0, now_ms - latest_ms) / 1000, 1),
         }
-        for label, window in CHANGE_WINDOWS_MS.items():
-            ref = _last_at_or_before(trades, times, latest_ms - window)
+        for label in CHANGE_WINDOWS_MS:
+            ref = earlier[label].get(pair, (0, None))[1]
             row[f"change_{label}"] = None if ref is None or price is None else price - ref
             row[f"pct_{label}"] = None if not ref or price is None else round((price - ref) / ref * 100, 2)
         records.append(row)
