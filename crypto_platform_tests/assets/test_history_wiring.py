@@ -35,10 +35,9 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
-def test_a_past_day_is_filled_from_flat_files_and_the_stream_wins_a_conflict(
-    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert sim.s3 is not None and sim.flat_files is not None
+def use_simulator_history(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings a run reads: history on, from this simulator's REST and Flat Files."""
+    assert sim.s3 is not None
     for name, value in {
         "CRYPTO_HISTORY_SOURCE": "auto",
         "CRYPTO_SIMULATOR_PORT": str(sim.port),
@@ -46,6 +45,13 @@ def test_a_past_day_is_filled_from_flat_files_and_the_stream_wins_a_conflict(
         "CRYPTO_PAIRS": PAIR,
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def test_a_past_day_is_filled_from_flat_files_and_the_stream_wins_a_conflict(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sim.s3 is not None and sim.flat_files is not None
+    use_simulator_history(sim, monkeypatch)
     # The stream saw 10:00-10:30 of the day: the simulator's own XT text, one trade with another price.
     landing = Landing(tmp_path / "landing")
     lo_s = DAY_MS // 1000 + 10 * 3600
@@ -119,13 +125,7 @@ def test_a_rebuild_of_an_ended_day_the_stream_covered_whole_reads_no_flat_file(
 ) -> None:
     """Only days (or parts of days) without stream coverage go to history: the Flat File is not fetched."""
     assert sim.s3 is not None and sim.flat_files is not None
-    for name, value in {
-        "CRYPTO_HISTORY_SOURCE": "auto",
-        "CRYPTO_SIMULATOR_PORT": str(sim.port),
-        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
-        "CRYPTO_PAIRS": PAIR,
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_simulator_history(sim, monkeypatch)
     # One session, begun before the day (1,000 s before its first row here) and still open: every
     # trade of the day streamed, no gap.
     landing = Landing(tmp_path / "landing")
@@ -170,13 +170,7 @@ def test_a_day_filled_from_history_counts_all_its_quotes_as_a_gap(
 ) -> None:
     """Quotes have no history: a day whose trades came from Flat Files shows its quotes as a gap, counted."""
     assert sim.s3 is not None
-    for name, value in {
-        "CRYPTO_HISTORY_SOURCE": "auto",
-        "CRYPTO_SIMULATOR_PORT": str(sim.port),
-        "CRYPTO_SIMULATOR_S3_PORT": str(sim.s3.port),
-        "CRYPTO_PAIRS": PAIR,
-    }.items():
-        monkeypatch.setenv(name, value)
+    use_simulator_history(sim, monkeypatch)
     landing = Landing(tmp_path / "landing")  # the stream never ran
     lake = LakeResource(root=str(tmp_path / "lake"))
     result = dg.materialize(
