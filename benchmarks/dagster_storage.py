@@ -308,6 +308,8 @@ def main() -> int:
         return 1 if args.check and missed else 0
     finally:
         local_stack.stop_service(fakesnow, paths)
+        # The simulator a run started on demand for gap repair (the resource's autostart).
+        local_stack.stop_service(local_stack.simulator_service(settings), paths)
         shutil.rmtree(work, ignore_errors=True)
 
 

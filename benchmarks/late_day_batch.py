@@ -200,6 +200,8 @@ def main() -> int:
     finally:
         if fakesnow is not None:
             local_stack.stop_service(fakesnow, paths)
+        # The simulator a run started on demand for gap repair (the resource's autostart).
+        local_stack.stop_service(local_stack.simulator_service(settings), paths)
         shutil.rmtree(work, ignore_errors=True)
 
     mysql = "MariaDB/MySQL (--mysql-url)" if args.mysql_url else "SQLite stand-in"
