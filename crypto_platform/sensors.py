@@ -150,6 +150,9 @@ def batch_in_flight(instance: dg.DagsterInstance, log_id: str) -> str | None:
     return fresh[0].dagster_run.run_id if fresh else None
 
 
+# A round runs the lake checks when this many appended segments (five minutes at the default 5 s
+# seal) are unchecked, whatever CRYPTO_CHECK_INTERVAL_S says.
+CHECK_AFTER_SEGMENTS = 60
 # The lake writer's appends are reported to Dagster at most this often per table and day.
 REPORT_EVERY_S = 30.0
 
@@ -284,7 +287,12 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
     batches, new_cursor = plan_batches(sealed, cursor, log, stream.max_segments_per_tick)
     # The lake checks and the Snowflake copies join a round at their own cadence (every round without
     # the writer: the run then builds the raw tables, and Dagster runs every check of what it builds).
-    checks_due = not lake_writer or now - cursor.checked_at >= stream.check_interval_s
+    # Also due once a round's segments would leave many unchecked (a backlog taken in by rounds back to
+    # back): the checked range, and what a checked round reads, stays a few minutes of the feed.
+    unchecked = (batches[-1].last_seq if batches else cursor.checked_seq) - cursor.checked_seq
+    checks_due = (
+        not lake_writer or now - cursor.checked_at >= stream.check_interval_s or unchecked >= CHECK_AFTER_SEGMENTS
+    )
     snowflake_due = not lake_writer or now - cursor.snowflake_at >= stream.snowflake_interval_s
     ledger_bytes = stream.ledger_path.stat().st_size if stream.ledger_path.exists() else 0
     ledger_news = not lake_writer or ledger_bytes != cursor.ledger_bytes

@@ -455,3 +455,47 @@ def test_health_is_recorded_at_most_every_30_s_while_all_is_well_and_at_once_wit
         assert observations(down) == 1
         (obs,) = [e for e in down.asset_events if isinstance(e, dg.AssetObservation)]
         assert obs.metadata["ingester"].value == "not running (autostart is off)"
+
+
+def test_a_backlog_is_checked_round_by_round_not_in_one_read(tmp_path: Path) -> None:
+    """Within CRYPTO_CHECK_INTERVAL_S, a round that would leave CHECK_AFTER_SEGMENTS or more appended
+    segments unchecked runs the lake checks anyway (a backlog taken in by rounds back to back)."""
+    from crypto_platform.lake import writer
+    from crypto_platform.resources.lake import build_lake_resource
+    from crypto_platform.sensors import CHECK_AFTER_SEGMENTS
+    from crypto_platform.stream_batches import CHECK_SEGMENTS_TAG
+
+    landing = Landing(tmp_path)
+    settings = landing.settings
+    lake = build_lake_resource(settings)
+    base = landing.resource()
+    stream = StreamResource(
+        project_dir=base.project_dir,
+        state_dir=base.state_dir,
+        data_dir=base.data_dir,
+        autostart=False,
+        check_interval_s=300,
+        snowflake_interval_s=300,
+        max_segments_per_tick=CHECK_AFTER_SEGMENTS + 5,
+    )
+    with writer.writer_lock(settings), dg.instance_for_test() as instance:
+        landing.segment(trades_frame(0, 2, DAY1_MS))
+        writer.write_pass(lake.tables(), settings.landing_dir, lake.locked)
+        with dg.build_sensor_context(instance=instance, resources={"stream": stream}) as ctx:
+            first = stream_sensor(ctx)
+        assert CHECK_SEGMENTS_TAG in first.run_requests[0].tags  # the first round: due by time
+        few = CHECK_AFTER_SEGMENTS // 2
+        for i in range(few):
+            landing.segment(trades_frame(10 + i, 1, DAY1_MS + 1000 + i))
+        writer.write_pass(lake.tables(), settings.landing_dir, lake.locked)
+        with dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"stream": stream}) as ctx:
+            second = stream_sensor(ctx)
+        assert CHECK_SEGMENTS_TAG not in second.run_requests[0].tags  # 30 unchecked: not yet
+        for i in range(CHECK_AFTER_SEGMENTS):
+            landing.segment(trades_frame(100 + i, 1, DAY1_MS + 5000 + i))
+        writer.write_pass(lake.tables(), settings.landing_dir, lake.locked)
+        with dg.build_sensor_context(instance=instance, cursor=second.cursor, resources={"stream": stream}) as ctx:
+            third = stream_sensor(ctx)
+        (request,) = third.run_requests
+        last = 1 + few + CHECK_AFTER_SEGMENTS
+        assert request.tags[CHECK_SEGMENTS_TAG] == f"2-{last}"  # every unchecked segment, once
