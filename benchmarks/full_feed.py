@@ -105,6 +105,7 @@ from crypto_platform.lake.writer import lake_of, read_heartbeat, table_lock, wri
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.stream import build_stream_resource  # noqa: E402
+from crypto_platform.sensors import CHECK_AFTER_SEGMENTS  # noqa: E402
 from crypto_platform.settings import Settings, child_environment, load_settings  # noqa: E402
 from crypto_platform.simulator.market import EXCHANGES, pair_spec  # noqa: E402
 from crypto_platform.stream.landing_log import LandingLog  # noqa: E402
@@ -523,7 +524,9 @@ class Cadence:
         through = min((self.lake.watermark(name, LANDING_APP_ID) or 0) for name in RAW_TABLES)
         entries = [e for e in iter_manifest(self.landing, after_seq=self.cursor.seq) if int(e["seq"]) <= through]
         batches, self.cursor = plan_batches(entries, self.cursor, self.log, self.max_segments)
-        checked = time.monotonic() - self.checked_at >= CHECK_INTERVAL_S
+        # As the sensor: checks are due by time, or once a round would leave many segments unchecked.
+        unchecked = (batches[-1].last_seq if batches else self.checked_seq) - self.checked_seq
+        checked = time.monotonic() - self.checked_at >= CHECK_INTERVAL_S or unchecked >= CHECK_AFTER_SEGMENTS
         runs = []
         for b in batches:
             checked_range = f"{min(self.checked_seq + 1, b.first_seq)}-{b.last_seq}" if checked else None
