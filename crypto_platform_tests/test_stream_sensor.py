@@ -325,7 +325,9 @@ def test_with_the_lake_writer_running_a_round_takes_what_it_appended_and_leaves_
     from crypto_platform.checks.lake import raw_trades_checks
     from crypto_platform.definitions import build_definitions
     from crypto_platform.lake import writer
+    from crypto_platform.local import stack as local_stack
     from crypto_platform.resources.lake import build_lake_resource
+    from crypto_platform_tests.conftest import free_port
 
     landing = Landing(tmp_path)
     settings = landing.settings
@@ -343,10 +345,19 @@ def test_with_the_lake_writer_running_a_round_takes_what_it_appended_and_leaves_
         assert raw_trades.key not in selected and dg.AssetKey("minute_bars") in selected
         checks = set(request.asset_check_keys or [])
         assert set(raw_trades_checks.check_keys) <= checks
-        job = build_definitions(settings).resolve_job_def("stream_batch")
-        run = job.get_subset(asset_selection=selected, asset_check_selection=checks).execute_in_process(
-            instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
-        )
+        # The run's resources start the local simulator and fakesnow on demand: on free ports, stopped after.
+        ports = {
+            k: str(free_port()) for k in ("CRYPTO_SIMULATOR_PORT", "CRYPTO_SIMULATOR_S3_PORT", "CRYPTO_FAKESNOW_PORT")
+        }
+        run_settings = local_settings(tmp_path, **ports)
+        job = build_definitions(run_settings).resolve_job_def("stream_batch")
+        try:
+            run = job.get_subset(asset_selection=selected, asset_check_selection=checks).execute_in_process(
+                instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+            )
+        finally:
+            for service in local_stack.all_services(run_settings):
+                local_stack.stop_service(service, local_stack.stack_paths(run_settings))
         assert run.success
         materialized = {e.asset_key for e in run.get_asset_materialization_events()}
         assert raw_trades.key not in materialized and dg.AssetKey("minute_bars") in materialized
