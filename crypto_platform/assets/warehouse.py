@@ -112,16 +112,18 @@ def _lake_copy(asset: str, key: dg.AssetKey, t: Table) -> WarehouseCopy:
     return WarehouseCopy(t, key, _from_lake(asset, t), stream=True, lake_table=asset)
 
 
-def lake_day_rows(lake: LakeResource, asset: str, t: Table, day: str) -> int:
+def lake_day_rows(lake: LakeResource, asset: str, t: Table, day: str, version: int | None = None) -> int:
     """Rows the warehouse should hold for a lake day, from the commit log (no data read).
 
     A copy that keeps current revisions only (aggregates) subtracts the superseded ones, read from
     the few files whose statistics say they hold any."""
     tables = lake.tables()
     schema = SCHEMAS.get(asset)
-    rows = tables.count(asset, day)
+    rows = tables.count(asset, day, version)
     if schema is not None and "is_current" in schema.names and "is_current" not in t.names:
-        old = tables.read(asset, day, where=is_false("is_current"), columns=["is_current"], ordered=False)
+        old = tables.read(
+            asset, day, where=is_false("is_current"), columns=["is_current"], ordered=False, version=version
+        )
         rows -= 0 if old is None else old.num_rows
     return rows
 
@@ -136,13 +138,16 @@ def load_new_rows(target: Target, copy: WarehouseCopy, sources: Sources, day: st
     assert copy.lake_table is not None
     t, lake = copy.table, sources.lake
     mark = target.watermark(t, day)
-    lake_rows = lake_day_rows(lake, copy.lake_table, t, day)
+    # The count and the rows come from one version of the table: the lake writer keeps appending.
+    version = lake.tables().version(copy.lake_table)
+    lake_rows = lake_day_rows(lake, copy.lake_table, t, day, version)
 
     def whole_day() -> pd.DataFrame:
         return copy.read(sources, day)
 
     if t.has_segments:
-        frame = lake_frame(lake.read_partition(copy.lake_table, day, where=newer_than("segment", mark)), t)
+        new_rows = lake.tables().read(copy.lake_table, day, where=newer_than("segment", mark), version=version)
+        frame = lake_frame(new_rows, t)
         load = load_day(
             target, t, day, frame, incremental=True, source=copy.source, lake_rows=lake_rows, whole_day=whole_day
         )

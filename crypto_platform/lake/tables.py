@@ -186,10 +186,10 @@ class DeltaLake:
     def _options(self) -> dict[str, str] | None:
         return dict(self.storage_options) or None
 
-    def open(self, name: str) -> DeltaTable | None:
-        """The table, or None when nothing was ever written to it."""
+    def open(self, name: str, version: int | None = None) -> DeltaTable | None:
+        """The table (at ``version``, default the latest), or None when nothing was ever written to it."""
         try:
-            return DeltaTable(self.uri(name), storage_options=self._options())
+            return DeltaTable(self.uri(name), version=version, storage_options=self._options())
         except TableNotFoundError:
             return None
 
@@ -205,14 +205,17 @@ class DeltaLake:
         where: Predicate | None = None,
         columns: Sequence[str] | None = None,
         ordered: bool = True,
+        version: int | None = None,
     ) -> pa.Table | None:
         """Rows of ``day`` (every day when None) matching ``where``; None when the table does not exist.
+
+        ``version``: read the table as it was at that version (a count and a read that must agree).
 
         Files are chosen by the partition and by their min/max statistics; rows are then filtered
         exactly. The result has the table's schema (without the partition column) or ``columns``,
         in the table's row order (``ordered``, when the order columns are read).
         """
-        table = self.open(name)
+        table = self.open(name, version)
         if table is None:
             return None
         condition = on_day(day) if day is not None else None
@@ -287,9 +290,9 @@ class DeltaLake:
             rows = rows.cast(pa.schema([schema.field(n) for n in wanted]))
         return sort_rows(name, rows) if set(ORDER.get(name, ())) <= set(wanted) else rows
 
-    def file_stats(self, name: str, day: str) -> pa.Table | None:
+    def file_stats(self, name: str, day: str, version: int | None = None) -> pa.Table | None:
         """One row per data file of ``day``: path, row count and per-column min/max/null counts (the log's)."""
-        table = self.open(name)
+        table = self.open(name, version)
         if table is None:
             return None
         actions = pa.table(table.get_add_actions(flatten=True))
@@ -305,9 +308,9 @@ class DeltaLake:
         condition = on_day(day) if where is None else on_day(day) & where
         return list(table.file_uris(file_pruning_predicate=condition.sql))
 
-    def count(self, name: str, day: str) -> int:
-        """Rows of ``day``, from the commit log's file statistics: no data file is read."""
-        mine = self.file_stats(name, day)
+    def count(self, name: str, day: str, version: int | None = None) -> int:
+        """Rows of ``day`` (at ``version``), from the commit log's file statistics: no data file is read."""
+        mine = self.file_stats(name, day, version)
         if mine is None or not mine.num_rows:
             return 0
         return int(pc.sum(mine["num_records"]).as_py() or 0)
