@@ -41,6 +41,7 @@ from crypto_platform.checks.bars import minute_bars_checks
 from crypto_platform.checks.lake import raw_aggregates_checks, raw_book_checks, raw_quotes_checks, raw_trades_checks
 from crypto_platform.lake import writer
 from crypto_platform.lake.raw import LANDING_APP_ID, RAW_TABLES
+from crypto_platform.lake.tables import DeltaLake
 from crypto_platform.resources.stream import StreamResource
 from crypto_platform.stream.manifest import iter_manifest
 from crypto_platform.stream_batches import CHECK_SEGMENTS_TAG, LANDING_LOG_TAG, SEGMENTS_TAG, StreamCursor, plan_batches
@@ -157,9 +158,8 @@ CHECK_AFTER_SEGMENTS = 60
 REPORT_EVERY_S = 30.0
 
 
-def lake_watermark(stream: StreamResource) -> int:
+def lake_watermark(lake: DeltaLake) -> int:
     """The last landing segment every raw table has taken in (0: none)."""
-    lake = writer.lake_of(stream.settings())
     return min((lake.watermark(name, LANDING_APP_ID) or 0) for name in RAW_TABLES)
 
 
@@ -175,7 +175,7 @@ def writer_materializations(
     if now - cursor.reported_at < REPORT_EVERY_S:
         return [], cursor
     lake = writer.lake_of(stream.settings())
-    through = lake_watermark(stream)
+    through = lake_watermark(lake)
     if through <= cursor.reported_seq:
         return [], cursor
     touched: dict[tuple[str, str], int] = {}
@@ -282,7 +282,7 @@ def stream_sensor(context: dg.SensorEvaluationContext, stream: StreamResource) -
     if lake_writer:
         # A round takes the segments the lake writer has appended: the run then reads them from the
         # raw tables, and the rest wait for the next round.
-        through = lake_watermark(stream)
+        through = lake_watermark(writer.lake_of(stream.settings()))
         sealed = [e for e in sealed if int(e["seq"]) <= through]
     batches, new_cursor = plan_batches(sealed, cursor, log, stream.max_segments_per_tick)
     # The lake checks and the Snowflake copies join a round at their own cadence (every round without
