@@ -120,3 +120,14 @@ def execute_request(
         tags=request.tags,
         asset_selection=sorted(assets, key=str) or None,
     )
+
+
+def run_failures(result: dg.ExecuteInProcessResult) -> str:
+    """Why a run failed, step by step (its failure events' messages and errors), for an assertion message."""
+    lines = []
+    for event in result.all_events:
+        if event.is_failure:
+            data = event.event_specific_data
+            error = getattr(data, "error", None)
+            lines.append(f"{event.step_key or 'run'}: {event.message}\n{error.to_string() if error else ''}")
+    return "\n".join(lines) or "no failure event"

@@ -327,7 +327,7 @@ def test_with_the_lake_writer_running_a_round_takes_what_it_appended_and_leaves_
     from crypto_platform.lake import writer
     from crypto_platform.local import stack as local_stack
     from crypto_platform.resources.lake import build_lake_resource
-    from crypto_platform_tests.conftest import free_port
+    from crypto_platform_tests.conftest import free_port, run_failures
 
     landing = Landing(tmp_path)
     settings = landing.settings
@@ -358,7 +358,7 @@ def test_with_the_lake_writer_running_a_round_takes_what_it_appended_and_leaves_
         finally:
             for service in local_stack.all_services(run_settings):
                 local_stack.stop_service(service, local_stack.stack_paths(run_settings))
-        assert run.success
+        assert run.success, run_failures(run)
         materialized = {e.asset_key for e in run.get_asset_materialization_events()}
         assert raw_trades.key not in materialized and dg.AssetKey("minute_bars") in materialized
         evaluated = {(e.asset_key, e.check_name) for e in run.get_asset_check_evaluations()}

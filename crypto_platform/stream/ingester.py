@@ -150,6 +150,10 @@ class Ingester:
         only searched for in frames holding a ``u``, which Polygon's data frames never do (a frame
         with ``"status"`` always has one, so none is missed).
         """
+        if self.disk_full is not None:
+            # Found full elsewhere (the heartbeat, the ledger): land nothing more, so the reserve just
+            # given up holds the records of why, not frames read before the connection closes.
+            raise DiskFull(self.settings.landing_dir)
         recv_ns = time.time_ns()
         try:
             self.landing.append(recv_ns, self.session, frame)

@@ -2,7 +2,9 @@
 
 The ingester (``crypto-platform stream``, a real subprocess with its sealer process) is killed ten
 times at random moments of a fast real-time feed, with segments sealed five times a second so kills
-land during sealing, and every third time its sealer process is killed too. Frames in flight at a
+land during sealing, and every third time its sealer process is killed too;
+every fourth kill freezes the ingester first (SIGSTOP), so frames certainly wait unread in its
+socket. Frames in flight at a
 kill (written by the simulator, not yet landed) are lost from the stream, as they would be from
 Polygon; the session ledger records the gap, and the lake's gap repair fetches the gap's trades from
 REST. In the end every trade key the simulator sent while a connection was up is in ``raw_trades``
@@ -122,6 +124,18 @@ def test_ten_kills_mid_stream_lose_nothing_for_good_and_double_nothing(
                         run(wait_for(lambda: len(list((root / "active").glob("*.open"))) > 1, 5, "a seal under way"))
                 waiting = len(list((root / "active").glob("*.open"))) - 1
                 during_seal += waiting > 0
+                if kill % 4 == 1:
+                    # Frozen first: what the simulator sends meanwhile sits unread in the socket, in flight for
+                    # certain (a random moment on a fast machine often finds nothing unread).
+                    os.kill(proc.pid, signal.SIGSTOP)
+                    frozen_at = sim.counters()["connections"][conn]["frames"]
+                    run(
+                        wait_for(
+                            lambda c=conn, n=frozen_at: sim.counters()["connections"][c]["frames"] >= n + 5,
+                            20,
+                            f"frames sent to the frozen connection {conn}",
+                        )
+                    )
                 sealer = child_pids(proc.pid)
                 with_sealer = kill % 3 == 0
                 if with_sealer:
