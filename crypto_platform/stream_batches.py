@@ -128,6 +128,8 @@ class BatchScope:
     # The segments whose rows the run's lake checks evaluate: every segment since the previous checked
     # round (CHECK_SEGMENTS_TAG) when the round runs them, else the run's own; None: the whole day.
     checked: tuple[int, int] | None = None
+    # A round that runs the lake checks (the tag is there): its copies also recount their whole days.
+    checks_round: bool = False
 
     @property
     def incremental(self) -> bool:
@@ -138,7 +140,7 @@ class BatchScope:
         tag = tags.get(SEGMENTS_TAG)
         segments = parse_segment_range(tag) if tag else None
         check = tags.get(CHECK_SEGMENTS_TAG)
-        return cls(segments, parse_segment_range(check) if check and segments else segments)
+        return cls(segments, parse_segment_range(check) if check and segments else segments, bool(check and segments))
 
     @classmethod
     def from_context(cls, context: RunContext) -> BatchScope:

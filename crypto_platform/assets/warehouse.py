@@ -128,12 +128,15 @@ def lake_day_rows(lake: LakeResource, asset: str, t: Table, day: str, version: i
     return rows
 
 
-def load_new_rows(target: Target, copy: WarehouseCopy, sources: Sources, day: str) -> tuple[DayLoad, pd.DataFrame]:
+def load_new_rows(
+    target: Target, copy: WarehouseCopy, sources: Sources, day: str, recount: bool = False
+) -> tuple[DayLoad, pd.DataFrame]:
     """A stream run's load of a lake copy: only what the lake holds beyond the day's watermark.
 
     Tables with landing segments read the rows above the watermark (file statistics on ``segment``
     skip the rest); others (minute bars) read the files added since the table version last loaded.
-    Returns the load and the rows it read.
+    ``recount``: parity counts the warehouse's whole day (the rounds with the lake checks) instead of
+    taking the load's own count. Returns the load and the rows it read.
     """
     assert copy.lake_table is not None
     t, lake = copy.table, sources.lake
@@ -149,12 +152,20 @@ def load_new_rows(target: Target, copy: WarehouseCopy, sources: Sources, day: st
         new_rows = lake.tables().read(copy.lake_table, day, where=newer_than("segment", mark), version=version)
         frame = lake_frame(new_rows, t)
         load = load_day(
-            target, t, day, frame, incremental=True, source=copy.source, lake_rows=lake_rows, whole_day=whole_day
+            target,
+            t,
+            day,
+            frame,
+            incremental=True,
+            source=copy.source,
+            lake_rows=lake_rows,
+            whole_day=whole_day,
+            recount=recount,
         )
         return load, frame
     changed, version = lake.tables().changed_since(copy.lake_table, day, mark)
     frame = lake_frame(changed, t)
-    return load_changes(target, t, day, frame, version, lake_rows, whole_day, copy.source), frame
+    return load_changes(target, t, day, frame, version, lake_rows, whole_day, copy.source, recount), frame
 
 
 COPIES: tuple[WarehouseCopy, ...] = (
@@ -178,19 +189,21 @@ COPIES: tuple[WarehouseCopy, ...] = (
     ),
 )
 
-# Warehouses already migrated by this process: one migration check per run, not one per asset.
-_migrated: set[str] = set()
+# Warehouses already migrated by each run (a run id with the warehouse): one migration check per run,
+# not one per asset. Keyed by run, not by process: tests execute many runs in one process, against
+# servers that come and go on the same address.
+_migrated: set[tuple[str, str]] = set()
 
 
 @contextlib.contextmanager
-def _target(resource: SqlTablesResource | SnowflakeResource) -> Iterator[Target]:
-    """The warehouse behind a resource, migrated once per process (one check per run, not per asset)."""
+def _target(resource: SqlTablesResource | SnowflakeResource, run_id: str) -> Iterator[Target]:
+    """The warehouse behind a resource, migrated once per run (one check per run, not per asset)."""
     if isinstance(resource, SqlTablesResource):
         warehouse = SqlWarehouse(resource.url)
         target: Target = SqlTarget(warehouse)
-        if warehouse.masked_url not in _migrated:
+        if (run_id, warehouse.masked_url) not in _migrated:
             target.migrate()
-            _migrated.add(warehouse.masked_url)
+            _migrated.add((run_id, warehouse.masked_url))
         yield target
         return
     try:
@@ -200,7 +213,7 @@ def _target(resource: SqlTablesResource | SnowflakeResource) -> Iterator[Target]
         raise snowflake_connect_error(exc, resource) from None
     try:
         target = SnowflakeTarget(conn, resource.database or "MARKET_DATA", resource.schema_ or "POLYGON")
-        memo = f"snowflake:{resource.account}:{resource.database}:{resource.schema_}"
+        memo = (run_id, f"snowflake:{resource.account}:{resource.database}:{resource.schema_}")
         if memo not in _migrated:
             target.migrate()
             _migrated.add(memo)
@@ -315,13 +328,14 @@ def warehouse_asset(copy: WarehouseCopy, backend: str) -> dg.AssetsDefinition:
     )
 
     def run(context: dg.AssetExecutionContext, backend_resource: Any, resources: Sources) -> dg.MaterializeResult:
-        incremental = BatchScope.from_context(context).incremental
+        scope = BatchScope.from_context(context)
+        incremental = scope.incremental
         loads = []
         freshness: dict[str, float] = {}
-        with _target(backend_resource) as target:
+        with _target(backend_resource, context.run_id) as target:
             for day in context.partition_keys:
                 if incremental and copy.lake_table is not None:
-                    load, rows = load_new_rows(target, copy, resources, day)
+                    load, rows = load_new_rows(target, copy, resources, day, recount=scope.checks_round)
                     loads.append(load)
                 else:
                     rows = copy.read(resources, day)

@@ -28,6 +28,11 @@ class WarehouseLoadError(WarehouseError):
     """A partition could not be loaded; nothing of it was written."""
 
 
+class LockConflictError(WarehouseLoadError):
+    """The database ended the load's transaction to break a lock conflict (a deadlock or a lock wait
+    timeout with a concurrent load); nothing was written and the load can be run again as it was."""
+
+
 class RowRejectedError(WarehouseLoadError):
     """A value does not fit its column; ``row`` holds the row's natural key."""
 

@@ -168,18 +168,22 @@ def load_day(
     source: str = "lake",
     lake_rows: int | None = None,
     whole_day: Callable[[], pd.DataFrame] | None = None,
+    recount: bool = False,
 ) -> DayLoad:
     """Load the lake rows ``lake`` of ``day`` into ``target`` and compare (see the module doc).
 
     ``lake`` is the whole day, or for an incremental load of a table with segments it may be only
     the rows above the target's watermark; then ``lake_rows`` is the day's row count in the lake and
     ``whole_day`` reads the whole day (only to name differing rows when the counts disagree).
+    ``recount``: parity counts the target's whole day instead of taking the load's count, which adds
+    the span the load wrote to the last count and so cannot see rows changed behind the loads' back.
     """
     labels = (source, target.label)
     if incremental and t.has_segments:
         result = target.upsert_new_segments(t, day, lake)
         segments = (result.watermark_before, result.watermark)
-        parity = batch_parity(target, t, day, lake, segments, labels, result.day_rows, lake_rows, whole_day)
+        day_rows = None if recount else result.day_rows
+        parity = batch_parity(target, t, day, lake, segments, labels, day_rows, lake_rows, whole_day)
         return DayLoad(result, parity)
     result = target.upsert_day(t, day, lake) if incremental else target.rebuild(t, day, lake)
     return DayLoad(result, compare(t, lake, target.read(t, day), labels))
@@ -194,6 +198,7 @@ def load_changes(
     lake_rows: int,
     whole_day: Callable[[], pd.DataFrame],
     source: str = "lake",
+    recount: bool = False,
 ) -> DayLoad:
     """Upsert the ``changed`` rows of a lake table without segments, raising the day's watermark to ``version``.
 
@@ -211,7 +216,7 @@ def load_changes(
         keys = changed[list(t.key)].astype(object).apply(tuple, axis=1)
         right = right[right[list(t.key)].astype(object).apply(tuple, axis=1).isin(set(keys))]
     report = compare(t, changed, right, labels)
-    day_rows = result.day_rows if result.day_rows is not None else target.count(t, day)
+    day_rows = recounted(target, t, day, lake_rows, None if recount else result.day_rows)
     differences = report.differences
     if lake_rows != day_rows and not differences:
         differences = diff_rows(t, whole_day(), target.read(t, day), labels)
@@ -219,6 +224,12 @@ def load_changes(
     scope = f"rows changed since lake version {since}" if since is not None else "day"
     report = dataclasses.replace(report, scope=scope, day_rows=(lake_rows, day_rows), differences=differences)
     return DayLoad(result, report)
+
+
+def recounted(target: Target, t: Table, day: str, lake_rows: int, day_rows: int | None) -> int:
+    """The target's rows of the day: the load's own count, or a count of the whole day when it has none
+    or when it differs from the lake's (a load counts only the span it wrote, on top of the last count)."""
+    return day_rows if day_rows is not None and day_rows == lake_rows else target.count(t, day)
 
 
 def batch_parity(
@@ -240,10 +251,8 @@ def batch_parity(
     """
     after, upto = segments
     report = compare(t, lake[segment_mask(lake, after, upto)], target.read(t, day, segments), labels)
-    counts = (
-        lake_row_count(t, lake) if lake_rows is None else lake_rows,
-        target.count(t, day) if day_rows is None else day_rows,
-    )
+    lake_count = lake_row_count(t, lake) if lake_rows is None else lake_rows
+    counts = (lake_count, recounted(target, t, day, lake_count, day_rows))
     differences = report.differences
     if counts[0] != counts[1] and not differences:
         differences = diff_rows(t, lake if whole_day is None else whole_day(), target.read(t, day), labels)

@@ -26,6 +26,11 @@ rows until the commit (MVCC). Before any write, every value is validated in Pyth
 the server runs in strict mode as a second line of defence and its errors are mapped back to a row
 when they say "at row N". Re-running any partition leaves the tables unchanged.
 
+Concurrent loads (a backfill's runs, each rebuilding its days) can meet in InnoDB's gap locks and
+be chosen as a deadlock's victim (error 1213) or time out on a lock (1205). Each load is one
+transaction that reads what it needs inside it, so it is simply run again (a few times, with a
+jittered backoff) before the error reaches the run.
+
 Connection failures name host, port and ``MYSQL_URL`` and never the password.
 """
 
@@ -48,10 +53,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pymysql
+import tenacity
 
 from crypto_platform.days import day_bounds_ms
 from crypto_platform.settings import Secret, mask_url_password
 from crypto_platform.warehouse.errors import (
+    LockConflictError,
     RowRejectedError,
     WarehouseAuthError,
     WarehouseConnectionError,
@@ -77,6 +85,19 @@ from crypto_platform.warehouse.tables import LOAD_WATERMARKS, Table
 from crypto_platform.warehouse.views import view_sql
 
 log = logging.getLogger(__name__)
+
+# ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT: the transaction was rolled back (or its statement was) by
+# the server to let a concurrent one through; running the load again is the documented remedy.
+_LOCK_CONFLICTS = frozenset({1213, 1205})
+
+# A load that lost a lock conflict runs again from the start: each attempt is its own transaction.
+_retry_lock_conflicts = tenacity.retry(
+    retry=tenacity.retry_if_exception_type(LockConflictError),
+    stop=tenacity.stop_after_attempt(5),
+    wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+    before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
 
 DEFAULT_BATCH_ROWS = 5_000
 # Strict: a value that does not fit is an error, never a silent truncation.
@@ -324,6 +345,7 @@ class SqlWarehouse:
             _rollback(conn)
             raise self._load_error(exc, prepared) from None
 
+    @_retry_lock_conflicts
     def upsert(
         self,
         t: Table,
@@ -347,16 +369,18 @@ class SqlWarehouse:
             check_day(prepared, day)
         with self.connect() as conn, self._load_transaction(conn, prepared):
             if day is not None:
-                before = self._read_watermark(conn, t, day, lock=True)
+                before, recorded = self._watermark_row(conn, t, day, lock=True)
+                counter = _DayRows(self, conn, t, day, recorded, prepared)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
             day_rows = None
             if day is not None:
                 after = highest_segment(highest_segment(before, watermark_floor), max_segment_of(prepared))
-                day_rows = self._write_watermark(conn, t, day, after, "upsert")
+                day_rows = self._write_watermark(conn, t, day, after, "upsert", counter.now())
         return LoadResult.of(
             prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
+    @_retry_lock_conflicts
     def upsert_new_segments(
         self,
         t: Table,
@@ -383,16 +407,18 @@ class SqlWarehouse:
         check_day(prepared, day)
         top = max_segment(frame)
         with self.connect() as conn, self._load_transaction(conn, prepared):
-            before = self._read_watermark(conn, t, day, lock=True)
+            before, recorded = self._watermark_row(conn, t, day, lock=True)
             if before != guess and (guess is None or before is None or before < guess):
                 prepared = self._prepare(t, frame[segment_mask(frame, before)], validate)
+            counter = _DayRows(self, conn, t, day, recorded, prepared)
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
             after = highest_segment(before, top)
-            day_rows = self._write_watermark(conn, t, day, after, "upsert")
+            day_rows = self._write_watermark(conn, t, day, after, "upsert", counter.now())
         return LoadResult.of(
             prepared, "upsert", started, day, watermark_before=before, watermark=after, day_rows=day_rows
         )
 
+    @_retry_lock_conflicts
     def replace_range(
         self,
         t: Table,
@@ -409,7 +435,8 @@ class SqlWarehouse:
         prepared = self._prepare(t, frame, True)
         check_day(prepared, day)
         with self.connect() as conn, self._load_transaction(conn, prepared):
-            before = self._read_watermark(conn, t, day, lock=True)
+            before, recorded = self._watermark_row(conn, t, day, lock=True)
+            counter = _DayRows(self, conn, t, day, recorded, prepared, within)
             where, params = self._day_where(t, day, within=within)
             cur = conn.cursor()
             try:
@@ -418,7 +445,7 @@ class SqlWarehouse:
             finally:
                 cur.close()
             self._insert_batches(conn, prepared, batch_rows, upsert=True)
-            day_rows = self._write_watermark(conn, t, day, watermark, "upsert")
+            day_rows = self._write_watermark(conn, t, day, watermark, "upsert", counter.now())
         return LoadResult.of(
             prepared,
             "replace range",
@@ -440,6 +467,7 @@ class SqlWarehouse:
         where, params = self._day_where(t, day)
         return int(self.query(f"SELECT COUNT(*) FROM {t.name} WHERE {where}", params)[0][0])
 
+    @_retry_lock_conflicts
     def rebuild_day(
         self,
         t: Table,
@@ -493,7 +521,7 @@ class SqlWarehouse:
                 self._insert_batches(conn, prepared, batch_rows, upsert=True)
             deleted = self._delete_stale(conn, prepared, day, load_data=used == "load_data") if existing else 0
             after = max_segment_of(prepared) if watermark is None else watermark
-            day_rows = self._write_watermark(conn, t, day, after, "rebuild")
+            day_rows = self._write_watermark(conn, t, day, after, "rebuild", self._count_day(conn, t, day))
         return LoadResult.of(
             prepared,
             used,
@@ -556,6 +584,10 @@ class SqlWarehouse:
     # -- internals ------------------------------------------------------------------------------
 
     def _read_watermark(self, conn: Any, t: Table, day: date | str, *, lock: bool) -> int | None:
+        return self._watermark_row(conn, t, day, lock=lock)[0]
+
+    def _watermark_row(self, conn: Any, t: Table, day: date | str, *, lock: bool) -> tuple[int | None, int | None]:
+        """The day's load watermark and the rows the last load recorded (None, None: no load yet)."""
         ph = self._placeholder()
         # FOR UPDATE: concurrent loads of the same (table, day) queue here (SQLite's BEGIN IMMEDIATE
         # already serialises writers). A missing row locks the gap, which serves the same purpose.
@@ -563,17 +595,21 @@ class SqlWarehouse:
         cur = conn.cursor()
         try:
             cur.execute(
-                f"SELECT segment FROM {LOAD_WATERMARKS.name} WHERE table_name = {ph} AND day = {ph}{suffix}",
+                f"SELECT segment, rows_loaded FROM {LOAD_WATERMARKS.name} "
+                f"WHERE table_name = {ph} AND day = {ph}{suffix}",
                 (t.name, day_text(day)),
             )
             row = cur.fetchone()
         finally:
             cur.close()
-        return None if row is None or row[0] is None else int(row[0])
+        if row is None:
+            return None, None
+        return (None if row[0] is None else int(row[0])), int(row[1])
 
-    def _write_watermark(self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str) -> int:
-        """Record the day's load watermark with the rows the day holds now; return that count."""
-        day_rows = self._count_day(conn, t, day)
+    def _write_watermark(
+        self, conn: Any, t: Table, day: date | str, segment: int | None, mode: str, day_rows: int
+    ) -> int:
+        """Record the day's load watermark with the rows the day holds now (``day_rows``); return that count."""
         row = {
             "table_name": t.name,
             "day": day_text(day),
@@ -685,8 +721,8 @@ class SqlWarehouse:
             lo, hi = max(lo, within[0]), min(hi, within[1])
         return f"{col} >= {ph} AND {col} < {ph}", (lo, hi)
 
-    def _count_day(self, conn: Any, t: Table, day: date | str) -> int:
-        where, params = self._day_where(t, day)
+    def _count_day(self, conn: Any, t: Table, day: date | str, within: tuple[int, int] | None = None) -> int:
+        where, params = self._day_where(t, day, within=within)
         cur = conn.cursor()
         try:
             cur.execute(f"SELECT COUNT(*) FROM {t.name} WHERE {where}", params)
@@ -747,6 +783,9 @@ class SqlWarehouse:
     def _load_error(self, exc: BaseException, prepared: Prepared) -> BaseException:
         if isinstance(exc, (WarehouseLoadError, WarehouseConnectionError)):
             return exc
+        inner = exc.cause if isinstance(exc, _BatchFailed) else exc
+        if isinstance(inner, pymysql.err.OperationalError) and inner.args and inner.args[0] in _LOCK_CONFLICTS:
+            return LockConflictError(f"{prepared.table.name}: {inner.args[-1]}; rolled back, nothing written")
         if not isinstance(exc, _BatchFailed):
             if isinstance(exc, Exception) and type(exc).__module__.startswith(("pymysql", "sqlite3")):
                 return WarehouseLoadError(
@@ -798,6 +837,52 @@ def _rollback(conn: Any) -> None:
 def highest_segment(a: int | None, b: int | None) -> int | None:
     """The higher of two watermarks, None counting as "nothing loaded"."""
     return b if a is None else a if b is None else max(a, b)
+
+
+class _DayRows:
+    """The day's row count after a load that writes only a span of it, without counting the whole day.
+
+    A stream round adds seconds of rows to a day of millions: counting the day on every load (one
+    index range scan, ~1 s per few million rows in InnoDB) would make late rounds slower than early
+    ones. So the count is the one the last load recorded, minus the rows in the span the load touches
+    (the partition column's range of its rows, and a replaced range) counted before it writes, plus
+    the same span counted after. Exact as long as only loads change the table and a key keeps its
+    time; parity recounts the whole day before it reports counts that disagree. Without a recorded
+    count, or for a table partitioned by a date, the whole day is counted.
+    """
+
+    def __init__(
+        self,
+        warehouse: SqlWarehouse,
+        conn: Any,
+        t: Table,
+        day: date | str,
+        recorded: int | None,
+        prepared: Prepared,
+        within: tuple[int, int] | None = None,
+    ) -> None:
+        self._count = lambda span: warehouse._count_day(conn, t, day, within=span)
+        self.span = _touched_span(t, prepared, within)
+        self.untouched: int | None = None
+        if recorded is not None and self.span is not None:
+            self.untouched = recorded - (self._count(self.span) if self.span[0] < self.span[1] else 0)
+
+    def now(self) -> int:
+        if self.untouched is None or self.span is None:
+            return self._count(None)
+        return self.untouched + (self._count(self.span) if self.span[0] < self.span[1] else 0)
+
+
+def _touched_span(t: Table, prepared: Prepared, within: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``[lo, hi)`` of the partition column holding ``prepared``'s rows and ``within`` (None: a date column)."""
+    if t.column(t.partition).kind == "date":
+        return None
+    lo, hi = within if within is not None else (0, 0)
+    if prepared.num_rows:
+        bounds = pc.min_max(prepared.data.column(t.partition).cast(pa.int64()))
+        first, last = int(bounds["min"].as_py()), int(bounds["max"].as_py()) + 1
+        lo, hi = (first, last) if within is None else (min(lo, first), max(hi, last))
+    return lo, hi
 
 
 def max_segment_of(prepared: Prepared) -> int | None:

@@ -236,3 +236,109 @@ def test_load_data_refused_falls_back_to_inserts(mysql_server: dict[str, object]
     slow = wh.rebuild_day(TRADES, DAY, df.iloc[:1_000])
     assert slow.method == "insert" and slow.deleted == 1_000
     assert compare_sql(wh, TRADES, DAY, df.iloc[:1_000]).ok
+
+
+def test_a_load_counts_the_span_it_wrote_and_a_recount_finds_a_row_written_behind_its_back(
+    warehouse: SqlWarehouse,
+) -> None:
+    """Segment loads record the day's rows as the last count plus their own span, so a row written
+    behind the loads' back (outside their spans) is not in their count; a round's recount (the rounds
+    with the lake checks), or a load count that disagrees with the lake, counts the whole day and
+    reports the extra row."""
+    from crypto_platform.warehouse.loads import SqlTarget, batch_parity
+
+    warehouse.migrate()
+    day = samples.trades(DAY, 30_000)  # segments 0, 1, 2: one per 10,000 rows, in event-time order
+    counts = [warehouse.upsert_new_segments(TRADES, DAY, day[day["segment"] <= seg]).day_rows for seg in (0, 1)]
+    assert counts == [10_000, 20_000] and warehouse.count_partition(TRADES, DAY) == 20_000
+
+    stray = samples.trades(DAY, 1, first_id=900_000)  # segment 0, at the day's first millisecond
+    warehouse.upsert(TRADES, stray)
+    third = warehouse.upsert_new_segments(TRADES, DAY, day)
+    assert third.day_rows == 30_000, "the load counted its own span only, not the stray row before it"
+    assert warehouse.count_partition(TRADES, DAY) == 30_001
+
+    def parity(day_rows: int | None) -> tuple[tuple[int, int] | None, bool, str]:
+        segments = (third.watermark_before, third.watermark)
+        report = batch_parity(SqlTarget(warehouse), TRADES, DAY, day, segments, ("lake", "sql"), day_rows)
+        return report.day_rows, report.ok, str(report.differences)
+
+    assert parity(third.day_rows)[:2] == ((30_000, 30_000), True)  # the load's count, as a plain round takes it
+    for day_rows in (None, 29_999):  # a recount, and a load count that disagrees with the lake
+        counts_, ok, differences = parity(day_rows)
+        assert counts_ == (30_000, 30_001) and not ok and "900000" in differences
+
+
+def test_a_load_chosen_as_a_deadlock_victim_runs_again_and_lands_once(
+    mysql_server: dict[str, object], mysql_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two loads of new days meet in the watermark table's gap locks (as a backfill's concurrent runs
+    did): each locks the gap of its missing watermark row, then each inserts its row into it. InnoDB
+    ends the smaller transaction; here the load is the smaller one, so it loses, is run again, and
+    its rows land exactly once."""
+    import threading
+    import time
+
+    import pymysql
+
+    s = mysql_server
+    url = f"mysql+pymysql://{s['user']}:{s['password']}@{s['host']}:{s['port']}/{mysql_database}"
+    wh = SqlWarehouse(url)
+    wh.migrate()
+    other = pymysql.connect(database=mysql_database, autocommit=False, **s)  # type: ignore[arg-type]
+    watch = pymysql.connect(database=mysql_database, autocommit=True, **s)  # type: ignore[arg-type]
+
+    def waiting_for_a_lock() -> bool:
+        # The load's one-row watermark insert, still running after a second: it waits on the other's lock.
+        with watch.cursor() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.processlist "
+                "WHERE info LIKE 'INSERT INTO crypto_load_watermarks%%' AND time >= 1"
+            )
+            return int(cur.fetchone()[0]) == 1
+
+    def wait_until(condition: object, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    try:
+        with other.cursor() as cur:
+            # The other transaction is the larger one (rows of its own), and holds the gap of its day's row.
+            cur.execute("CREATE TABLE scratch (n INT PRIMARY KEY)")
+            cur.execute("BEGIN")
+            cur.executemany("INSERT INTO scratch VALUES (%s)", [(n,) for n in range(30_000)])
+            cur.execute(
+                "SELECT segment FROM crypto_load_watermarks WHERE table_name = 'crypto_trades' AND day = '2025-11-21' "
+                "FOR UPDATE"
+            )
+        rows = samples.trades(DAY, 2_000)
+        outcome: list[object] = []
+
+        def load_rows() -> None:
+            try:
+                outcome.append(wh.upsert_new_segments(TRADES, DAY, rows))
+            except Exception as exc:  # reported by the assertions below
+                outcome.append(exc)
+
+        load = threading.Thread(target=load_rows)
+        with caplog.at_level("WARNING", logger="crypto_platform.warehouse.sql"):
+            load.start()
+            wait_until(lambda: waiting_for_a_lock() or outcome, "the load to wait on the other's gap lock")
+            assert not outcome, outcome
+            with other.cursor() as cur:  # into the gap the load holds: a deadlock, and the load is the victim
+                cur.execute(
+                    "INSERT INTO crypto_load_watermarks (table_name, day, segment, mode, rows_loaded, loaded_ms) "
+                    "VALUES ('crypto_trades', '2025-11-21', 1, 'upsert', 0, 0)"
+                )
+            other.commit()
+            load.join(60)
+        assert not load.is_alive() and len(outcome) == 1, outcome
+        assert outcome[0].day_rows == 2_000  # type: ignore[attr-defined]
+        assert any("Deadlock" in r.getMessage() for r in caplog.records), "the first attempt lost a deadlock"
+        assert wh.count_partition(TRADES, DAY) == 2_000 and wh.watermark(TRADES, DAY) == 0
+        assert wh.watermark(TRADES, "2025-11-21") == 1
+    finally:
+        other.close()
+        watch.close()
