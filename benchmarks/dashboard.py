@@ -72,12 +72,14 @@ def _summary(values: list[float]) -> str:
 
 def _watch_lake(settings: Settings, stop: threading.Event, poll_s: float, seen: dict[tuple[str, int], float]) -> None:
     """First wall time each pair's latest lake trade was readable (the page's source, as it reads it)."""
-    from crypto_platform.dashboard.data import lake_trades
+    from crypto_platform.dashboard.data import REACH_MS, lake_trades
 
     lake = build_lake_resource(settings)
     while not stop.is_set():
         now = time.time()
-        table = lake_trades(lake, datetime.now(UTC).date().isoformat())
+        # The page's first read for the latest prices: the last minutes of trades (REACH_MS[0]).
+        now_ms = int(now * 1000)
+        table = lake_trades(lake, now_ms - (REACH_MS[0] or 0), now_ms + 60_000)
         if table is not None and table.num_rows:
             frame = table.select(["pair", "event_ms"]).group_by("pair").aggregate([("event_ms", "max")])
             for pair, event_ms in zip(frame["pair"].to_pylist(), frame["event_ms_max"].to_pylist(), strict=True):
@@ -106,7 +108,8 @@ def event_to_page(args: argparse.Namespace) -> tuple[list[float], list[float]]:
                 deadline = time.monotonic() + 300
                 while True:
                     if dev.poll() is not None:
-                        raise RuntimeError(f"crypto-platform dev exited ({dev.returncode}); see its log {log_path}")
+                        tail = log_path.read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"crypto-platform dev exited ({dev.returncode}):\n{tail}")
                     with contextlib.suppress(Exception):
                         page.goto(url, timeout=5_000)
                         break
@@ -118,7 +121,8 @@ def event_to_page(args: argparse.Namespace) -> tuple[list[float], list[float]]:
                 deadline = time.monotonic() + 600
                 while started is None or time.time() - started < args.minutes * 60:
                     if dev.poll() is not None:
-                        raise RuntimeError(f"crypto-platform dev exited ({dev.returncode}); see its log {log_path}")
+                        tail = log_path.read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"crypto-platform dev exited ({dev.returncode}):\n{tail}")
                     now = datetime.now(UTC)
                     texts = page.eval_on_selector_all('[data-testid="stColumn"]', "els => els.map(e => e.innerText)")
                     for text in texts:

@@ -82,7 +82,8 @@ def dev_running(
     try:
         yield dev
     finally:
-        os.killpg(dev.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):  # dev may have ended already (its group with it)
+            os.killpg(dev.pid, signal.SIGINT)
         try:
             dev.wait(120)
         except subprocess.TimeoutExpired:

@@ -39,7 +39,7 @@ sensor hands a backlog over), reported apart from the windows.
 windows (the commit time is the Delta log's ``commitInfo.timestamp`` of the first commit of each
 raw table whose landing watermark covers the segment; segments not in the lake when the writer
 stopped count as missing and are listed); per window, each run's wall time including process start
-and its peak RSS (``wait4``), and late/early (last hour over first hour, medians); runs per day at
+and its peak RSS (its own ``VmHWM``), and late/early (last hour over first hour, medians); runs per day at
 the cadence and Dagster storage per run (``DAGSTER_HOME`` growth over the window's runs) and per
 day, beside landing-log bytes per day; the writer's backlog at each window's end; the time to
 compact the full day (``maintain_table``, as the ``lake_maintenance`` job does, on every table of
@@ -96,7 +96,7 @@ from benchmarks.partition_build import (  # noqa: E402  (sets CRYPTO_START_DATE 
     SEGMENT_AGE_NS,
 )
 from benchmarks.simulator_rate import START_MS, free_port  # noqa: E402
-from benchmarks.summary import Summary, median, percentile, runs  # noqa: E402
+from benchmarks.summary import Summary, median, peak_rss_bytes, percentile, runs  # noqa: E402
 from crypto_platform.lake.decode import merge  # noqa: E402
 from crypto_platform.lake.maintenance import MaintenancePolicy, maintain_table  # noqa: E402
 from crypto_platform.lake.raw import LANDING_APP_ID, QUOTES, RAW_TABLES, TRADES  # noqa: E402
@@ -438,6 +438,15 @@ class Run:
     rss_bytes: int
     storage_bytes: int
     started: float
+    steps: dict[str, float] = field(default_factory=dict)  # step key -> seconds
+
+
+def slowest_steps(runs_: list[Run], top: int = 6) -> str:
+    """The steps that take longest in these runs, by their median time: where a round's time goes."""
+    keys = {k for r in runs_ for k in r.steps}
+    medians = {k: median(r.steps.get(k, 0.0) for r in runs_) for k in keys}
+    ranked = sorted(medians.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{k} {v:.2f}" for k, v in ranked) or "none"
 
 
 @dataclass
@@ -547,7 +556,7 @@ class Cadence:
         with tempfile.TemporaryFile() as out:
             proc = self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
             try:
-                _, status, usage = os.wait4(proc.pid, 0)
+                _, status, _ = os.wait4(proc.pid, 0)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -559,17 +568,21 @@ class Cadence:
         lines = [line for line in text.splitlines() if line.startswith('{"run_id"')]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"the stream_batch run of segments {segments} failed:\n{text[-4000:]}")
-        run_id = json.loads(lines[-1])["run_id"]
+        said = json.loads(lines[-1])
         with dg.DagsterInstance.from_config(str(self.home)) as instance:
-            stats = instance.get_run_stats(run_id)
+            stats = instance.get_run_stats(said["run_id"])
+            steps = {
+                s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(said["run_id"])
+            }
         return Run(
             segments,
             events,
             wall,
             (stats.end_time or 0) - (stats.start_time or 0),
-            usage.ru_maxrss * 1024,  # kilobytes on Linux
+            said["peak_rss_bytes"],  # the run process's own peak (VmHWM), not ru_maxrss (see peak_rss_bytes)
             storage_bytes(self.home) - before,
             started_wall,
+            steps,
         )
 
     def loop(self, stop: threading.Event, into: list[Run]) -> None:
@@ -614,14 +627,7 @@ class Writer:
             time.sleep(0.1)
 
     def rss_bytes(self) -> int:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return peak_rss_bytes(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -918,6 +924,7 @@ def run_main(args: argparse.Namespace) -> int:
             f"{'':13}writer peak RSS {w.writer_rss_bytes / 1e6:.0f} MB; "
             f"events per run {runs([r.events for r in w.runs])}"
         )
+        summary.line(f"{'':13}slowest steps (median s): {slowest_steps(w.runs)}")
     by_name = {w.name: w for w in windows}
     first, last, busy = by_name["first hour"], by_name["last hour"], by_name["busy hour"]
     all_runs = [r for w in windows for r in w.runs]

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.partition_build import land  # noqa: E402
 from benchmarks.simulator_rate import PAIRS, free_port  # noqa: E402
-from benchmarks.summary import Summary, median, runs  # noqa: E402
+from benchmarks.summary import Summary, median, peak_rss_bytes, runs  # noqa: E402
 from crypto_platform.lake.raw import RAW_TABLES, apply_segments  # noqa: E402
 from crypto_platform.lake.tables import DeltaLake  # noqa: E402
 from crypto_platform.lake.writer import lake_of  # noqa: E402
@@ -95,7 +95,7 @@ def run_one(segments: str, day: str, channels: str, log: str, checked: str = "")
     if checked:
         tags[CHECK_SEGMENTS_TAG] = checked
     result = dg.execute_job(job, instance=dg.DagsterInstance.get(), tags=tags)
-    print(json.dumps({"run_id": result.run_id, "success": result.success}))
+    print(json.dumps({"run_id": result.run_id, "success": result.success, "peak_rss_bytes": peak_rss_bytes()}))
     return 0 if result.success else 1
 
 

@@ -15,11 +15,28 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def load_average() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f} (1 min) / {five:.1f} (5 min)"
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """A live process's own peak resident set (``VmHWM``; this process by default), 0 where /proc is missing.
+
+    Not ``ru_maxrss``: Linux carries the peak of the process a child was forked from into the
+    child's ``ru_maxrss`` (through fork and exec), so a run started by a big benchmark process would
+    report the benchmark's peak as its own.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def median(values: Iterable[float]) -> float:
