@@ -35,6 +35,11 @@ PRODUCTION_VARIABLES = (
     "SNOWFLAKE_ACCOUNT",
     "MLFLOW_TRACKING_URI",
 )
+# What the UI's "Materialize selected" over a partition range sends, and the backfill's state after.
+LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status runs: runs(limit: 50) { runId status tags { key value } } } } }"""
 PORTS = ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT", "CRYPTO_SIMULATOR_S3_PORT")
 
 
