@@ -455,7 +455,8 @@ def trades_into_lake(args: argparse.Namespace, summary: Summary) -> None:
         t0 = time.perf_counter()
         write_trades_file(path, args.rows)
         print(f"wrote {path.stat().st_size / 1e6:.0f} MB gzip in {time.perf_counter() - t0:.0f} s", flush=True)
-        arrow, pandas = [], []
+        arrow: list[dict[str, float]] = []
+        pandas: list[dict[str, float]] = []
         for i in range(args.repeats):
             for mode, into in (("arrow", arrow), ("pandas", pandas)):
                 fig = measure(mode, path, work)
