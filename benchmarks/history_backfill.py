@@ -18,26 +18,29 @@
    ``--bar-days`` days before today (UTC; ``CRYPTO_START_DATE`` the first) as Flat Files
    ``minute_aggs_v1`` files of ``--bar-pairs`` pairs (default 300), every pair a bar every minute:
    432,000 bars a day, about 13M in 30 days, prices and volumes as exact decimal text as Polygon
-   writes them. That is at least the whole market: Polygon lists a few hundred crypto pairs, and
-   ``minute_aggs`` holds only the minutes with trades, so most real pairs have far fewer than 1,440
-   bars a day. The files are served by moto's S3 server (already a test dependency) on loopback,
-   which the platform's :class:`~crypto_platform.polygon.flat_files.FlatFilesClient` reads as it
-   reads Massive's endpoint (``POLYGON_S3_*`` point at it, ``CRYPTO_HISTORY_SOURCE=flat_files``,
-   ``CRYPTO_PAIRS=*``): the simulator's Flat Files render each day from its own market, far too slowly
-   for 300 pairs, and cannot serve files prepared beforehand. A throwaway ``crypto-platform dev``
-   (what ``make dev`` runs; ``CRYPTO_INGESTER_AUTOSTART=false``, the SQLite stand-ins, no MySQL: the
-   warehouse copies are not selected) gets the backfill of ``raw_trades`` and ``minute_bars`` over
-   those days as the UI's "Materialize selected" sends it (``launchPartitionBackfill``); both are
-   selected because ``minute_bars`` reads the day's ``raw_trades`` partition (empty here: the bucket
-   has no trades file, which the runs log, and with ``*`` pairs there is no REST history either,
-   also logged; ``POLYGON_REST_URL`` points where nothing listens, so a REST call would fail the
-   run), and then takes Polygon's bars from the day's ``minute_aggs`` file. Measured: launch to the
-   last run's end; the runs (count, per-run durations), each step's time summed over the runs,
-   bars in the lake per day against the rows of each file (a mismatch is printed and fails), the
-   runs' log lines saying that there was no trades file. The baseline, in the same run, is the floor
-   without Dagster, S3 or a run's process start: one fresh process reading the same 30 local files
-   with pandas (numbers as text converted to ``Decimal``, the exact way in pandas) into the
-   platform's minute_bars columns, and the same lake write per day; printed as a ratio of times.
+   writes them. That is about the whole market's day, more likely above it than below: crypto
+   tickers number in the hundreds, and ``minute_aggs`` holds only the minutes with trades, so a
+   real pair has fewer than 1,440 bars a day (a thin one far fewer). The files are served by moto's
+   S3 server (already a test dependency) on loopback, which the platform's
+   :class:`~crypto_platform.polygon.flat_files.FlatFilesClient` reads as it reads Massive's endpoint
+   (``POLYGON_S3_*`` point at it, ``CRYPTO_HISTORY_SOURCE=flat_files``, ``CRYPTO_PAIRS=*``): the
+   simulator's Flat Files render each day from its own market, far too slowly for 300 pairs, and
+   cannot serve files prepared beforehand. A throwaway ``crypto-platform dev`` (what ``make dev``
+   runs; ``CRYPTO_INGESTER_AUTOSTART=false``, the SQLite stand-ins, no MySQL: the warehouse copies
+   are not selected) gets the backfill of ``raw_trades`` and ``minute_bars`` over those days as the
+   UI's "Materialize selected" sends it (``launchPartitionBackfill``). Both are selected because
+   ``minute_bars`` reads the day's ``raw_trades`` partition and fails on a lake without that table;
+   here each day's is empty: the bucket has no trades file, which the runs log, and with ``*``
+   pairs there is no REST history either, also logged (``POLYGON_REST_URL`` points where nothing
+   listens, so a REST call would fail the run). ``minute_bars`` then takes Polygon's bars from the
+   day's ``minute_aggs`` file. Measured: launch to the backfill's end as Dagster records it (its
+   daemon notices the last run's end on its next 30 s loop; the last run's end is printed beside);
+   the runs (count, per-run durations), each step's time summed over the runs, bars in the lake per
+   day against the rows of each file (a mismatch is printed and fails), the runs' log lines saying
+   there was no trades file. The baseline, in the same run, is the floor without Dagster, S3 or a
+   run's process start: one fresh process reading the same 30 local files with pandas (numbers as
+   text converted to ``Decimal``, the exact way in pandas) into the platform's minute_bars columns,
+   and the same lake write per day; printed as a ratio of times.
 
     python benchmarks/history_backfill.py [--rows 4000000] [--repeats 3] [--rest-rate 4]
         [--bar-days 30] [--bar-pairs 300] [--only trades|rest|bars ...] [--check]
@@ -375,7 +378,7 @@ def backfill_bars(days: list[str], endpoint: str, work: Path, deadline_s: float)
     settings = load_settings(env, cwd=ROOT)
     install_instance_config(settings, Path(env["DAGSTER_HOME"]))
     base = f"http://127.0.0.1:{settings.dagster_port}"
-    result: dict[str, Any] = {"dagster_home": env["DAGSTER_HOME"]}
+    result: dict[str, Any] = {}
     with dev_running(env, work / "dev.log") as dev:
         query = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
 
