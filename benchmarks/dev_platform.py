@@ -11,12 +11,17 @@ ingester and the lake writer are detached and outlive it).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from benchmarks.simulator_rate import free_port
 from crypto_platform.settings import Settings, child_environment, load_settings
@@ -30,6 +35,11 @@ PRODUCTION_VARIABLES = (
     "SNOWFLAKE_ACCOUNT",
     "MLFLOW_TRACKING_URI",
 )
+# What the UI's "Materialize selected" over a partition range sends, and the backfill's state after.
+LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status runs: runs(limit: 50) { runId status tags { key value } } } } }"""
 PORTS = ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT", "CRYPTO_SIMULATOR_S3_PORT")
 
 
@@ -90,3 +100,36 @@ def dev_running(
             os.killpg(dev.pid, signal.SIGKILL)
         subprocess.run([sys.executable, "-m", "crypto_platform.cli", "services", "stop"], cwd=ROOT, env=env)
         then()
+
+
+def http_json(url: str, payload: dict[str, Any] | None = None) -> Any:
+    """GET ``url`` (POST ``payload`` as JSON when given) and decode the JSON answer."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for(condition: Callable[[], Any], deadline_s: float, what: str, dev: subprocess.Popen[bytes]) -> Any:
+    """``condition()``'s first truthy value (errors of a server still starting count as not yet).
+
+    Raises, naming ``what``, when ``dev`` exits first or ``deadline_s`` passes.
+    """
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if dev.poll() is not None:
+            raise RuntimeError(f"crypto-platform dev exited with {dev.returncode} while waiting for {what}")
+        with contextlib.suppress(urllib.error.URLError, OSError, ValueError, KeyError):
+            value = condition()
+            if value:
+                return value
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not reached within {deadline_s:.0f} s")
+
+
+def graphql(base: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data`` of a query to the Dagster webserver at ``base``; its errors raised."""
+    answer = http_json(f"{base}/graphql", {"query": query, "variables": variables or {}})
+    if answer.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {answer['errors']}")
+    return dict(answer["data"])

@@ -35,14 +35,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -51,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.dev_platform import dev_environment, dev_running  # noqa: E402
+from benchmarks.dev_platform import dev_environment, dev_running, http_json, wait_for  # noqa: E402
 from benchmarks.summary import Summary, percentile  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
 from crypto_platform.local.stack import install_instance_config  # noqa: E402
@@ -66,26 +62,6 @@ HOPS = ("event -> landed", "landed -> sealed", "sealed -> tick", "tick -> run st
 RUNS_QUERY = """{ runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: "stream_sensor"}]}) {
     ... on Runs { results { runId status creationTime startTime tags { key value } } } } }"""
 MISSED = math.inf
-
-
-def http_json(url: str, payload: dict[str, Any] | None = None) -> Any:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def wait_for(condition: Callable[[], Any], deadline_s: float, what: str, dev: subprocess.Popen[bytes]) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if dev.poll() is not None:
-            raise RuntimeError(f"crypto-platform dev exited with {dev.returncode} while waiting for {what}")
-        with contextlib.suppress(urllib.error.URLError, OSError, ValueError, KeyError):
-            value = condition()
-            if value:
-                return value
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not reached within {deadline_s:.0f} s")
 
 
 Key = tuple[str, int, str]  # (pair, exchange, trade_id): a trade's natural key

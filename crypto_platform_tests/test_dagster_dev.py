@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from benchmarks.dev_platform import BACKFILL_STATUS, LAUNCH_BACKFILL
 from crypto_platform import definitions
 from crypto_platform.lake import writer
 from crypto_platform.lake.tables import DeltaLake
@@ -193,10 +194,6 @@ def graphql(base: str, query: str, variables: dict[str, Any] | None = None) -> d
     return answer["data"]
 
 
-LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
-BACKFILL_STATUS = """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { status runs: runs(limit: 50) { runId status tags { key value } } } } }"""
 LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
     ... on RunConfigValidationInvalid { errors { message } } } }"""

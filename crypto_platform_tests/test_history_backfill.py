@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.dev_platform import BACKFILL_STATUS, LAUNCH_BACKFILL
 from crypto_platform.local.stack import install_instance_config
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.snowflake import build_snowflake_resource
@@ -31,7 +32,7 @@ from crypto_platform.simulator.flat_files import object_key
 from crypto_platform.simulator.server import Simulator, SimulatorConfig
 from crypto_platform.warehouse.sql import SqlWarehouse
 from crypto_platform_tests.conftest import free_port
-from crypto_platform_tests.test_dagster_dev import BACKFILL_STATUS, LAUNCH_BACKFILL, graphql, http_json, poll
+from crypto_platform_tests.test_dagster_dev import graphql, http_json, poll
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # The lake's trades and bars and their warehouse copies, as an analyst selects them in the UI.
