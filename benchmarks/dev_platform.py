@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.simulator_rate import free_port
+from crypto_platform.local.stack import install_instance_config
 from crypto_platform.settings import Settings, child_environment, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ PORTS = ("CRYPTO_DAGSTER_PORT", "CRYPTO_FAKESNOW_PORT", "CRYPTO_SIMULATOR_PORT",
 def dev_environment(
     tmp: Path, mysql_url: str | None = None, more_ports: Iterable[str] = ()
 ) -> tuple[dict[str, str], Settings]:
-    """The environment of a throwaway ``dev`` in ``tmp`` and the settings it gives.
+    """The environment of a throwaway ``dev`` in ``tmp`` (its Dagster home made there) and its settings.
 
     MySQL only when ``mysql_url`` is given (else the SQLite stand-in); ``more_ports`` are further
     port settings to give free ports (the page's, when it is measured).
@@ -65,7 +66,9 @@ def dev_environment(
         env.pop(name, None)
     if not mysql_url:
         env.pop("MYSQL_URL", None)
-    return env, load_settings(env, cwd=ROOT)
+    settings = load_settings(env, cwd=ROOT)
+    install_instance_config(settings, settings.dagster_home)  # the repo's dagster.yaml, stores in the home
+    return env, settings
 
 
 @contextlib.contextmanager

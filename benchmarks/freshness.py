@@ -50,7 +50,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.dev_platform import dev_environment, dev_running, http_json, wait_for  # noqa: E402
 from benchmarks.summary import Summary, percentile  # noqa: E402
 from crypto_platform.local import stack as local_stack  # noqa: E402
-from crypto_platform.local.stack import install_instance_config  # noqa: E402
 from crypto_platform.resources.snowflake import build_snowflake_resource  # noqa: E402
 from crypto_platform.settings import Settings, load_settings  # noqa: E402
 from crypto_platform.stream.manifest import iter_manifest  # noqa: E402
@@ -273,8 +272,6 @@ def main(argv: list[str] | None = None) -> int:
             mysql_url, drop_database = throwaway_database(args.mysql_url)
         env, settings = dev_environment(Path(tmp), mysql_url)
         state = settings.state_dir
-        # A throwaway instance: the repo's config, its stores in the temporary DAGSTER_HOME.
-        install_instance_config(settings, Path(env["DAGSTER_HOME"]))
         base = f"http://127.0.0.1:{settings.dagster_port}"
         sim_base = f"http://127.0.0.1:{settings.simulator_port}"
         paths = local_stack.stack_paths(settings)

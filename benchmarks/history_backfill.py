@@ -356,7 +356,6 @@ def backfill_bars(days: list[str], endpoint: str, work: Path, deadline_s: float)
         wait_for,
     )
     from benchmarks.simulator_rate import free_port
-    from crypto_platform.local.stack import install_instance_config
     from crypto_platform.resources.lake import LakeResource
     from crypto_platform.settings import load_settings
 
@@ -376,7 +375,6 @@ def backfill_bars(days: list[str], endpoint: str, work: Path, deadline_s: float)
         }
     )
     settings = load_settings(env, cwd=ROOT)
-    install_instance_config(settings, Path(env["DAGSTER_HOME"]))
     base = f"http://127.0.0.1:{settings.dagster_port}"
     result: dict[str, Any] = {}
     with dev_running(env, work / "dev.log") as dev:
