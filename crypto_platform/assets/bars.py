@@ -444,8 +444,9 @@ def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
         "exact decimals, beside Polygon's current XA bar and the differences; settled after the revision window; "
         "minutes in stream gaps repaired from REST (source='rest_repair'). Past days: backfill raw_trades and this "
         "asset together — bars are built from the history trades (source='flat_file' or 'rest_history'), or, for a "
-        "day without trades, taken from Polygon's minute_aggs file or REST minute bars (source='minute_aggs' / "
-        "'rest_minute_bars'). Metadata: coverage of the day (minutes observed, in gaps, with bars, repaired)."
+        "day without trades (or this asset backfilled alone), taken from Polygon's minute_aggs file or REST minute "
+        "bars (source='minute_aggs' / 'rest_minute_bars'). Metadata: coverage of the day (minutes observed, in gaps, "
+        "with bars, repaired)."
     ),
 )
 def minute_bars(
@@ -478,7 +479,13 @@ def minute_bars(
                     lake, day, segments, window, stream.landing_dir, now_ms
                 )
             else:
-                trades = _read(lake, "raw_trades", day)
+                history = not scope.incremental and platform.history_enabled and day_bounds_ms(day)[1] <= now_ms
+                trades = lake.read_partition("raw_trades", day)
+                if trades is None and history:
+                    # No raw_trades table yet (a past day's bars backfilled alone): Polygon's bars stand in.
+                    trades = raw.TRADES_SCHEMA.empty_table()
+                elif trades is None:
+                    trades = _read(lake, "raw_trades", day)
                 aggregates = lake.read_partition("raw_aggregates", day)
                 if aggregates is None and (_has_history(trades) or trades.num_rows == 0):
                     # A past day filled from history has no stream bars: nothing to compare with.

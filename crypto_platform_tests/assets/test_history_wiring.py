@@ -14,7 +14,7 @@ import pytest
 from crypto_platform.assets.bars import minute_bars
 from crypto_platform.assets.raw import raw_quotes, raw_trades
 from crypto_platform.checks.lake import raw_quotes_checks
-from crypto_platform.lake.history import read_trades_csv
+from crypto_platform.lake.history import read_aggs_csv, read_trades_csv
 from crypto_platform.resources.lake import LakeResource
 from crypto_platform.resources.polygon import PolygonRestResource
 from crypto_platform.simulator.flat_files import object_key
@@ -190,3 +190,35 @@ def test_a_day_filled_from_history_counts_all_its_quotes_as_a_gap(
     assert figures["minutes_not_streamed"] == figures["violations"] == figures["minutes_of_day"] == 1_440
     assert figures["minutes_streamed"] == 0
     assert "2025-11-20 00:00-2025-11-21 00:00 UTC not streamed (1440 min)" in str(figures["examples"])
+
+
+@pytest.mark.parametrize(("history", "source"), [("flat_files", "minute_aggs"), ("rest", "rest_minute_bars")])
+def test_a_past_days_bars_backfilled_without_its_trades_are_polygons_bars(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, history: str, source: str
+) -> None:
+    """minute_bars alone for a past day, on a lake without raw_trades: Polygon's minute bars stand in,
+    from the day's minute_aggs Flat File (or REST /v2/aggs without Flat Files), with source saying which."""
+    assert sim.flat_files is not None
+    use_simulator_history(sim, monkeypatch)
+    monkeypatch.setenv("CRYPTO_HISTORY_SOURCE", history)
+    lake = LakeResource(root=str(tmp_path / "lake"))
+    result = dg.materialize(
+        [minute_bars],
+        partition_key=DAY.isoformat(),
+        resources={
+            "stream": Landing(tmp_path / "landing").resource(),  # the stream never ran
+            "lake": lake,
+            "polygon_rest": PolygonRestResource(base_url=sim.rest_url, api_key="simulator-key", pairs=[PAIR]),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    stored = sim.flat_files.get(object_key("minute_aggs_v1", DAY))
+    assert stored is not None
+    published = read_aggs_csv(stored.path, stored.key, [PAIR])
+    bars = lake.read_partition("minute_bars", DAY.isoformat())
+    assert bars is not None and bars.num_rows == published.num_rows > 1_000
+    assert set(bars["source"].to_pylist()) == {source}
+    bars = bars.sort_by([("pair", "ascending"), ("minute_ms", "ascending")])
+    for column in ("pair", "minute_ms", "open", "high", "low", "close", "volume"):
+        assert bars[column].to_pylist() == published[column].to_pylist(), column
