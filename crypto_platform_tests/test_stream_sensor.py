@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import orjson
@@ -65,14 +66,15 @@ class Landing:
         assert seq is not None
         return seq
 
-    def resource(self, autostart: bool = False) -> StreamResource:
+    def resource(self, autostart: bool = False, **settings: Any) -> StreamResource:
+        """The sensor's resource on this landing log (three segments a round unless ``settings`` say)."""
         s = self.settings
         return StreamResource(
             project_dir=str(s.project_dir),
             state_dir=str(s.state_dir),
             data_dir=str(s.data_dir),
             autostart=autostart,
-            max_segments_per_tick=3,
+            **{"max_segments_per_tick": 3, **settings},
         )
 
 
@@ -381,15 +383,7 @@ def test_lake_checks_and_snowflake_copies_join_rounds_at_their_own_cadence(tmp_p
     landing = Landing(tmp_path)
     settings = landing.settings
     lake = build_lake_resource(settings)
-    base = landing.resource()
-    stream = StreamResource(
-        project_dir=base.project_dir,
-        state_dir=base.state_dir,
-        data_dir=base.data_dir,
-        autostart=False,
-        check_interval_s=300,
-        snowflake_interval_s=300,
-    )
+    stream = landing.resource(check_interval_s=300, snowflake_interval_s=300)
 
     def round_(cursor: str | None) -> dg.SensorResult:
         writer.write_pass(lake.tables(), settings.landing_dir, lake.locked)
@@ -479,15 +473,8 @@ def test_a_backlog_is_checked_round_by_round_not_in_one_read(tmp_path: Path) -> 
     landing = Landing(tmp_path)
     settings = landing.settings
     lake = build_lake_resource(settings)
-    base = landing.resource()
-    stream = StreamResource(
-        project_dir=base.project_dir,
-        state_dir=base.state_dir,
-        data_dir=base.data_dir,
-        autostart=False,
-        check_interval_s=300,
-        snowflake_interval_s=300,
-        max_segments_per_tick=CHECK_AFTER_SEGMENTS + 5,
+    stream = landing.resource(
+        check_interval_s=300, snowflake_interval_s=300, max_segments_per_tick=CHECK_AFTER_SEGMENTS + 5
     )
     with writer.writer_lock(settings), dg.instance_for_test() as instance:
         landing.segment(trades_frame(0, 2, DAY1_MS))
