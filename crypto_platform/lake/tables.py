@@ -51,6 +51,12 @@ Scalar = int | str | bool
 # A whole-day replace of at least this many rows is written as Parquet files in parallel
 # (:meth:`DeltaLake._replace_day_in_parts`); smaller days are not worth more than one file.
 PARALLEL_WRITE_ROWS = 1_000_000
+# Tables whose rows a stream round replaces in place, a few minutes at a time: their writes roll over
+# to a new file at this size, so a large write (a rebuild of today, a catch-up round) leaves files of
+# a short time range each. A predicate overwrite rewrites every file holding a replaced row: with the
+# day in one file, each later round would rewrite the whole day, and the copies that read the files a
+# round added would take in the whole day too.
+FILE_BYTES: dict[str, int] = {"minute_bars": 256 * 1024}
 PARALLEL_WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 ROW_GROUP_ROWS = 1 << 20  # few, large row groups (as delta-rs writes them)
 STATS_TEXT_CHARS = 32
@@ -344,6 +350,7 @@ class DeltaLake:
             mode="append",
             storage_options=None if base is not None else self._options(),
             commit_properties=_commit(watermarks),
+            target_file_size=FILE_BYTES.get(name),
         )
 
     def replace(
@@ -371,6 +378,7 @@ class DeltaLake:
             predicate=condition.sql,
             storage_options=self._options(),
             commit_properties=_commit(watermarks),
+            target_file_size=FILE_BYTES.get(name),
         )
 
     def _replace_day_in_parts(self, name: str, day: str, rows: pa.Table, watermarks: Mapping[str, int] | None) -> None:
