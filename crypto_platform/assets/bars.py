@@ -423,11 +423,14 @@ def _history_bars(
     return read
 
 
-def _read(lake: LakeResource, asset: str, day: str) -> pa.Table:
+def _read(lake: LakeResource, asset: str, day: str, missing: pa.Table | None = None) -> pa.Table:
+    """The day of ``asset``; without its table, ``missing`` when given, else an error saying what to materialize."""
     table = lake.read_partition(asset, day)
-    if table is None:
-        raise ValueError(f"minute_bars for {day} needs the {asset} table: materialize {asset} first")
-    return table
+    if table is not None:
+        return table
+    if missing is not None:
+        return missing
+    raise ValueError(f"minute_bars for {day} needs the {asset} table: materialize {asset} first")
 
 
 @dg.asset(
@@ -480,12 +483,8 @@ def minute_bars(
                 )
             else:
                 history = not scope.incremental and platform.history_enabled and day_bounds_ms(day)[1] <= now_ms
-                trades = lake.read_partition("raw_trades", day)
-                if trades is None and history:
-                    # No raw_trades table yet (a past day's bars backfilled alone): Polygon's bars stand in.
-                    trades = raw.TRADES_SCHEMA.empty_table()
-                elif trades is None:
-                    trades = _read(lake, "raw_trades", day)
+                # No raw_trades table yet on a past day (its bars backfilled alone): Polygon's bars stand in.
+                trades = _read(lake, "raw_trades", day, missing=raw.TRADES_SCHEMA.empty_table() if history else None)
                 aggregates = lake.read_partition("raw_aggregates", day)
                 if aggregates is None and (_has_history(trades) or trades.num_rows == 0):
                     # A past day filled from history has no stream bars: nothing to compare with.

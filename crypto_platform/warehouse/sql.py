@@ -863,14 +863,14 @@ class _DayRows:
     ) -> None:
         self._count = lambda span: warehouse._count_day(conn, t, day, within=span)
         self.span = _touched_span(t, prepared, within)
-        self.untouched: int | None = None
-        if recorded is not None and self.span is not None:
-            self.untouched = recorded - (self._count(self.span) if self.span[0] < self.span[1] else 0)
+        self.untouched = None if recorded is None or self.span is None else recorded - self._in_span()
+
+    def _in_span(self) -> int:
+        assert self.span is not None
+        return self._count(self.span) if self.span[0] < self.span[1] else 0
 
     def now(self) -> int:
-        if self.untouched is None or self.span is None:
-            return self._count(None)
-        return self.untouched + (self._count(self.span) if self.span[0] < self.span[1] else 0)
+        return self._count(None) if self.untouched is None else self.untouched + self._in_span()
 
 
 def _touched_span(t: Table, prepared: Prepared, within: tuple[int, int] | None) -> tuple[int, int] | None:
